@@ -1,0 +1,105 @@
+"""Backbone registry: torchvision / timm models by name, classifier removed, names kept.
+
+Every backbone returns pooled features of size :attr:`BackboneSpec.feature_dim` for an input of any
+resolution (the ViTs interpolate their position embeddings, which multi-crop local views need), and
+keeps torchvision's / timm's parameter names so a lowssl checkpoint loads into a plain torchvision or
+timm model (``strict=False`` for the dropped classifier) and vice versa.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import timm
+import torch
+import torchvision
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    family: str  # "cnn" or "vit": selects LARS vs AdamW and the recipe variant (facts.md section 1)
+    feature_dim: int
+    build: Callable[[], nn.Module]
+    # Paper Table 3 (params in millions, GFLOPs at 224 px, one multiply-add = one FLOP).
+    paper_params_m: float
+    paper_gflops: float
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"backbone '{spec.name}' is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown backbone '{name}'; allowed values: {', '.join(available())}")
+    return _REGISTRY[name]
+
+
+def build_backbone(name: str) -> nn.Module:
+    """A randomly initialised backbone whose forward returns (batch, feature_dim) features."""
+    return get_spec(name).build()
+
+
+def _torchvision_cnn(arch: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        model = getattr(torchvision.models, arch)(weights=None)
+        if hasattr(model, "fc"):
+            model.fc = nn.Identity()
+        else:  # MobileNetV2: classifier = Dropout, Linear
+            model.classifier = nn.Identity()
+        return model
+
+    return build
+
+
+def _timm_vit(arch: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        # dynamic_img_size interpolates the position embeddings for local crops (96/128 px).
+        return timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True)
+
+    return build
+
+
+for _name, _dim, _params, _gflops in [
+    ("mobilenet_v2", 1280, 2.2, 0.31),
+    ("resnet18", 512, 11.2, 1.8),
+    ("resnet34", 512, 21.3, 3.67),
+    ("resnet50", 2048, 23.5, 4.12),
+]:
+    register(BackboneSpec(_name, "cnn", _dim, _torchvision_cnn(_name), _params, _gflops))
+
+for _name, _dim, _params, _gflops in [
+    ("vit_tiny_patch16_224", 192, 5.5, 1.26),
+    ("vit_small_patch16_224", 384, 21.7, 4.61),
+]:
+    register(BackboneSpec(_name, "vit", _dim, _timm_vit(_name), _params, _gflops))
+
+
+def count_params_m(model: nn.Module) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def count_gflops(model: nn.Module, image_size: int = 224) -> float:
+    """fvcore's count (one multiply-add = one FLOP) for one image, in GFLOPs."""
+    from fvcore.nn import FlopCountAnalysis
+
+    was_training = model.training
+    model.eval()
+    analysis = FlopCountAnalysis(model, torch.zeros(1, 3, image_size, image_size))
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    total = analysis.total() / 1e9
+    model.train(was_training)
+    return total

@@ -1,0 +1,199 @@
+"""Typed, strict configs: dataclasses filled from YAML, with composition and dotted overrides.
+
+A config is a (nested) dataclass. :func:`load` reads a YAML file, follows its ``_base_`` chain
+(a path relative to the file; the child's keys override the base's, recursively), applies
+``key.sub=value`` overrides and builds the dataclass. Anything that does not fit is a
+:class:`ConfigError` naming the dotted key and what is allowed:
+
+- an unknown or misspelt key (with the closest known key as a suggestion);
+- a value of the wrong type (``int``, ``float``, ``bool``, ``str``, tuples, lists, ``Literal``
+  choices and ``Optional`` are checked);
+- a value a dataclass's ``__post_init__`` rejects (raise :class:`ConfigError` there via
+  :func:`require`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+BASE_KEY = "_base_"
+
+
+class ConfigError(ValueError):
+    """A config value or key is invalid; the message names the key and the allowed values."""
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise :class:`ConfigError` for ``key`` unless ``condition`` holds (use in ``__post_init__``)."""
+    if not condition:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"{hint} Known keys: {', '.join(sorted(known))}."
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against ``annotation`` and convert YAML lists to tuples where declared."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return from_dict(annotation, value, prefix=key)
+    if origin is Literal:
+        if value not in args:
+            allowed = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"config key '{key}': {value!r} is not allowed; allowed values: {allowed}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"config key '{key}': {value!r} fits none of {args}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key '{key}': expected a list of {len(args)} values, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"config key '{key}': expected {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types are errors."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        name = unknown[0]
+        raise ConfigError(f"unknown config key '{_join(prefix, name)}'.{_suggest(name, list(fields))}")
+    kwargs = {name: _coerce(value, hints[name], _join(prefix, name)) for name, value in data.items()}
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"config key '{_join(prefix, missing[0])}' is required and has no default")
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:
+        if prefix and "config key '" in str(error):
+            raise ConfigError(str(error).replace("config key '", f"config key '{prefix}.", 1)) from None
+        raise
+
+
+def to_dict(config: Any) -> Any:
+    """Plain data (dicts, lists, numbers, strings) for saving inside checkpoints and records."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, list | tuple):
+        return [to_dict(v) for v in config]
+    if isinstance(config, dict):
+        return {k: to_dict(v) for k, v in config.items()}
+    return config
+
+
+def config_hash(config: Any) -> str:
+    """Short, stable hash of a config's plain data (key order does not matter)."""
+    payload = json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _merge(base: dict, child: dict) -> dict:
+    merged = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML mapping, resolving its ``_base_`` chain."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"config file {path}: '_base_' chain loops back to itself")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    return _merge(read_yaml(path.parent / base, (*_seen, path)), data)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides; values are parsed as YAML (``1e-3``, ``[0.3, 1.0]``, ``true``)."""
+    data = _merge({}, data)
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"override '{override}' must look like key.sub=value")
+        dotted, raw = override.split("=", 1)
+        node = data
+        parts = dotted.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{override}': '{part}' is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Build ``cls`` from a YAML file (optional) and dotted overrides."""
+    data = read_yaml(path) if path is not None else {}
+    return from_dict(cls, apply_overrides(data, overrides or []))
