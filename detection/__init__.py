@@ -1,0 +1,9 @@
+"""Detection stage: Detectron2 Mask R-CNN FPN on lowssl backbones.
+
+Importing this package applies :mod:`detection.compat`, so Detectron2 imports work here with or
+without its compiled ops.
+"""
+
+from detection import compat
+
+compat.apply()

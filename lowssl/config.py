@@ -73,7 +73,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError as error:
                 errors.append(str(error))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"config key '{key}': {value!r} fits none of {args}")
+        raise ConfigError(
+            errors[0] if len(errors) == 1 else f"config key '{key}': {value!r} fits none of {args}"
+        )
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"config key '{key}': expected a list of {len(args)} values, got {value!r}")

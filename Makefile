@@ -1,0 +1,39 @@
+# lowssl: `make install` sets up everything (idempotent: a second run does no work),
+# `make test` runs the test suite (installing first if needed).
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMPS := $(VENV)/.lowssl-stamps
+
+.PHONY: install test lint clean-venv
+
+install: $(STAMPS)/deps $(STAMPS)/detectron2 $(STAMPS)/fashion-mnist
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Pinned dependencies and lowssl itself (editable). torch/torchvision come from this machine's
+# local files through plain pip (see README, "Set-up").
+$(STAMPS)/deps: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/detectron2: tools/install_detectron2.sh $(STAMPS)/deps
+	PYTHON=$(PY) tools/install_detectron2.sh
+	@touch $@
+
+$(STAMPS)/fashion-mnist: tools/install_fashion_mnist.sh
+	tools/install_fashion_mnist.sh
+	@mkdir -p $(STAMPS) && touch $@
+
+# pytest exits 5 when it collected no tests: a suite that tests nothing fails, with a message.
+test: install
+	@$(PY) -m pytest -q; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,250 @@
+"""Datasets every stage reads: Fashion-MNIST (the embedded default), ImageFolder trees, held-out
+splits and a tiny synthetic set for tests.
+
+All datasets yield ``(PIL RGB image, int label)`` before their ``transform``, so the same view
+sampler and evaluation transforms work on each of them.
+
+Fashion-MNIST is real data shipped offline by Debian's ``dataset-fashion-mnist`` package
+(``make install`` installs it where apt is available). Its 28x28 grey images are served as RGB
+(the grey channel repeated three times) upsampled with bicubic interpolation to ``image_size``
+(default 32, a size the stride-32 CNNs can take and the ViTs' 16-px patches divide).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_ENV = "LOWSSL_FASHION_MNIST"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+class DatasetError(RuntimeError):
+    """Bad or missing data; the message names the file or folder and the fix."""
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an idx file (gzip or plain) of unsigned bytes, as LeCun's MNIST format defines it."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as file:
+            zero, dtype_code, ndim = struct.unpack(">HBB", file.read(4))
+            if zero != 0 or dtype_code != 0x08:
+                raise DatasetError(f"{path} is not an idx file of unsigned bytes")
+            shape = struct.unpack(f">{ndim}I", file.read(4 * ndim))
+            data = np.frombuffer(file.read(), dtype=np.uint8)
+    except (OSError, EOFError, struct.error) as error:
+        raise DatasetError(f"cannot read idx file {path}: {error}") from error
+    if data.size != int(np.prod(shape)):
+        raise DatasetError(f"idx file {path} is truncated: expected {shape}, got {data.size} values")
+    return data.reshape(shape)
+
+
+def fashion_mnist_root(root: str | Path | None = None) -> Path:
+    """Folder with the four idx .gz files: ``root``, ``$LOWSSL_FASHION_MNIST``, Debian's, or a download."""
+
+    def complete(folder) -> bool:
+        return all((Path(folder) / name).is_file() for pair in _IDX_FILES.values() for name in pair)
+
+    if root is not None:
+        if not complete(root):
+            raise DatasetError(
+                f"Fashion-MNIST idx files not found in {root} (expected {_IDX_FILES['train'][0]}, ...)"
+            )
+        return Path(root)
+    for candidate in (os.environ.get(FASHION_MNIST_ENV), DEBIAN_FASHION_MNIST):
+        if candidate and complete(candidate):
+            return Path(candidate)
+    download_dir = Path.home() / ".cache" / "lowssl" / "fashion-mnist"
+    warnings.warn(
+        f"Debian's dataset-fashion-mnist is not installed ({DEBIAN_FASHION_MNIST} is missing); "
+        f"downloading Fashion-MNIST with torchvision into {download_dir}. Install it offline with "
+        "`apt-get install dataset-fashion-mnist` or set $LOWSSL_FASHION_MNIST.",
+        stacklevel=2,
+    )
+    from torchvision.datasets import FashionMNIST as TorchvisionFashionMNIST
+
+    try:
+        TorchvisionFashionMNIST(download_dir, download=True)
+    except Exception as error:  # noqa: BLE001 - any network failure gets the same advice
+        raise DatasetError(
+            f"Fashion-MNIST is not installed and the download failed ({error}). "
+            "Run `make install` (it installs Debian's dataset-fashion-mnist) or set $LOWSSL_FASHION_MNIST "
+            "to a folder holding the four idx .gz files."
+        ) from error
+    return download_dir / "FashionMNIST" / "raw"
+
+
+class FashionMNIST(Dataset):
+    """Fashion-MNIST ``train`` (60,000) or ``test`` (10,000), as RGB PIL images of ``image_size``."""
+
+    classes = FASHION_MNIST_CLASSES
+
+    def __init__(
+        self,
+        split: str = "train",
+        root: str | Path | None = None,
+        image_size: int = 32,
+        transform: Callable | None = None,
+    ) -> None:
+        if split not in _IDX_FILES:
+            raise DatasetError(f"Fashion-MNIST split '{split}' does not exist; allowed values: train, test")
+        folder = fashion_mnist_root(root)
+        images_file, labels_file = _IDX_FILES[split]
+        self.images = read_idx(folder / images_file)
+        self.targets = read_idx(folder / labels_file).astype(np.int64)
+        if len(self.images) != len(self.targets):
+            raise DatasetError(f"{folder}: {len(self.images)} images but {len(self.targets)} labels")
+        self.image_size = image_size
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load_image(self, index: int) -> Image.Image:
+        image = Image.fromarray(self.images[index], mode="L")
+        if self.image_size != image.width:
+            image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
+        return image.convert("RGB")
+
+    def __getitem__(self, index: int):
+        image = self.load_image(index)
+        return (self.transform(image) if self.transform else image), int(self.targets[index])
+
+
+class ImageFolder(Dataset):
+    """An ImageNet-style tree ``<root>/<class>/<image>``, checked up front, errors naming the file."""
+
+    extensions = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+    def __init__(self, root: str | Path, transform: Callable | None = None) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise DatasetError(f"image folder {root} does not exist; expected <root>/<class>/<image> files")
+        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+        if not self.classes:
+            raise DatasetError(
+                f"image folder {root} has no class sub-folders; expected <root>/<class>/<image>"
+            )
+        self.samples: list[tuple[Path, int]] = []
+        for label, name in enumerate(self.classes):
+            files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in self.extensions)
+            if not files:
+                raise DatasetError(
+                    f"class folder {root / name} holds no images ({', '.join(self.extensions)}); "
+                    "remove it or add its images"
+                )
+            self.samples += [(path, label) for path in files]
+        self.targets = np.array([label for _, label in self.samples], dtype=np.int64)
+        self.root = root
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_image(self, index: int) -> Image.Image:
+        path = self.samples[index][0]
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except (OSError, UnidentifiedImageError) as error:
+            raise DatasetError(f"cannot read image {path}: {error}") from error
+
+    def __getitem__(self, index: int):
+        image = self.load_image(index)
+        return (self.transform(image) if self.transform else image), int(self.targets[index])
+
+
+class SyntheticImages(Dataset):
+    """A tiny, deterministic labelled image set for tests: class k is a blob at a class-specific place."""
+
+    def __init__(
+        self, size: int = 64, num_classes: int = 4, image_size: int = 32, seed: int = 0, transform=None
+    ) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.targets = (torch.arange(size) % num_classes).numpy()
+        noise = torch.randint(
+            0, 64, (size, image_size, image_size, 3), generator=generator, dtype=torch.uint8
+        )
+        self.images = noise.numpy().copy()
+        step = max(image_size // (num_classes + 1), 1)
+        for index, label in enumerate(self.targets):
+            top = left = int(label) * step
+            self.images[index, top : top + step * 2, left : left + step * 2] = 255
+        self.classes = [f"class_{k}" for k in range(num_classes)]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load_image(self, index: int) -> Image.Image:
+        return Image.fromarray(self.images[index], mode="RGB")
+
+    def __getitem__(self, index: int):
+        image = self.load_image(index)
+        return (self.transform(image) if self.transform else image), int(self.targets[index])
+
+
+def held_out_split(targets, per_class: int = 50, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Split training indices into (train, held-out) with ``per_class`` held-out images per class.
+
+    The paper's ablations (Sec. 3.2, "Setting") report linear accuracy on 50 images per class held
+    out from ImageNet's training set. Deterministic for a given seed; indices are sorted.
+    """
+    targets = np.asarray(targets)
+    rng = np.random.default_rng(seed)
+    held_out = []
+    for label in np.unique(targets):
+        members = np.flatnonzero(targets == label)
+        if len(members) <= per_class:
+            raise DatasetError(
+                f"class {label} has {len(members)} images, not more than the {per_class} to hold out; "
+                "lower per_class"
+            )
+        held_out.append(rng.choice(members, size=per_class, replace=False))
+    held = np.sort(np.concatenate(held_out))
+    mask = np.ones(len(targets), dtype=bool)
+    mask[held] = False
+    return np.flatnonzero(mask), held
+
+
+DATASETS = ("fashion-mnist", "imagefolder", "synthetic")
+
+
+def build_dataset(
+    name: str,
+    split: str,
+    root: str | Path | None = None,
+    image_size: int = 32,
+    transform: Callable | None = None,
+) -> Dataset:
+    """A dataset by name. ``split`` is ``train`` or ``val`` (Fashion-MNIST's ``val`` is its test set)."""
+    if split not in ("train", "val"):
+        raise DatasetError(f"split '{split}' is not allowed; allowed values: train, val")
+    if name == "fashion-mnist":
+        return FashionMNIST("train" if split == "train" else "test", root, image_size, transform)
+    if name == "imagefolder":
+        if root is None:
+            raise DatasetError("dataset 'imagefolder' needs a root: the folder holding train/ and val/")
+        return ImageFolder(Path(root) / split, transform)
+    if name == "synthetic":
+        return SyntheticImages(64 if split == "train" else 32, image_size=image_size, seed=0 if split == "train" else 1,
+                               transform=transform)  # fmt: skip
+    raise DatasetError(f"unknown dataset '{name}'; allowed values: {', '.join(DATASETS)}")

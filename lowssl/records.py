@@ -1,0 +1,99 @@
+"""Results records: the one schema every stage appends to, one row per metric.
+
+Each run writes ``results/runs/<run_id>.csv`` (atomically, rewriting the whole file), so runs never
+contend for one file and a killed run never leaves a half-written row. :func:`read_records` reads
+every file back into one pandas DataFrame; the leaderboard is built from it.
+
+``details`` holds, as JSON, the choices that make numbers comparable or not beyond the named columns
+(for example which LARS exclusion rule or alpha a run used, paper vs authors' code).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from lowssl.io import atomic_write_text
+
+#: Where records go unless a stage is told otherwise (``results/runs/`` in the repository).
+DEFAULT_RUNS_DIR = Path(__file__).resolve().parent.parent / "results" / "runs"
+
+STAGES = ("pretrain", "linear", "knn", "semisup", "detection")
+
+
+@dataclass
+class Record:
+    run_id: str
+    stage: str
+    method: str
+    recipe: str
+    backbone: str
+    pretrain_epochs: int
+    dataset: str
+    protocol: str
+    branch: str
+    metric: str
+    value: float
+    checkpoint_sha256: str = ""
+    config_hash: str = ""
+    git_commit: str = ""
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    details: str = "{}"
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"record stage '{self.stage}' is not one of {', '.join(STAGES)}")
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", self.run_id):
+            raise ValueError(f"run_id '{self.run_id}' may only contain letters, digits, '.', '_' and '-'")
+        if isinstance(self.details, dict):
+            self.details = json.dumps(self.details, sort_keys=True)
+        self.value = float(self.value)
+
+
+COLUMNS = [f.name for f in fields(Record)]
+
+
+def write_records(records: list[Record], runs_dir: str | Path | None = None) -> Path:
+    """Write (or replace) the records of one run as ``<runs_dir>/<run_id>.csv``."""
+    if not records:
+        raise ValueError("no records to write")
+    run_ids = {r.run_id for r in records}
+    if len(run_ids) != 1:
+        raise ValueError(f"records of one file must share one run_id, got {sorted(run_ids)}")
+    frame = pd.DataFrame([asdict(r) for r in records], columns=COLUMNS)
+    path = Path(runs_dir or DEFAULT_RUNS_DIR) / f"{run_ids.pop()}.csv"
+    return atomic_write_text(path, frame.to_csv(index=False))
+
+
+def append_records(records: list[Record], runs_dir: str | Path | None = None) -> Path:
+    """Add rows to a run's file, replacing earlier rows with the same (stage, protocol, branch, metric)."""
+    runs_dir = Path(runs_dir or DEFAULT_RUNS_DIR)
+    path = runs_dir / f"{records[0].run_id}.csv"
+    if path.exists():
+        old = [Record(**row) for row in _read_csv(path).to_dict("records")]
+        new_keys = {(r.stage, r.protocol, r.branch, r.metric) for r in records}
+        records = [r for r in old if (r.stage, r.protocol, r.branch, r.metric) not in new_keys] + records
+    return write_records(records, runs_dir)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"results file {path} lacks columns {missing}; it was not written by lowssl")
+    frame["value"] = frame["value"].astype(float)
+    frame["pretrain_epochs"] = frame["pretrain_epochs"].astype(int)
+    return frame[COLUMNS]
+
+
+def read_records(runs_dir: str | Path | None = None) -> pd.DataFrame:
+    """All records under ``runs_dir`` as one DataFrame with :data:`COLUMNS` (empty if none)."""
+    paths = sorted(Path(runs_dir or DEFAULT_RUNS_DIR).glob("*.csv"))
+    if not paths:
+        return pd.DataFrame(columns=COLUMNS)
+    return pd.concat([_read_csv(p) for p in paths], ignore_index=True)

@@ -1,0 +1,113 @@
+import gzip
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lowssl.data import (
+    DatasetError,
+    FashionMNIST,
+    ImageFolder,
+    SyntheticImages,
+    build_dataset,
+    held_out_split,
+    read_idx,
+)
+
+
+@pytest.fixture(scope="module")
+def fashion_train():
+    return FashionMNIST("train")
+
+
+def test_fashion_mnist_shapes_labels_and_balance(fashion_train):
+    test = FashionMNIST("test")
+    assert len(fashion_train) == 60_000 and len(test) == 10_000
+    assert fashion_train.images.shape == (60_000, 28, 28)
+    assert np.bincount(fashion_train.targets).tolist() == [6_000] * 10
+    assert np.bincount(test.targets).tolist() == [1_000] * 10
+    image, label = fashion_train[0]
+    assert image.mode == "RGB" and image.size == (32, 32)
+    assert 0 <= label < 10
+    pixels = np.asarray(image)
+    assert np.array_equal(pixels[..., 0], pixels[..., 2])  # grey repeated on 3 channels
+
+
+def test_fashion_mnist_upsampling_is_configurable():
+    dataset = FashionMNIST("test", image_size=64)
+    assert dataset[3][0].size == (64, 64)
+    native = FashionMNIST("test", image_size=28)
+    assert np.array_equal(np.asarray(native[3][0])[..., 0], native.images[3])
+
+
+def test_fashion_mnist_bad_split_and_root(tmp_path):
+    with pytest.raises(DatasetError, match="allowed values: train, test"):
+        FashionMNIST("validation")
+    with pytest.raises(DatasetError, match=str(tmp_path)):
+        FashionMNIST("train", root=tmp_path)
+
+
+def test_read_idx_rejects_truncated_file(tmp_path):
+    path = tmp_path / "bad-idx1-ubyte.gz"
+    with gzip.open(path, "wb") as file:
+        file.write(bytes([0, 0, 8, 1, 0, 0, 0, 10]) + bytes(5))
+    with pytest.raises(DatasetError, match="truncated"):
+        read_idx(path)
+
+
+def _tree(root, counts):
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (20, 16), (i * 10, 0, 0)).save(root / name / f"{name}_{i}.JPEG")
+
+
+def test_imagefolder_is_deterministic(tmp_path):
+    _tree(tmp_path / "train", {"n02": 3, "n01": 2})
+    first, second = ImageFolder(tmp_path / "train"), ImageFolder(tmp_path / "train")
+    assert first.classes == ["n01", "n02"]
+    assert [p.name for p, _ in first.samples] == [p.name for p, _ in second.samples]
+    assert first.targets.tolist() == [0, 0, 1, 1, 1]
+    image, label = first[4]
+    assert image.size == (20, 16) and label == 1
+    assert len(build_dataset("imagefolder", "train", root=tmp_path)) == 5
+
+
+def test_imagefolder_errors_name_the_problem(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        ImageFolder(tmp_path / "missing")
+    _tree(tmp_path / "train", {"n01": 1})
+    (tmp_path / "train" / "n02").mkdir()
+    with pytest.raises(DatasetError, match="n02 holds no images"):
+        ImageFolder(tmp_path / "train")
+    (tmp_path / "train" / "n02" / "broken.JPEG").write_bytes(b"not a jpeg")
+    dataset = ImageFolder(tmp_path / "train")
+    with pytest.raises(DatasetError, match="broken.JPEG"):
+        dataset[1]
+
+
+def test_held_out_split_is_deterministic_and_balanced(fashion_train):
+    train, held = held_out_split(fashion_train.targets, per_class=50, seed=0)
+    again_train, again_held = held_out_split(fashion_train.targets, per_class=50, seed=0)
+    other = held_out_split(fashion_train.targets, per_class=50, seed=1)[1]
+    assert np.array_equal(held, again_held) and np.array_equal(train, again_train)
+    assert not np.array_equal(held, other)
+    assert len(held) == 500 and len(train) == 59_500
+    assert np.bincount(fashion_train.targets[held]).tolist() == [50] * 10
+    assert not set(train) & set(held)
+
+
+def test_held_out_split_refuses_too_small_classes():
+    with pytest.raises(DatasetError, match="lower per_class"):
+        held_out_split([0, 0, 1, 1], per_class=2)
+
+
+def test_synthetic_images_are_deterministic():
+    a, b = SyntheticImages(seed=3), SyntheticImages(seed=3)
+    assert np.array_equal(np.asarray(a[5][0]), np.asarray(b[5][0]))
+    assert a[5][1] == 1 and len(a) == 64
+
+
+def test_unknown_dataset_lists_allowed_values():
+    with pytest.raises(DatasetError, match="fashion-mnist, imagefolder, synthetic"):
+        build_dataset("imagenet21k", "train")
