@@ -1,7 +1,8 @@
 """Typed, strict configs: dataclasses filled from YAML, with composition and dotted overrides.
 
 A config is a (nested) dataclass. :func:`load` reads a YAML file, follows its ``_base_`` chain
-(a path relative to the file; the child's keys override the base's, recursively), applies
+(a path, or a list of paths merged in order, relative to the file; the child's keys override the
+base's, recursively), applies
 ``key.sub=value`` overrides and builds the dataclass. Anything that does not fit is a
 :class:`ConfigError` naming the dotted key and what is allowed:
 
@@ -172,10 +173,11 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
-    base = data.pop(BASE_KEY, None)
-    if base is None:
-        return data
-    return _merge(read_yaml(path.parent / base, (*_seen, path)), data)
+    bases = data.pop(BASE_KEY, None) or []
+    merged: dict[str, Any] = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged = _merge(merged, read_yaml(path.parent / base, (*_seen, path)))
+    return _merge(merged, data)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -248,3 +248,38 @@ def build_dataset(
         return SyntheticImages(64 if split == "train" else 32, image_size=image_size, seed=0 if split == "train" else 1,
                                transform=transform)  # fmt: skip
     raise DatasetError(f"unknown dataset '{name}'; allowed values: {', '.join(DATASETS)}")
+
+
+class IndexedImages(Dataset):
+    """The images of ``base`` at ``indices`` (keeps ``load_image`` and ``targets``)."""
+
+    def __init__(self, base: Dataset, indices, transform: Callable | None = None) -> None:
+        self.base = base
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.targets = np.asarray(base.targets)[self.indices]
+        self.classes = base.classes
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load_image(self, index: int) -> Image.Image:
+        return self.base.load_image(int(self.indices[index]))
+
+    def __getitem__(self, index: int):
+        image = self.load_image(index)
+        return (self.transform(image) if self.transform else image), int(self.targets[index])
+
+
+def eval_transform(size: int, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> Callable:
+    """The evaluation transform of the protocols (facts.md section 2): Resize(size * 256 / 224),
+    CenterCrop(size), normalise; at 224 px that is the usual Resize 256 + CenterCrop 224."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([
+        v2.PILToTensor(),
+        v2.Resize(round(size * 256 / 224), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.CenterCrop(size),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ])  # fmt: skip

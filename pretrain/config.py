@@ -1,0 +1,114 @@
+"""The pre-training config: one YAML per paper experiment, strict and typed.
+
+Sections: ``backbone`` and ``recipe`` at the top, ``method`` (``name`` plus that method's own
+config class, so a key another method uses is an error), ``views``, ``optim``, ``data``,
+``monitor``, ``checkpoint`` and the run settings. Paper values are cited in the YAML files under
+``pretrain/configs/``; defaults here are the paper's where it gives one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lowssl.backbones import available as available_backbones
+from lowssl.config import ConfigError, from_dict, require
+from pretrain.methods import METHODS
+from pretrain.optim import OptimConfig
+from pretrain.views import ViewsConfig
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["fashion-mnist", "imagefolder", "synthetic"] = "fashion-mnist"
+    root: str | None = None  # ImageFolder: the folder holding train/ and val/
+    image_size: int = 32  # Fashion-MNIST's 28 px upsampled to this (lowssl.data)
+    subset: int | None = None  # train on the first N images of the pre-training split (smoke runs)
+    num_workers: int = 2
+    on_corrupt_image: Literal["fatal", "skip"] = "fatal"
+
+    def __post_init__(self) -> None:
+        require(self.subset is None or self.subset > 0, "subset", f"must be > 0 or null, got {self.subset}")
+        require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        require(self.dataset != "imagefolder" or self.root is not None, "root", "dataset imagefolder needs a root")
+
+
+@dataclass
+class MonitorConfig:
+    # The authors' online monitor (facts.md section 1): weighted 20-NN, T 0.07, on a held-out split
+    # of 50 images per class from the training set (paper Sec. 3.2, "Setting").
+    knn_every_epochs: int = 1  # 0 = off
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    held_out_per_class: int = 50
+    knn_bank_size: int | None = 10_000  # training images in the kNN bank; null = all
+    # Online linear probe on detached student features of global 1 (facts.md section 1).
+    online_linear: bool = True
+
+    def __post_init__(self) -> None:
+        require(self.knn_every_epochs >= 0, "knn_every_epochs", f"must be >= 0, got {self.knn_every_epochs}")
+        require(self.knn_k > 0, "knn_k", f"must be > 0, got {self.knn_k}")
+
+
+@dataclass
+class CheckpointConfig:
+    every_epochs: int = 10  # keep checkpoint_epochNNNN.pth every N epochs (and always last.pth)
+    every_steps: int = 0  # also refresh last.pth every N steps inside an epoch; 0 = only at epoch ends
+
+
+@dataclass
+class PretrainConfig:
+    backbone: str
+    # "baseline" and "ours" are the paper's two recipes (facts.md section 1); "custom" anything else.
+    recipe: Literal["baseline", "ours", "custom"]
+    epochs: int
+    batch_size: int  # global batch over all processes (paper: 1024 = 8 GPUs x 128, Sec. 4.1)
+    method: Any  # a DinoConfig / SwavConfig / MocoConfig, chosen by method.name
+    views: ViewsConfig
+    optim: OptimConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    experiment: str = "pretrain"
+    output_dir: str | None = None  # default runs/<experiment>
+    records_dir: str | None = None  # results records; default results/runs/ (lowssl.records)
+    resume: str = "auto"  # "auto" (continue from output_dir/last.pth if present), "never", or a path
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    sync_bn: bool = True  # SyncBN on the whole model, as the paper's setup (facts.md section 1)
+    channels_last: bool = False
+    log_every_steps: int = 10
+    max_steps: int | None = None  # stop after this many optimiser steps in total (smoke tests)
+
+    def __post_init__(self) -> None:
+        require(
+            self.backbone in available_backbones(),
+            "backbone",
+            f"unknown backbone '{self.backbone}'; allowed values: {', '.join(available_backbones())}",
+        )
+        if isinstance(self.method, dict):
+            self.method = method_config(self.method)
+        require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        require(self.max_steps is None or self.max_steps > 0, "max_steps", "must be > 0 or null")
+        require(self.resume in ("auto", "never") or self.resume.endswith(".pth"), "resume",
+                f"allowed values: auto, never, or a path to a .pth checkpoint; got '{self.resume}'")  # fmt: skip
+
+    @property
+    def method_name(self) -> str:
+        return next(name for name, cls in METHODS.items() if isinstance(self.method, cls.config_class))
+
+    @property
+    def run_dir(self) -> str:
+        return self.output_dir or f"runs/{self.experiment}"
+
+
+def method_config(section: dict[str, Any]):
+    """``{name: dino, alpha: 0.4, ...}`` -> that method's config dataclass (strict)."""
+    section = dict(section)
+    name = section.pop("name", None)
+    if name not in METHODS:
+        raise ConfigError(f"config key 'method.name': {name!r} is not allowed; allowed values: "
+                          f"{', '.join(sorted(METHODS))}")  # fmt: skip
+    return from_dict(METHODS[name].config_class, section, prefix="method")
