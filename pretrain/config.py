@@ -30,7 +30,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         require(self.subset is None or self.subset > 0, "subset", f"must be > 0 or null, got {self.subset}")
         require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
-        require(self.dataset != "imagefolder" or self.root is not None, "root", "dataset imagefolder needs a root")
+        require(
+            self.dataset != "imagefolder" or self.root is not None, "root", "dataset imagefolder needs a root"
+        )
 
 
 @dataclass

@@ -81,7 +81,9 @@ class EpochSampler(Sampler):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.size, generator=generator)[: self.steps_per_epoch * self.batch * self.world_size]
+        order = torch.randperm(self.size, generator=generator)[
+            : self.steps_per_epoch * self.batch * self.world_size
+        ]
         mine = order[self.rank :: self.world_size][self.start_batch * self.batch :]
         return iter([(self.epoch, int(index)) for index in mine])
 

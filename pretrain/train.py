@@ -44,8 +44,12 @@ class ResumeError(RuntimeError):
 
 def parse_args(argv=None) -> tuple[PretrainConfig, list[str]]:
     parser = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML file, e.g. pretrain/configs/tiny/dino_resnet18_ours.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides: epochs=2 optim.base_lr=0.3 output_dir=PATH")
+    parser.add_argument(
+        "--config", required=True, help="YAML file, e.g. pretrain/configs/tiny/dino_resnet18_ours.yaml"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="dotted overrides: epochs=2 optim.base_lr=0.3 output_dir=PATH"
+    )
     args = parser.parse_args(argv)
     return load(PretrainConfig, args.config, args.overrides), args.overrides
 
@@ -70,7 +74,11 @@ def train(cfg: PretrainConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     plain_config = to_dict(cfg)
     plain_config["method"] = {"name": cfg.method_name, **plain_config["method"]}
-    provenance = {"config": plain_config, "config_hash": config_hash(plain_config), "git_commit": git_commit()}
+    provenance = {
+        "config": plain_config,
+        "config_hash": config_hash(plain_config),
+        "git_commit": git_commit(),
+    }
 
     # ---- data: pre-train on the training split minus the monitor's held-out images (Sec. 3.2) -----
     images = build_dataset(cfg.data.dataset, "train", cfg.data.root, cfg.data.image_size)
@@ -80,7 +88,9 @@ def train(cfg: PretrainConfig) -> dict:
     views = MultiCropViews(cfg.views)
     batch_per_process = cfg.batch_size // ctx.world_size
     if batch_per_process * ctx.world_size != cfg.batch_size:
-        raise ConfigError(f"config key 'batch_size': {cfg.batch_size} is not divisible by {ctx.world_size} processes")
+        raise ConfigError(
+            f"config key 'batch_size': {cfg.batch_size} is not divisible by {ctx.world_size} processes"
+        )
     loader, sampler = build_loader(
         IndexedImages(images, train_index), views, batch_per_process, ctx.rank, ctx.world_size, cfg.seed,
         cfg.data.num_workers, cfg.data.on_corrupt_image == "skip", ctx.device.type == "cuda",
@@ -95,13 +105,18 @@ def train(cfg: PretrainConfig) -> dict:
     if ctx.distributed and cfg.sync_bn and ctx.device.type == "cuda":
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # gloo has no SyncBN: per-process BN on CPU
     method.to(ctx.device)
+    # broadcast_buffers=False: SwAV's queue is per process (as in SwAV), not rank 0's copied to all.
     model = DistributedDataParallel(method, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
-                                    find_unused_parameters=True) if ctx.distributed else method  # fmt: skip
+                                    broadcast_buffers=False) if ctx.distributed else method  # fmt: skip
     optimizer = build_optimizer(method, cfg.optim)
     schedules = build_schedules(cfg.optim, cfg.epochs, steps_per_epoch, cfg.batch_size)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.amp == "fp16")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-    probe = OnlineProbe(get_spec(cfg.backbone).feature_dim, len(images.classes), ctx.device) if cfg.monitor.online_linear else None
+    probe = (
+        OnlineProbe(get_spec(cfg.backbone).feature_dim, len(images.classes), ctx.device)
+        if cfg.monitor.online_linear
+        else None
+    )
 
     # ---- resume -------------------------------------------------------------------------------------
     start_epoch, start_batch, global_step = 0, 0, 0
@@ -110,8 +125,11 @@ def train(cfg: PretrainConfig) -> dict:
         state = ckpt.load(resume_path)
         differences = ckpt.model_differences(state["config"], plain_config)
         if differences:
-            raise ResumeError(f"refusing to resume {resume_path}: the config changes the model or method:\n  "
-                              + "\n  ".join(differences) + "\nuse a new output_dir, or resume=never to start over")
+            raise ResumeError(
+                f"refusing to resume {resume_path}: the config changes the model or method:\n  "
+                + "\n  ".join(differences)
+                + "\nuse a new output_dir, or resume=never to start over"
+            )
         method.load_state_dict(state["method_state"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["grad_scaler"])
@@ -119,7 +137,10 @@ def train(cfg: PretrainConfig) -> dict:
             probe.load_state_dict(state["online_probe"])
         ckpt.set_rng_state(state["rng"])
         start_epoch, start_batch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        _say(ctx, f"resumed from {resume_path} at epoch {start_epoch}, step {start_batch} (global step {global_step})")
+        _say(
+            ctx,
+            f"resumed from {resume_path} at epoch {start_epoch}, step {start_batch} (global step {global_step})",
+        )
 
     def save(path: Path, epoch: int, step_in_epoch: int, metrics: dict) -> Path:
         teacher = getattr(method, "teacher_backbone", None)
@@ -195,7 +216,9 @@ def train(cfg: PretrainConfig) -> dict:
         # ---- end of epoch: monitor, checkpoints ------------------------------------------------------
         metrics = {"epoch": epoch + 1, "loss": out.loss.item()}
         if ctx.is_main and _every(cfg.monitor.knn_every_epochs, epoch + 1):
-            metrics["knn_top1_heldout"] = monitor_knn(cfg, method.student_backbone, images, train_index, held_index, ctx.device)
+            metrics["knn_top1_heldout"] = monitor_knn(
+                cfg, method.student_backbone, images, train_index, held_index, ctx.device
+            )
         if probe is not None:
             metrics["online_linear_top1"] = probe.epoch_accuracy()
         logger.epoch(epoch + 1, metrics)
@@ -260,7 +283,9 @@ def _collate_readable(batch):
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, dataset, device, skip_unreadable: bool = False, batch_size: int = 256):
+def extract_features(
+    backbone: nn.Module, dataset, device, skip_unreadable: bool = False, batch_size: int = 256
+):
     """Pooled features of ``dataset`` (eval mode), with labels; unreadable images dropped if asked."""
     was_training = backbone.training
     backbone.eval()
@@ -279,10 +304,14 @@ def extract_features(backbone: nn.Module, dataset, device, skip_unreadable: bool
 def monitor_knn(cfg: PretrainConfig, backbone, images, train_index, held_index, device) -> float:
     """The authors' online monitor: weighted 20-NN (T 0.07) of held-out training images."""
     transform = eval_transform(cfg.views.global_size, cfg.views.mean, cfg.views.std)
-    bank_index = train_index if cfg.monitor.knn_bank_size is None else train_index[: cfg.monitor.knn_bank_size]
+    bank_index = (
+        train_index if cfg.monitor.knn_bank_size is None else train_index[: cfg.monitor.knn_bank_size]
+    )
     skip = cfg.data.on_corrupt_image == "skip"
     bank, bank_labels = extract_features(backbone, IndexedImages(images, bank_index, transform), device, skip)
-    queries, query_labels = extract_features(backbone, IndexedImages(images, held_index, transform), device, skip)
+    queries, query_labels = extract_features(
+        backbone, IndexedImages(images, held_index, transform), device, skip
+    )
     return knn_top1(bank, bank_labels, queries, query_labels, len(images.classes),
                     cfg.monitor.knn_k, cfg.monitor.knn_temperature)  # fmt: skip
 

@@ -50,7 +50,10 @@ def test_two_steps_write_a_weights_only_checkpoint(tmp_path, method):
     state = torch.load(last, weights_only=True)
     assert state["global_step"] == 2 and state["step_in_epoch"] == 2 and state["epoch"] == 0
     assert state["method"] == method and state["backbone"] == "resnet18"
-    assert "conv1.weight" in state["student_backbone"] and "layer4.1.bn2.running_var" in state["student_backbone"]
+    assert (
+        "conv1.weight" in state["student_backbone"]
+        and "layer4.1.bn2.running_var" in state["student_backbone"]
+    )
     assert (state["teacher_backbone"] is None) == (method == "swav")
     assert state["config"]["method"]["name"] == method and len(state["config_hash"]) == 16
     buffers = {"dino": "criterion.center", "swav": "queue", "moco": "queue"}
@@ -119,7 +122,9 @@ def test_corrupt_image_is_fatal_or_skipped_and_counted(tmp_path):
     for label in range(2):
         (root / "train" / f"c{label}").mkdir(parents=True)
         for i in range(12):
-            Image.new("RGB", (40, 40), (i * 20, label * 200, 0)).save(root / "train" / f"c{label}" / f"{i}.png")
+            Image.new("RGB", (40, 40), (i * 20, label * 200, 0)).save(
+                root / "train" / f"c{label}" / f"{i}.png"
+            )
     (root / "train" / "c0" / "0.png").write_bytes(b"broken")
     common = {"data.dataset": "imagefolder", "data.root": str(root), "batch_size": 4, "epochs": 1}
     with pytest.raises(DatasetError, match=r"0\.png"):

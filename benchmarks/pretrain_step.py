@@ -1,0 +1,125 @@
+"""Pre-training step throughput: each method's full step vs the bare forward+backward (the limit).
+
+The full step is what ``pretrain/train.py`` runs per batch (multi-crop forward of student and teacher,
+loss, backward, LARS/AdamW step, EMA/queue updates); the limit is the student backbone and head alone
+on the same crops, forward and backward, with a trivial loss. Views are random tensors already on the
+device, so the data path is excluded (see ``benchmarks/augmentation.py`` for that).
+
+    python -m benchmarks.pretrain_step --device cuda --amp bf16 --batch 128 --global-size 224 --local-size 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from lowssl.backbones import get_spec
+from pretrain.methods import build_method
+from pretrain.optim import OptimConfig, build_optimizer
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(step, steps: int, warmup: int, device) -> list[float]:
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure(method_name: str, backbone: str, args) -> dict:
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    method = build_method(method_name, backbone).to(device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    method = method.to(memory_format=memory_format)
+    family = get_spec(backbone).family
+    optimizer = build_optimizer(
+        method, OptimConfig.paper_vit() if family == "vit" else OptimConfig.paper_cnn()
+    )
+    views = [torch.randn(args.batch, 3, args.global_size, args.global_size, device=device)] * 2 + [
+        torch.randn(args.batch, 3, args.local_size, args.local_size, device=device)
+    ] * args.n_local
+    views = [v.contiguous(memory_format=memory_format) for v in views]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)  # noqa: E731
+
+    def full_step():
+        method.normalize_prototypes()
+        with autocast():
+            out = method(views, 1)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        method.cancel_frozen_gradients(1)
+        optimizer.step()
+        method.update_teacher(method.teacher_momentum(10, 100))
+
+    student = [method.student_backbone, getattr(method, "student_head", None) or method.projection_head]
+
+    def bare_step():
+        with autocast():
+            from pretrain.methods import multicrop_forward
+
+            loss = multicrop_forward(student[0], student[1], views).float().square().mean()
+        loss.backward()
+
+    full = _time(full_step, args.steps, args.warmup, device)
+    method.zero_grad(set_to_none=True)
+    bare = _time(bare_step, args.steps, args.warmup, device)
+    result = {
+        "method": method_name, "backbone": backbone, "batch": args.batch, "global_size": args.global_size,
+        "local_size": args.local_size, "n_local": args.n_local, "amp": args.amp, "channels_last": args.channels_last,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "step_s_median": statistics.median(full), "step_s_spread": max(full) - min(full),
+        "bare_s_median": statistics.median(bare), "bare_s_spread": max(bare) - min(bare),
+        "images_per_s": args.batch / statistics.median(full), "bare_images_per_s": args.batch / statistics.median(bare),
+    }  # fmt: skip
+    result["overhead_ratio"] = result["step_s_median"] / result["bare_s_median"]
+    if device.type == "cuda":
+        result["peak_cuda_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=["dino", "swav", "moco"])
+    parser.add_argument("--backbones", nargs="+", default=["mobilenet_v2", "resnet18"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--global-size", type=int, default=224)
+    parser.add_argument("--local-size", type=int, default=128)
+    parser.add_argument("--n-local", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    results = []
+    for backbone in args.backbones:
+        for method_name in args.methods:
+            result = measure(method_name, backbone, args)
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    if args.out:
+        with open(args.out, "w") as file:
+            json.dump(results, file, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
