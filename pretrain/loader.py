@@ -44,10 +44,17 @@ class SeededViews(Dataset):
                 return None
             raise
         label = int(self.images.targets[index])
-        if get_worker_info() is None:  # in the main process: keep the training RNG untouched
+        if get_worker_info() is not None:  # a loader worker: its RNG and its one thread are its own
+            return self._views(epoch, index, image), label
+        # In the main process (num_workers=0) keep the training RNG untouched, and run the small
+        # per-image ops on one thread: torch's multi-threading makes them many times slower.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
             with torch.random.fork_rng(devices=[]):
                 return self._views(epoch, index, image), label
-        return self._views(epoch, index, image), label
+        finally:
+            torch.set_num_threads(threads)
 
     def _views(self, epoch, index, image):
         seed = sample_seed(self.seed, epoch, index)

@@ -152,3 +152,24 @@ def test_two_process_gloo_ddp_runs_on_cpu(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     state = ckpt.load(tmp_path / "run/last.pth")
     assert state["global_step"] == 2
+
+
+def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    real_save = torch.save
+    saves = {"n": 0}
+
+    def save_until_disk_full(obj, file, *args, **kwargs):
+        saves["n"] += 1
+        if saves["n"] == 2:
+            file.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_until_disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        train(tiny_config(tmp_path, **{"checkpoint.every_steps": 1}))
+    state = ckpt.load(tmp_path / "run/last.pth")
+    assert state["global_step"] == 1
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.pth")) == ["last.pth"]

@@ -1,0 +1,111 @@
+"""``python -m detection {convert,train,make-dataset}``.
+
+    python -m detection convert runs/x/last.pth /tmp/x.pkl
+    python -m detection train --config detection/configs/mask_rcnn_resnet18_fpn_tiny.yaml --weights /tmp/x.pkl
+    python -m detection train --config detection/configs/mask_rcnn_mobilenet_v2_fpn_1x.yaml \\
+        --weights /tmp/x.pkl --num-gpus 8 SOLVER.IMS_PER_BATCH 16
+    python -m detection make-dataset --out data/fmnist_det/custom --train 2000 --val 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from detection.convert import ConversionError, convert_checkpoint, write_pickle
+from detection.fmnist_det import FmnistDetSpec, generate
+from detection.train import TrainError, train
+from evaluate.adapters import AdapterError, formats
+from lowssl.data import DatasetError
+from lowssl.io import CheckpointError
+from lowssl.records import DEFAULT_RUNS_DIR
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit code 2, as every other bad input
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m detection", description="Mask R-CNN FPN transfer (Detectron2).")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    convert = commands.add_parser(
+        "convert", help="any checkpoint evaluate/ reads -> Detectron2 weights (.pkl)"
+    )
+    convert.add_argument("checkpoint", type=Path)
+    convert.add_argument("out", type=Path, help="the Detectron2 pickle to write")
+    convert.add_argument("--format", dest="fmt", choices=[f.name for f in formats()], help="force a layout")
+    convert.add_argument("--arch", help="force the architecture (default: recorded in the file or inferred)")
+    convert.add_argument("--branch", help="student / teacher / query ... (default: the format's default)")
+    convert.add_argument("--trust-checkpoint", action="store_true",
+                         help="load the file as a full pickle, which can run code: only files you trust")  # fmt: skip
+
+    train_cmd = commands.add_parser("train", help="train and evaluate Mask R-CNN FPN; results to the records")
+    train_cmd.add_argument("--config", type=Path, required=True, help="a YAML under detection/configs/")
+    train_cmd.add_argument("--weights", required=True,
+                           help="a .pkl from `convert`, or `none` for random initialisation")  # fmt: skip
+    train_cmd.add_argument("--num-gpus", type=int, default=1, help="processes (GPUs) per machine")
+    train_cmd.add_argument("--num-machines", type=int, default=1)
+    train_cmd.add_argument("--machine-rank", type=int, default=0, help="this machine's index")
+    train_cmd.add_argument("--dist-url", default="auto",
+                           help="tcp://HOST:PORT of machine 0 (several machines); auto: a free local port")  # fmt: skip
+    train_cmd.add_argument("--output-dir", type=Path, help="default runs/detection/<config>-<arch>-<weights>")
+    train_cmd.add_argument("--records-dir", type=Path, default=DEFAULT_RUNS_DIR)
+    train_cmd.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint")
+    train_cmd.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                           help="Detectron2 config overrides, e.g. SOLVER.MAX_ITER 100")  # fmt: skip
+
+    dataset = commands.add_parser(
+        "make-dataset", help="the Fashion-MNIST instance-segmentation set, COCO format"
+    )
+    dataset.add_argument("--out", type=Path, required=True)
+    dataset.add_argument("--train", type=int, default=FmnistDetSpec.train_images, help="training canvases")
+    dataset.add_argument("--val", type=int, default=FmnistDetSpec.val_images, help="validation canvases")
+    dataset.add_argument("--seed", type=int, default=FmnistDetSpec.seed)
+    dataset.add_argument("--canvas", type=int, default=FmnistDetSpec.canvas, help="canvas side in pixels")
+    return parser
+
+
+def run(args) -> int:
+    if args.command == "convert":
+        converted = convert_checkpoint(
+            args.checkpoint, args.fmt, args.arch, args.branch, args.trust_checkpoint
+        )
+        write_pickle(converted.payload, args.out)
+        source = converted.payload["lowssl"]
+        print(f"{args.out}: {source['arch']} ({source['format']}, branch {source['branch']}), "
+              f"{converted.loaded} backbone tensors load into Mask R-CNN FPN, none missing")  # fmt: skip
+        for note in converted.notes:
+            print(f"  note: {note}")
+        return 0
+    if args.command == "train":
+        return train(args)
+    if min(args.train, args.val) < 1 or args.canvas < 28:
+        raise DatasetError(
+            "--train and --val must be at least 1 and --canvas at least 28 (a Fashion-MNIST item)"
+        )
+    root = generate(args.out, FmnistDetSpec(args.train, args.val, args.seed, args.canvas))
+    print(f"{root}: annotations/instances_train.json ({args.train} images), instances_val.json ({args.val})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (
+        AdapterError,
+        CheckpointError,
+        ConversionError,
+        DatasetError,
+        TrainError,
+        FileNotFoundError,
+    ) as error:
+        print("error: " + " ".join(str(error).split()), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Detectron2 configs for lowssl: the extra keys, loading a YAML under ``detection/configs/``, and which
+lowssl backbone a config builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from detectron2.config import CfgNode, get_cfg
+
+import detection.backbones  # noqa: F401 - registers the MobileNetV2 builders the configs name
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+#: The config whose model ``convert`` loads a converted checkpoint into, per lowssl backbone.
+ARCH_CONFIGS = {
+    "mobilenet_v2": CONFIG_DIR / "mask_rcnn_mobilenet_v2_fpn_1x.yaml",
+    "resnet18": CONFIG_DIR / "mask_rcnn_resnet18_fpn_1x.yaml",
+    "resnet34": CONFIG_DIR / "mask_rcnn_resnet34_fpn_1x.yaml",
+}
+
+
+def add_lowssl_config(cfg: CfgNode) -> None:
+    cfg.MODEL.MOBILENET_V2 = CfgNode({"NORM": "BN"})
+    cfg.LOWSSL = CfgNode()
+    # Names the results metrics coco_<SCHEDULE>_APbb ...: "1x", "2x" or "tiny".
+    cfg.LOWSSL.SCHEDULE = ""
+    # Check every annotation file of DATASETS.TRAIN / TEST before training (detection/datasets.py).
+    cfg.LOWSSL.VALIDATE_DATASETS = True
+    # The embedded Fashion-MNIST instance-segmentation set (detection/fmnist_det.py); ROOT "" is
+    # data/fmnist_det/<parameters> in the repository, generated on first use.
+    cfg.LOWSSL.FMNIST_DET = CfgNode(
+        {"ROOT": "", "TRAIN_IMAGES": 1000, "VAL_IMAGES": 200, "SEED": 0, "CANVAS": 128}
+    )
+
+
+def load_config(path: str | Path, opts: list[str] | tuple[str, ...] = ()) -> CfgNode:
+    """The config at ``path`` (its ``_BASE_`` chain merged) with ``KEY VALUE`` overrides applied.
+
+    On the CPU every SyncBN becomes BN: there is nothing to synchronise with (facts.md section 3,
+    "BN on one device").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"detection config {path} does not exist; configs live in {CONFIG_DIR}")
+    cfg = get_cfg()
+    add_lowssl_config(cfg)
+    cfg.merge_from_file(str(path))
+    cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE == "cpu":
+        _replace_norm(cfg, "SyncBN", "BN")
+    return cfg
+
+
+def _replace_norm(node: CfgNode, old: str, new: str) -> None:
+    for key, value in node.items():
+        if isinstance(value, CfgNode):
+            _replace_norm(value, old, new)
+        elif key == "NORM" and value == old:
+            node[key] = new
+
+
+def config_arch(cfg: CfgNode) -> str:
+    """The lowssl backbone name (lowssl.backbones) of the config's bottom-up network."""
+    name = cfg.MODEL.BACKBONE.NAME
+    if name in ("build_mobilenet_v2_fpn_backbone", "build_mobilenet_v2_backbone"):
+        return "mobilenet_v2"
+    if name == "build_resnet_fpn_backbone":
+        return f"resnet{cfg.MODEL.RESNETS.DEPTH}"
+    raise ValueError(f"MODEL.BACKBONE.NAME {name} is not a lowssl detection backbone")

@@ -1,0 +1,140 @@
+"""``python -m detection convert``: any checkpoint evaluate/ can read -> Detectron2's weight pickle.
+
+The pickle is what Detectron2 loads with name-matching heuristics: ``{"model": {name: numpy array},
+"__author__": "lowssl", "matching_heuristics": True}`` (facts.md section 3, MoCo's
+convert-pretrain-to-detectron2 convention), plus ``"lowssl"``: where the weights came from.
+Names are backbone names without a model prefix; Detectron2 matches each to the model key it is a
+suffix of (``res2.0.conv1.weight`` -> ``backbone.bottom_up.res2.0.conv1.weight``).
+
+The conversion is checked before anything is written: the pickle is loaded into the Mask R-CNN the
+architecture's config builds, with Detectron2's own checkpointer, and any backbone key left missing,
+any weight left unused or of the wrong shape is an error.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+
+from detection.config import ARCH_CONFIGS, load_config
+from evaluate.adapters import load_pretrained
+from lowssl.io import atomic_write, load_checkpoint
+
+AUTHOR = "lowssl"
+BACKBONE_PREFIX = "backbone.bottom_up."  # where FPN keeps the bottom-up network in Detectron2's model
+
+
+class ConversionError(ValueError):
+    """The checkpoint cannot become Detectron2 weights that load completely."""
+
+
+def resnet_to_detectron2(name: str) -> str:
+    """torchvision ResNet name -> Detectron2 ResNet name, as MoCo's convert-pretrain-to-detectron2.py."""
+    if not name.startswith("layer"):
+        name = "stem." + name  # conv1, bn1
+    name = re.sub(r"layer(\d)", lambda match: f"res{int(match.group(1)) + 1}", name)
+    name = re.sub(r"bn(\d)", r"conv\1.norm", name)
+    return name.replace("downsample.0", "shortcut").replace("downsample.1", "shortcut.norm")
+
+
+def detectron2_name(arch: str, name: str) -> str:
+    # MobileNetV2's registered backbone keeps torchvision's features.N names (detection/backbones.py).
+    return resnet_to_detectron2(name) if arch.startswith("resnet") else name
+
+
+@dataclass
+class Converted:
+    payload: dict  # what the pickle holds
+    loaded: int  # backbone tensors the model took from it
+    notes: list[str]
+
+
+def convert_checkpoint(
+    checkpoint: str | Path,
+    fmt: str | None = None,
+    arch: str | None = None,
+    branch: str | None = None,
+    trust: bool = False,
+) -> Converted:
+    adapted = load_pretrained(checkpoint, arch=arch, fmt=fmt, branch=branch, trust=trust)
+    if adapted.arch not in ARCH_CONFIGS:
+        raise ConversionError(
+            f"{checkpoint} holds a {adapted.arch}; detection has configs for {', '.join(ARCH_CONFIGS)}"
+        )
+    if adapted.missing:
+        raise ConversionError(
+            f"{checkpoint} ({adapted.format}, branch {adapted.branch}) lacks {len(adapted.missing)} backbone "
+            f"keys of {adapted.arch}, which would keep their random initialisation: "
+            f"{', '.join(adapted.missing[:10])}{' ...' if len(adapted.missing) > 10 else ''}"
+        )
+    method, recipe, epochs = "unknown", "unknown", 0
+    if adapted.format == "lowssl":  # lowssl files say what trained them (pretrain/checkpoint.py)
+        saved = load_checkpoint(checkpoint, trust=trust)
+        method, recipe, epochs = (
+            saved.get("method", method),
+            saved.get("recipe", recipe),
+            int(saved.get("epoch", 0)),
+        )
+    payload = {
+        "model": {
+            detectron2_name(adapted.arch, name): tensor.detach().cpu().numpy()
+            for name, tensor in adapted.state_dict.items()
+        },
+        "__author__": AUTHOR,
+        "matching_heuristics": True,
+        "lowssl": {
+            "source": str(checkpoint),
+            "source_sha256": adapted.checkpoint_sha256,
+            "format": adapted.format,
+            "arch": adapted.arch,
+            "branch": adapted.branch,
+            "method": method,
+            "recipe": recipe,
+            "pretrain_epochs": epochs,
+        },
+    }
+    loaded = check_loads(payload, adapted.arch)
+    return Converted(payload, loaded, adapted.notes)
+
+
+def check_loads(payload: dict, arch: str) -> int:
+    """Load ``payload`` into the Mask R-CNN of ``arch`` on the CPU the way training will; the number of
+    backbone tensors loaded, or :class:`ConversionError` naming what did not load."""
+    model = build_model(load_config(ARCH_CONFIGS[arch], ["MODEL.DEVICE", "cpu"]))
+    checkpointer = DetectionCheckpointer(model)
+    # _load_model is the checkpointer's own loading step (name matching included); its report is
+    # otherwise only logged. It replaces the arrays of the dict it gets by tensors, so it gets a copy.
+    incompatible = checkpointer._load_model({**payload, "model": dict(payload["model"])})
+    backbone_keys = [key for key in model.state_dict() if key.startswith(BACKBONE_PREFIX)]
+    missing = [key for key in incompatible.missing_keys if key.startswith(BACKBONE_PREFIX)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} backbone keys missing: {', '.join(missing[:10])}")
+    if incompatible.unexpected_keys:
+        problems.append(
+            f"{len(incompatible.unexpected_keys)} weights match no model key (or have another shape): "
+            f"{', '.join(incompatible.unexpected_keys[:10])}"
+        )
+    if incompatible.incorrect_shapes:
+        problems.append(f"wrong shapes: {incompatible.incorrect_shapes[:10]}")
+    if problems:
+        raise ConversionError(
+            f"the converted {arch} weights do not load into the detector: {'; '.join(problems)}"
+        )
+    return len(backbone_keys)
+
+
+def write_pickle(payload: dict, out: str | Path) -> Path:
+    return atomic_write(out, lambda file: pickle.dump(payload, file, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def read_pickle_metadata(path: str | Path) -> dict | None:
+    """The ``lowssl`` entry of a converted pickle; None for weights from elsewhere (model zoo files)."""
+    with open(path, "rb") as file:
+        data = pickle.load(file, encoding="latin1")  # the same load Detectron2 does on this file
+    return data.get("lowssl") if isinstance(data, dict) else None

@@ -1,0 +1,178 @@
+"""``python -m detection train``: Mask R-CNN FPN through Detectron2's DefaultTrainer and ``launch``.
+
+One process per GPU (``--num-gpus``) on each of ``--num-machines`` machines, as Detectron2's own
+tools/train_net.py. Training ends with COCO evaluation on DATASETS.TEST (pycocotools' COCOeval, the
+Python one where the compiled ops are absent) and the main process appends the box and mask AP,
+AP50, AP75 to the results records as metrics ``coco_<schedule>_APbb`` ... ``coco_<schedule>_APmk75``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.engine import DefaultTrainer, launch
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.logger import setup_logger
+
+from detection import compat
+from detection.config import config_arch, load_config
+from detection.convert import read_pickle_metadata
+from detection.datasets import prepare_datasets, register_datasets
+from lowssl.io import atomic_write_text, git_commit, sha256_file
+from lowssl.records import Record, append_records
+
+METRICS = {("bbox", "AP"): "APbb", ("bbox", "AP50"): "APbb50", ("bbox", "AP75"): "APbb75",
+           ("segm", "AP"): "APmk", ("segm", "AP50"): "APmk50", ("segm", "AP75"): "APmk75"}  # fmt: skip
+RANDOM_INIT = "none"  # --weights none
+
+logger = logging.getLogger(__name__)
+
+
+class Trainer(DefaultTrainer):
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or str(Path(cfg.OUTPUT_DIR) / "inference" / dataset_name)
+        return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=compat.has_compiled_ops())
+
+
+class TrainError(ValueError):
+    """The command line or the config asks for something this run cannot do."""
+
+
+def weights_source(weights: str, arch: str) -> dict:
+    """What the weights are, for the records; a converted checkpoint of another backbone is an error."""
+    if weights == RANDOM_INIT:
+        return {"method": "random-init", "recipe": "none", "pretrain_epochs": 0, "branch": "none",
+                "source_sha256": "", "weights_sha256": "", "tag": "random-init"}  # fmt: skip
+    path = Path(weights)
+    if not path.is_file():
+        raise TrainError(f"--weights {weights} does not exist (make one with `python -m detection convert`)")
+    weights_sha256 = sha256_file(path)
+    metadata = read_pickle_metadata(path) if path.suffix == ".pkl" else None
+    if metadata is None:  # Detectron2 model zoo or other weights: load them, but they say nothing
+        logger.warning(
+            "%s was not written by `python -m detection convert`: its backbone is not checked", path
+        )
+        return {"method": "unknown", "recipe": "unknown", "pretrain_epochs": 0, "branch": "unknown",
+                "source_sha256": weights_sha256, "weights_sha256": weights_sha256, "tag": weights_sha256[:12]}  # fmt: skip
+    if metadata["arch"] != arch:
+        raise TrainError(
+            f"--weights {weights} holds a {metadata['arch']} backbone, the config builds a {arch}"
+        )
+    keys = ("method", "recipe", "pretrain_epochs", "branch", "source_sha256", "format", "source")
+    return {**{key: metadata[key] for key in keys}, "weights_sha256": weights_sha256,
+            "tag": metadata["source_sha256"][:12]}  # fmt: skip
+
+
+def setup_logging(output_dir: str, rank: int) -> None:
+    for name in ("detectron2", "fvcore", "detection"):
+        setup_logger(output_dir, distributed_rank=rank, name=name)
+
+
+def setup(args) -> CfgNode:
+    """The run's config: the file, the overrides, --weights and --output-dir applied; frozen."""
+    cfg = load_config(args.config, args.opts)
+    cfg.MODEL.WEIGHTS = "" if args.weights == RANDOM_INIT else str(Path(args.weights).resolve())
+    cfg.OUTPUT_DIR = str(args.output_dir)
+    cfg.freeze()
+    return cfg
+
+
+def default_output_dir(config: Path, arch: str, source: dict) -> Path:
+    return Path("runs") / "detection" / f"{config.stem}-{arch}-{source['tag']}"
+
+
+def train_worker(args, source: dict) -> None:
+    """One training process (of num_machines x num_gpus); the main one writes the records."""
+    cfg = setup(args)
+    rank = comm.get_rank()
+    setup_logging(cfg.OUTPUT_DIR, rank)
+    register_datasets(cfg)
+    # As Detectron2's default_setup (which also collects environment information through the compiled
+    # ops, so it is not called): each process seeded differently, deterministically if SEED >= 0.
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
+    torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
+    start = time.time()
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    trainer.train()
+    wall_s = time.time() - start
+    # DefaultTrainer.train returns the final evaluation only when TEST.EXPECTED_RESULTS is set; its
+    # evaluation hook always keeps it here (filled on the main process).
+    results = getattr(trainer, "_last_eval_results", None) or {}
+    if comm.is_main_process():
+        records = result_records(cfg, args, source, results, wall_s)
+        if not records:
+            raise TrainError(f"no box or mask AP to record: DATASETS.TEST is {cfg.DATASETS.TEST}")
+        path = append_records(records, args.records_dir)
+        logger.info("wall time %.1f s; results %s; records %s", wall_s, dict(results), path)
+
+
+def result_records(cfg: CfgNode, args, source: dict, results: dict, wall_s: float) -> list[Record]:
+    schedule = cfg.LOWSSL.SCHEDULE
+    if not schedule:
+        raise TrainError(f"{args.config} sets no LOWSSL.SCHEDULE (1x, 2x or tiny), which names the metrics")
+    arch = config_arch(cfg)
+    details = {
+        "weights": cfg.MODEL.WEIGHTS or RANDOM_INIT,
+        "weights_sha256": source["weights_sha256"],
+        "source_format": source.get("format", ""),
+        "source_checkpoint": source.get("source", ""),
+        "fpn_in_features": list(cfg.MODEL.FPN.IN_FEATURES),
+        "max_iter": cfg.SOLVER.MAX_ITER,
+        "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
+        "world_size": comm.get_world_size(),
+        "device": cfg.MODEL.DEVICE,
+        "wall_time_s": round(wall_s, 1),
+        "compiled_ops": compat.has_compiled_ops(),
+        "overrides": list(args.opts),
+        "output_dir": cfg.OUTPUT_DIR,
+    }
+    common = dict(
+        run_id=f"detection-{source['tag']}-{arch}-{source['branch']}", stage="detection",
+        method=source["method"], recipe=source["recipe"], backbone=arch,
+        pretrain_epochs=int(source["pretrain_epochs"]), dataset=cfg.DATASETS.TEST[0],
+        protocol=Path(args.config).stem, branch=source["branch"], checkpoint_sha256=source["source_sha256"],
+        config_hash=_config_hash(cfg), git_commit=git_commit(), details=details,
+    )  # fmt: skip
+    return [
+        Record(**common, metric=f"coco_{schedule}_{name}", value=results[task][key])
+        for (task, key), name in METRICS.items()
+        if task in results and key in results[task]
+    ]
+
+
+def _config_hash(cfg: CfgNode) -> str:
+    return hashlib.sha256(cfg.dump().encode()).hexdigest()[:16]
+
+
+def train(args) -> int:
+    cfg = load_config(args.config, args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainError(f"{args.config} trains on {cfg.MODEL.DEVICE} but CUDA is unavailable; "
+                         "add MODEL.DEVICE cpu (slow) or run on a GPU machine")  # fmt: skip
+    if cfg.MODEL.DEVICE == "cpu" and args.num_gpus * args.num_machines > 1:
+        raise TrainError("--num-gpus / --num-machines above 1 need MODEL.DEVICE cuda")
+    arch = config_arch(cfg)
+    source = weights_source(args.weights, arch)
+    args.output_dir = Path(args.output_dir or default_output_dir(Path(args.config), arch, source))
+    setup_logging(str(args.output_dir), args.machine_rank * args.num_gpus)
+    prepare_datasets(cfg)
+    if args.machine_rank == 0:
+        atomic_write_text(args.output_dir / "config.yaml", setup(args).dump())
+    launch(
+        train_worker,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args, source),
+    )
+    return 0

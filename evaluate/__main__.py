@@ -1,0 +1,349 @@
+"""``python -m evaluate {linear,knn,inspect}``: any checkpoint in, linear probe and k-NN out, under named protocols.
+
+    python -m evaluate linear --checkpoint runs/x/last.pth --protocol sslight_tiny
+    python -m evaluate linear --random-init --arch resnet18 --protocol fast_tiny
+    python -m evaluate knn --checkpoint runs/x/last.pth --protocol knn_tiny --k 20 --temperature 0.07
+    python -m evaluate inspect runs/x/last.pth
+
+Every result is appended to the results records (``results/runs/<run_id>.csv``, one file per evaluated
+checkpoint + arch + branch). The same evaluation again (same checkpoint sha256, protocol, branch,
+evaluation set, metric and config hash) is read back from the records and printed instead of
+recomputed, unless ``--no-cache``. ``--random-init`` evaluates the same backbone at its seeded random
+initialisation: the baseline every result is compared with. Run under torchrun for several processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from evaluate import protocols
+from evaluate.adapters import AdapterError, build_pretrained_backbone, formats
+from evaluate.features import FeatureStore, FrozenFeatures, Split
+from evaluate.knn import knn_evaluate
+from evaluate.linear import DivergedError, augmented_batches, feature_batches, train_linear, train_transform
+from lowssl import distributed
+from lowssl.backbones import available, build_backbone, get_spec
+from lowssl.config import ConfigError, config_hash, to_dict
+from lowssl.data import DATASETS, DatasetError, build_dataset, held_out_split
+from lowssl.io import CheckpointError, atomic_torch_save, atomic_write_text, git_commit, load_checkpoint
+from lowssl.records import DEFAULT_RUNS_DIR, Record, read_records, write_records
+
+PAPER_HELD_OUT_PER_CLASS = 50  # the paper's ablations: 50 images per class held out of train (Sec. 3.2)
+SUBSET_SEED = 0  # --train-subset / --eval-subset: a fixed random choice, the same on every run
+METRICS = {"linear": ("linear_top1", "linear_top5"), "knn": ("knn_top1", "knn1_top1")}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit code 2, as every other bad input
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m evaluate", description="Any checkpoint in, linear probe and k-NN out, "
+                     "under named protocols; records to results/runs/.")  # fmt: skip
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("linear", "linear probe under a protocol"), ("knn", "weighted k-NN and 1-NN")):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        source = sub.add_mutually_exclusive_group(required=True)
+        source.add_argument(
+            "--checkpoint", type=Path, help="any supported checkpoint (python -m evaluate inspect)"
+        )
+        source.add_argument(
+            "--random-init", action="store_true", help="the backbone at random initialisation"
+        )
+        sub.add_argument("--arch", choices=available(), help="backbone (required with --random-init)")
+        sub.add_argument("--seed", type=int, default=0, help="--random-init: the initialisation seed")
+        sub.add_argument("--format", dest="fmt", choices=[f.name for f in formats()], help="force a layout")
+        sub.add_argument("--branch", help="student / teacher / query ... (default: the format's default)")
+        sub.add_argument("--trust-checkpoint", action="store_true",
+                         help="load the file as a full pickle, which can run code: only files you trust")  # fmt: skip
+        sub.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
+        sub.add_argument("--data-root", help="imagefolder: the folder holding train/ and val/")
+        sub.add_argument("--held-out", action="store_true",
+                         help="evaluate on 50 images per class held out of train (paper Sec. 3.2), not val")  # fmt: skip
+        sub.add_argument("--held-out-per-class", type=int, default=PAPER_HELD_OUT_PER_CLASS, metavar="N",
+                         help="images per class held out with --held-out (default 50, the paper's)")  # fmt: skip
+        sub.add_argument("--train-subset", type=int, metavar="N", help="train on N random training images")
+        sub.add_argument(
+            "--eval-subset", type=int, metavar="N", help="evaluate on N random images (smoke runs)"
+        )
+        sub.add_argument(
+            "--no-cache", action="store_true", help="recompute: ignore stored results and features"
+        )
+        sub.add_argument("--output-dir", type=Path, default=Path("runs/evaluate"))
+        sub.add_argument("--records-dir", type=Path, default=DEFAULT_RUNS_DIR)
+        sub.add_argument("--cache-dir", type=Path, help="feature cache (default: OUTPUT_DIR/feature-cache)")
+        sub.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+        sub.add_argument("--workers", type=int, default=4, help="data-loading processes per process")
+        if name == "linear":
+            sub.add_argument(
+                "--protocol", required=True, help=f"one of: {', '.join(protocols.available('linear'))}"
+            )
+        else:
+            sub.add_argument(
+                "--protocol", default="knn", help=f"one of: {', '.join(protocols.available('knn'))}"
+            )
+            sub.add_argument("--k", type=int, help="neighbours (protocol default 20)")
+            sub.add_argument("--temperature", type=float, help="vote temperature (protocol default 0.07)")
+        sub.add_argument(
+            "overrides", nargs="*", metavar="key=value", help="protocol overrides, e.g. epochs=2"
+        )
+    commands.add_parser(
+        "inspect", help="what a checkpoint holds (python -m evaluate inspect --help)", add_help=False
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["inspect"]:
+        from evaluate.inspect_cmd import inspect_main
+
+        return inspect_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return evaluate(args)
+    except (ConfigError, AdapterError, CheckpointError, DatasetError) as error:
+        print("error: " + " ".join(str(error).split()), file=sys.stderr)
+        return 2
+    except DivergedError as error:  # not bad input: the run itself failed
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+# ---- what is evaluated ------------------------------------------------------------------------------
+
+
+@dataclass
+class Subject:
+    """The backbone under evaluation and where it came from."""
+
+    model: nn.Module
+    arch: str
+    branch: str
+    checkpoint: str  # sha256 of the file, or random-init-seed<N>
+    method: str
+    recipe: str
+    pretrain_epochs: int
+    format: str
+    notes: list[str]
+
+    @property
+    def identity(self) -> dict:
+        return {"checkpoint": self.checkpoint, "arch": self.arch, "branch": self.branch}
+
+    @property
+    def short_id(self) -> str:
+        return self.checkpoint if self.format == "random-init" else self.checkpoint[:12]
+
+    @property
+    def run_id(self) -> str:
+        return f"eval-{self.short_id}-{self.arch}-{self.branch}"
+
+
+def load_subject(args) -> Subject:
+    if args.random_init:
+        if args.arch is None:
+            raise ConfigError("--random-init needs --arch (the backbone to initialise)")
+        torch.manual_seed(args.seed)
+        return Subject(build_backbone(args.arch), args.arch, "none", f"random-init-seed{args.seed}", "random-init",
+                       "none", 0, "random-init", [f"random initialisation, torch seed {args.seed}"])  # fmt: skip
+    model, adapted = build_pretrained_backbone(
+        args.checkpoint, args.arch, args.fmt, args.branch, args.trust_checkpoint
+    )
+    method, recipe, epochs = "unknown", "unknown", 0
+    if adapted.format == "lowssl":  # lowssl files say what trained them (pretrain/checkpoint.py)
+        saved = load_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
+        method, recipe, epochs = (
+            saved.get("method", method),
+            saved.get("recipe", recipe),
+            int(saved.get("epoch", 0)),
+        )
+    notes = [*adapted.notes, f"{adapted.loaded} backbone keys loaded, {len(adapted.unexpected)} unexpected"]
+    return Subject(model, adapted.arch, adapted.branch, adapted.checkpoint_sha256, method, recipe, epochs,
+                   adapted.format, notes)  # fmt: skip
+
+
+# ---- which images -----------------------------------------------------------------------------------
+
+
+def _random_subset(indices: np.ndarray, size: int | None, what: str) -> np.ndarray:
+    if size is None:
+        return indices
+    if not 0 < size <= len(indices):
+        raise ConfigError(
+            f"--{what}-subset {size}: must be between 1 and {len(indices)} (the images available)"
+        )
+    return np.sort(np.random.default_rng(SUBSET_SEED).choice(indices, size=size, replace=False))
+
+
+def build_splits(args, image_size: int) -> tuple[Split, Split, str]:
+    """(training images, evaluation images, the dataset column of the records)."""
+    root = str(Path(args.data_root).resolve()) if args.data_root else None
+    train_images = build_dataset(args.dataset, "train", root, image_size)
+    train_index = np.arange(len(train_images))
+    label = args.dataset if args.dataset != "imagefolder" else f"imagefolder:{Path(root).name}"
+    if args.held_out:
+        train_index, eval_index = held_out_split(train_images.targets, args.held_out_per_class)
+        evaluation = Split(args.dataset, root, "train", train_images, eval_index)
+        label += f"/held-out-{args.held_out_per_class}pc"
+    else:
+        eval_images = build_dataset(args.dataset, "val", root, image_size)
+        evaluation = Split(args.dataset, root, "val", eval_images, np.arange(len(eval_images)))
+    train = Split(
+        args.dataset, root, "train", train_images, _random_subset(train_index, args.train_subset, "train")
+    )
+    evaluation.indices = _random_subset(evaluation.indices, args.eval_subset, "eval")
+    label += f"/train{args.train_subset}" if args.train_subset else ""
+    label += f"/eval{args.eval_subset}" if args.eval_subset else ""
+    return train, evaluation, label
+
+
+# ---- records -------------------------------------------------------------------------------------------
+
+
+def stored_result(records_dir: Path, stage: str, subject: Subject, protocol: str, dataset: str, chash: str):
+    """The stored rows of this exact evaluation, or None if any metric is missing."""
+    frame = read_records(records_dir)
+    rows = frame[(frame.stage == stage) & (frame.checkpoint_sha256 == subject.checkpoint)
+                 & (frame.protocol == protocol) & (frame.branch == subject.branch)
+                 & (frame.dataset == dataset) & (frame.config_hash == chash)]  # fmt: skip
+    return rows if set(METRICS[stage]) <= set(rows.metric) else None
+
+
+def save_records(records: list[Record], records_dir: Path) -> Path:
+    """Add rows to the run's file, replacing rows of the same stage, protocol, branch, dataset and metric.
+
+    lowssl.records.append_records replaces on (stage, protocol, branch, metric) only, which would let
+    a held-out or ImageFolder result overwrite the val result of the same checkpoint in this file.
+    """
+    frame = read_records(records_dir)
+    keys = {(r.stage, r.protocol, r.branch, r.dataset, r.metric) for r in records}
+    old = [Record(**row) for row in frame[frame.run_id == records[0].run_id].to_dict("records")]
+    kept = [r for r in old if (r.stage, r.protocol, r.branch, r.dataset, r.metric) not in keys]
+    return write_records(kept + records, records_dir)
+
+
+# ---- the evaluation ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    values: dict[str, float]  # metric -> value
+    summary: dict  # goes into the records' details
+    curves: dict  # per-epoch values: only in the output JSON
+    head_state: dict | None = None
+
+
+def evaluate(args) -> int:
+    stage = args.command
+    overrides = list(args.overrides)
+    if stage == "knn":
+        overrides += [f"k={args.k}"] if args.k is not None else []
+        overrides += [f"temperature={args.temperature}"] if args.temperature is not None else []
+    protocol = protocols.load_protocol(args.protocol, stage, overrides)
+    ctx = distributed.init(args.device)
+    subject = load_subject(args)
+    spec = get_spec(subject.arch)
+    if stage == "linear":
+        protocol = protocol.for_family(spec.family)
+    train, evaluation, dataset = build_splits(args, protocol.crop.image_size)
+    chash = config_hash({"protocol": to_dict(protocol), "dataset": dataset, "root": train.root})
+
+    stored = (
+        None
+        if args.no_cache
+        else stored_result(args.records_dir, stage, subject, protocol.name, dataset, chash)
+    )
+    if stored is not None:
+        values = {row.metric: row.value for row in stored.itertuples()}
+        _report(ctx, stage, protocol, dataset, subject, values,
+                f"stored {stored.created_at.iloc[0]} in {args.records_dir / subject.run_id}.csv; --no-cache recomputes")  # fmt: skip
+        distributed.shutdown()
+        return 0
+
+    if protocol.note and ctx.is_main:
+        print(f"protocol {protocol.name}: {protocol.note}")
+    frozen = FrozenFeatures(subject.model, spec.family, spec.feature_dim,
+                            protocol.vit.last_blocks if stage == "linear" else 1).to(ctx.device)  # fmt: skip
+    store = FeatureStore(frozen, subject.identity, ctx, protocol.eval_batch_size, args.workers,
+                         args.cache_dir or args.output_dir / "feature-cache", refresh=args.no_cache)  # fmt: skip
+    run = run_knn if stage == "knn" else run_linear
+    outcome = run(protocol, store, train, evaluation, ctx, args.workers)
+    if ctx.is_main:
+        details = {"protocol": to_dict(protocol), "paper_protocol": protocol.paper_protocol, "note": protocol.note,
+                   "checkpoint_format": subject.format, "adapter_notes": subject.notes, "feature": frozen.kind,
+                   "train_images": len(train), "eval_images": len(evaluation), "world_size": ctx.world_size,
+                   "eval_set": "held-out of train" if args.held_out else "val", **outcome.summary}  # fmt: skip
+        common = dict(run_id=subject.run_id, stage=stage, method=subject.method, recipe=subject.recipe,
+                      backbone=subject.arch, pretrain_epochs=subject.pretrain_epochs, dataset=dataset,
+                      protocol=protocol.name, branch=subject.branch, checkpoint_sha256=subject.checkpoint,
+                      config_hash=chash, git_commit=git_commit(), details=details)  # fmt: skip
+        path = save_records(
+            [Record(**common, metric=m, value=v) for m, v in outcome.values.items()], args.records_dir
+        )
+        _write_outputs(
+            args.output_dir / subject.run_id, f"{stage}-{protocol.name}-{dataset}", outcome, details, chash
+        )
+        _report(ctx, stage, protocol, dataset, subject, outcome.values, f"records: {path}")
+    distributed.shutdown()
+    return 0
+
+
+def run_knn(protocol, store: FeatureStore, train: Split, evaluation: Split, ctx, workers: int) -> Outcome:
+    bank = store.get(train, protocol.crop)
+    queries = store.get(evaluation, protocol.crop)
+    result = knn_evaluate(bank, train.labels, queries, evaluation.labels, train.num_classes,
+                          protocol.k, protocol.temperature, ctx.device)  # fmt: skip
+    return Outcome({"knn_top1": result.top1, "knn1_top1": result.nn1_top1}, {}, {})
+
+
+def run_linear(protocol, store: FeatureStore, train: Split, evaluation: Split, ctx, workers: int) -> Outcome:
+    eval_features = store.get(evaluation, protocol.crop)
+    centre = None  # centre-crop features of the training images, where the protocol reads them
+    if protocol.train_input == "features" or protocol.feature_normalisation == "l2_standardise":
+        centre = store.get(train, protocol.crop)
+    if protocol.train_input == "features":
+        batches = feature_batches(centre, train.labels, protocol, ctx)
+    else:
+        images = train.with_transform(train_transform(protocol))
+        batches = augmented_batches(images, store.model, protocol, ctx, workers)
+    standardise_from = centre if protocol.feature_normalisation == "l2_standardise" else None
+    result = train_linear(protocol, batches, store.model.feature_dim, train.num_classes, eval_features,
+                          evaluation.labels, ctx, standardise_from)  # fmt: skip
+    summary = {"best_epoch_selection": protocol.report == "best", "reported_epoch": result.reported_epoch,
+               "last_epoch_top1": result.last_top1, "peak_lr": protocol.peak_lr()}  # fmt: skip
+    curves = {"top1_per_epoch": result.top1_per_epoch, "top5_per_epoch": result.top5_per_epoch}
+    return Outcome(
+        {"linear_top1": result.top1, "linear_top5": result.top5}, summary, curves, result.head_state
+    )
+
+
+def _write_outputs(folder: Path, stem: str, outcome: Outcome, details: dict, chash: str) -> None:
+    """The result as JSON (with per-epoch curves) and the trained classifier, next to each other."""
+    stem = stem.replace("/", "_").replace(":", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {"metrics": outcome.values, "config_hash": chash, "details": details, "curves": outcome.curves}
+    atomic_write_text(folder / f"{stem}.json", json.dumps(payload, indent=2))
+    if outcome.head_state is not None:
+        atomic_torch_save(outcome.head_state, folder / f"{stem}-head.pth")
+
+
+def _report(ctx, stage: str, protocol, dataset: str, subject: Subject, values: dict, where: str) -> None:
+    if ctx.is_main:
+        marker = "" if protocol.paper_protocol else " [not a paper protocol]"
+        metrics = ", ".join(f"{metric} {value:.2f}" for metric, value in values.items())
+        print(f"{stage} {protocol.name}{marker} on {dataset}, {subject.arch}/{subject.branch} "
+              f"{subject.short_id}: {metrics} ({where})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

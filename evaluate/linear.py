@@ -1,0 +1,229 @@
+"""The linear probe: a linear classifier on a frozen backbone, trained under a named protocol.
+
+The backbone never trains and stays in eval mode (facts.md section 2); only the classifier does,
+with DDP under torchrun (each process feeds its share of every batch; gradients are averaged).
+
+Training input, per protocol:
+- ``augmented``: every epoch, random crops (RandomResizedCrop + flip) go through the frozen backbone;
+- ``features``: features of centre crops, extracted once (and cached), are shuffled into batches.
+
+Evaluation reads centre-crop features, extracted once: the backbone is frozen and deterministic, so
+this equals running it on every evaluation, and makes a per-epoch evaluation cheap. Every epoch is
+evaluated; ``report: best`` reports the best epoch, ``last`` the final one; both are recorded.
+
+Learning rates change once per epoch, as in the three reference implementations (SSLight
+cls_trainer.py sets the cosine value at the start of each epoch; MoCo's and SimReg's
+``adjust_learning_rate`` / ``MultiStepLR`` step per epoch).
+
+LARS is ``timm.optim.Lars`` with ``always_adapt`` on the weight and off on the bias: with weight
+decay 0 (the authors' probe) that is SSLight's LARS (utils/optimizer.py: trust coefficient 0.001,
+1-D parameters not adapted, momentum buffer starting at the first update). With weight decay, timm's
+trust ratio differs (pretrain/optim.py explains how), so protocols.py allows LARS with 0 only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import timm.optim
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from evaluate.protocols import LinearProtocol
+from lowssl.config import ConfigError
+from lowssl.distributed import Context
+
+
+class DivergedError(RuntimeError):
+    """The classifier's loss became NaN or infinite: the protocol's LR does not suit these features."""
+
+
+STANDARDISE_EPS = 1e-5  # added to the variance, as SimReg / CompRess's FullBatchNorm does
+
+
+def train_transform(protocol: LinearProtocol):
+    """RandomResizedCrop(image_size) + horizontal flip + normalise (facts.md section 2)."""
+    from torchvision.transforms import v2
+
+    crop = protocol.crop
+    return v2.Compose([
+        v2.PILToTensor(),
+        v2.RandomResizedCrop(crop.image_size, scale=protocol.train_crop_scale,
+                             interpolation=v2.InterpolationMode(protocol.train_interpolation), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(crop.mean, crop.std),
+    ])  # fmt: skip
+
+
+class LinearHead(nn.Module):
+    """[L2-normalise, standardise with training-set statistics] -> Linear."""
+
+    def __init__(self, feature_dim: int, num_classes: int, init_std: float | None,
+                 standardise_from: torch.Tensor | None = None) -> None:  # fmt: skip
+        super().__init__()
+        self.standardise = standardise_from is not None
+        if self.standardise:
+            variance, mean = torch.var_mean(F.normalize(standardise_from.float(), dim=1), dim=0)
+            self.register_buffer("mean", mean)
+            self.register_buffer("inv_std", (variance + STANDARDISE_EPS).rsqrt())
+        self.linear = nn.Linear(feature_dim, num_classes)
+        if init_std is not None:
+            nn.init.normal_(self.linear.weight, std=init_std)
+            nn.init.zeros_(self.linear.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.standardise:
+            features = (F.normalize(features, dim=1) - self.mean) * self.inv_std
+        return self.linear(features)
+
+
+def build_optimizer(protocol: LinearProtocol, head: LinearHead) -> torch.optim.Optimizer:
+    lr = protocol.peak_lr()
+    if protocol.optimizer == "lars":
+        groups = [{"params": [head.linear.weight], "always_adapt": True},
+                  {"params": [head.linear.bias], "always_adapt": False}]  # fmt: skip
+        return timm.optim.Lars(groups, lr=lr, momentum=protocol.momentum, trust_coeff=0.001)
+    if protocol.optimizer == "sgd":
+        return torch.optim.SGD(head.parameters(), lr=lr, momentum=protocol.momentum,
+                               weight_decay=protocol.weight_decay)  # fmt: skip
+    return torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=protocol.weight_decay)
+
+
+def epoch_lr(protocol: LinearProtocol, epoch: int) -> float:
+    """The learning rate of 0-based ``epoch``: cosine from the peak to final_lr, or steps at milestones."""
+    peak = protocol.peak_lr()
+    if protocol.schedule == "cosine":
+        return protocol.final_lr + 0.5 * (peak - protocol.final_lr) * (
+            1 + math.cos(math.pi * epoch / protocol.epochs)
+        )
+    return peak * protocol.gamma ** sum(epoch >= milestone for milestone in protocol.milestones)
+
+
+def per_process_batch(protocol: LinearProtocol, ctx: Context) -> int:
+    if protocol.batch_size % ctx.world_size:
+        raise ConfigError(f"config key 'batch_size': {protocol.batch_size} does not split evenly over "
+                          f"{ctx.world_size} processes")  # fmt: skip
+    return protocol.batch_size // ctx.world_size
+
+
+Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+
+
+def feature_batches(
+    features: torch.Tensor, labels: torch.Tensor, protocol: LinearProtocol, ctx: Context
+) -> Batches:
+    """This process's batches of stored features for an epoch (batch_size 0: its whole share at once)."""
+    sampler = DistributedSampler(
+        range(len(features)), ctx.world_size, ctx.rank, shuffle=True, seed=protocol.seed
+    )
+    batch = per_process_batch(protocol, ctx) or len(sampler)
+    features, labels = features.to(ctx.device), labels.to(ctx.device)  # once: every epoch reads them all
+
+    def batches(epoch: int):
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(sampler))
+        for start in range(0, len(order), batch):
+            index = order[start : start + batch].to(ctx.device)
+            yield features[index], labels[index]
+
+    return batches
+
+
+def augmented_batches(
+    images, frozen: nn.Module, protocol: LinearProtocol, ctx: Context, workers: int
+) -> Batches:
+    """This process's batches of features of fresh random crops, through the frozen backbone."""
+    sampler = DistributedSampler(images, ctx.world_size, ctx.rank, shuffle=True, seed=protocol.seed)
+    generator = torch.Generator().manual_seed(protocol.seed)  # seeds the workers' augmentation
+    loader = DataLoader(images, batch_size=per_process_batch(protocol, ctx), sampler=sampler, num_workers=workers,
+                        generator=generator, pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0)  # fmt: skip
+
+    def batches(epoch: int):
+        sampler.set_epoch(epoch)
+        bar = tqdm(
+            loader, desc=f"epoch {epoch + 1}", disable=not ctx.is_main, leave=False, dynamic_ncols=True
+        )
+        for crops, labels in bar:
+            yield frozen(crops.to(ctx.device, non_blocking=True)), labels.to(ctx.device, non_blocking=True)
+
+    return batches
+
+
+@torch.no_grad()
+def accuracy(
+    head: nn.Module, features: torch.Tensor, labels: torch.Tensor, device, chunk: int = 8192
+) -> tuple[float, float]:
+    """Top-1 and top-5 (top-min(5, classes)) accuracy in percent."""
+    correct1 = correct5 = 0
+    for start in range(0, len(features), chunk):
+        logits = head(features[start : start + chunk].to(device))
+        target = labels[start : start + chunk].to(device)
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += (top[:, 0] == target).sum().item()
+        correct5 += (top == target[:, None]).any(dim=1).sum().item()
+    return 100.0 * correct1 / len(features), 100.0 * correct5 / len(features)
+
+
+@dataclass
+class LinearResult:
+    top1: float  # of the reported epoch (protocol.report)
+    top5: float
+    reported_epoch: int  # 1-based
+    top1_per_epoch: list[float] = field(default_factory=list)
+    top5_per_epoch: list[float] = field(default_factory=list)
+    head_state: dict = field(default_factory=dict)
+
+    @property
+    def last_top1(self) -> float:
+        return self.top1_per_epoch[-1]
+
+
+def train_linear(protocol: LinearProtocol, batches: Batches, feature_dim: int, num_classes: int,
+                 eval_features: torch.Tensor, eval_labels: torch.Tensor, ctx: Context,
+                 standardise_from: torch.Tensor | None = None) -> LinearResult:  # fmt: skip
+    """Train the classifier for ``protocol.epochs`` epochs, evaluating after each one."""
+    torch.manual_seed(protocol.seed)
+    head = LinearHead(feature_dim, num_classes, protocol.init_std, standardise_from).to(ctx.device)
+    trained = head
+    if ctx.distributed:
+        trained = DistributedDataParallel(
+            head, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+        )
+    optimizer = build_optimizer(protocol, head)
+    top1s, top5s, best_state = [], [], None
+    bar = tqdm(
+        range(protocol.epochs), desc=f"linear {protocol.name}", disable=not ctx.is_main, dynamic_ncols=True
+    )
+    for epoch in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = epoch_lr(protocol, epoch)
+        head.train()
+        for features, labels in batches(epoch):
+            loss = F.cross_entropy(trained(features), labels)
+            if not torch.isfinite(loss):
+                raise DivergedError(
+                    f"the linear probe diverged (loss {loss.item()}) in epoch {epoch + 1} of protocol "
+                    f"{protocol.name} at lr {epoch_lr(protocol, epoch):g}; no result was recorded"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        head.eval()
+        top1, top5 = accuracy(head, eval_features, eval_labels, ctx.device)
+        if not top1s or top1 > max(top1s):
+            best_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+        top1s.append(top1)
+        top5s.append(top5)
+        bar.set_postfix(loss=f"{loss.item():.4f}", top1=f"{top1:.2f}")
+    if protocol.report == "best":
+        best = max(range(len(top1s)), key=top1s.__getitem__)  # the first of equal epochs
+        return LinearResult(top1s[best], top5s[best], best + 1, top1s, top5s, best_state)
+    last_state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
+    return LinearResult(top1s[-1], top5s[-1], protocol.epochs, top1s, top5s, last_state)

@@ -1,0 +1,169 @@
+"""Named evaluation protocols: one YAML per protocol under ``evaluate/configs/``, strict and typed.
+
+Numbers of a linear probe are comparable only under the same protocol (facts.md section 2), so every
+value that changes them lives in the protocol's YAML, with where it comes from, and every record
+carries the protocol's name and the hash of its resolved config. ``kind`` tells linear protocols
+(:class:`LinearProtocol`) from k-NN ones (:class:`KnnProtocol`).
+
+A protocol may say ``_base_: other.yaml`` and change a few values (the reduced-epoch Fashion-MNIST
+presets do); ``key=value`` overrides on the command line apply last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from lowssl.config import ConfigError, apply_overrides, from_dict, read_yaml, require
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The batch size the linear scaling rule refers to: lr = base_lr * batch_size / 256.
+LR_REFERENCE_BATCH = 256
+
+Interpolation = Literal["bicubic", "bilinear"]
+
+
+@dataclass
+class CentreCrop:
+    """How an image becomes the centre crop that features are taken from: Resize(image_size * 256/224)
+    then CenterCrop(image_size), normalised; at 224 px the usual Resize 256 + CenterCrop 224."""
+
+    image_size: int = 224
+    interpolation: Interpolation = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        require(self.image_size >= 16, "image_size", f"must be >= 16 pixels, got {self.image_size}")
+        require(all(s > 0 for s in self.std), "std", f"every value must be > 0, got {self.std}")
+
+    def describe(self) -> dict:
+        """The transform as plain data: part of the feature-cache key."""
+        return {"resize": round(self.image_size * 256 / 224), **dataclasses.asdict(self)}
+
+
+@dataclass
+class VitSettings:
+    """What a protocol does differently for ViT backbones (lowssl.backbones family "vit")."""
+
+    last_blocks: int = 1  # the feature: CLS tokens of the last N blocks (after the final norm), concatenated
+    optimizer: Literal["lars", "sgd", "adamw"] | None = None  # None: the protocol's optimizer
+    base_lr: float | None = None  # None: the protocol's base_lr
+
+    def __post_init__(self) -> None:
+        require(self.last_blocks >= 1, "last_blocks", f"must be >= 1, got {self.last_blocks}")
+
+
+@dataclass
+class LinearProtocol:
+    """A linear probe on a frozen backbone (backbone in eval mode, no gradient, BN statistics fixed)."""
+
+    name: str
+    kind: Literal["linear"]
+    paper_protocol: bool  # False: lowssl's own protocol or a reduced preset, not comparable with a paper
+    source: str  # where the values come from
+    # "augmented": every epoch sees fresh random crops through the frozen backbone;
+    # "features": features of centre crops are extracted once (and cached), the classifier trains on them.
+    train_input: Literal["augmented", "features"]
+    epochs: int
+    batch_size: int  # global over all processes; 0 = full batch (one step per epoch)
+    optimizer: Literal["lars", "sgd", "adamw"]
+    base_lr: float
+    schedule: Literal["cosine", "step"]
+    crop: CentreCrop = field(default_factory=CentreCrop)  # validation / feature extraction
+    train_crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop (+ flip) for "augmented"
+    train_interpolation: Interpolation = "bicubic"
+    # "l2_standardise": L2-normalise, then standardise with mean / variance of the (L2-normalised)
+    # centre-crop features of the training set, as SimReg / CompRess do (facts.md section 2).
+    feature_normalisation: Literal["none", "l2_standardise"] = "none"
+    init_std: float | None = 0.01  # weights N(0, init_std), bias 0; null: torch's default init
+    lr_batch_scaling: bool = True  # lr = base_lr * batch_size / 256
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    final_lr: float = 0.0  # cosine: the LR it ends at
+    milestones: tuple[int, ...] = ()  # step: epochs after which the LR is multiplied by gamma
+    gamma: float = 0.1
+    report: Literal["last", "best"] = "last"  # "best": the best epoch on the evaluation set
+    eval_batch_size: int = 256
+    seed: int = 0
+    vit: VitSettings = field(default_factory=VitSettings)
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        require(self.batch_size >= 0, "batch_size", f"must be >= 0 (0 = full batch), got {self.batch_size}")
+        require(self.batch_size > 0 or self.train_input == "features", "batch_size",
+                "full batch (0) needs train_input: features")  # fmt: skip
+        require(self.batch_size > 0 or not self.lr_batch_scaling, "lr_batch_scaling",
+                "the linear scaling rule needs a batch size; set it false for full batch")  # fmt: skip
+        require(self.base_lr > 0, "base_lr", f"must be > 0, got {self.base_lr}")
+        require(0 < self.train_crop_scale[0] <= self.train_crop_scale[1] <= 1, "train_crop_scale",
+                f"need 0 < min <= max <= 1, got {self.train_crop_scale}")  # fmt: skip
+        require(
+            self.schedule != "step" or len(self.milestones) > 0,
+            "milestones",
+            "schedule step needs milestones",
+        )
+        require(list(self.milestones) == sorted(self.milestones), "milestones", "must be increasing")
+        require(self.init_std is None or self.init_std > 0, "init_std", "must be > 0 or null")
+        # timm's Lars equals SSLight's / DINO's LARS only without weight decay (see evaluate/linear.py).
+        require(self.optimizer != "lars" or self.weight_decay == 0, "weight_decay",
+                "LARS here supports weight_decay 0 only (the authors' linear probe uses 0)")  # fmt: skip
+
+    def peak_lr(self) -> float:
+        return self.base_lr * self.batch_size / LR_REFERENCE_BATCH if self.lr_batch_scaling else self.base_lr
+
+    def for_family(self, family: str) -> LinearProtocol:
+        """The protocol as it applies to a backbone family: ViTs take the ``vit`` section's values."""
+        if family != "vit":
+            return self
+        changes = {
+            k: getattr(self.vit, k) for k in ("optimizer", "base_lr") if getattr(self.vit, k) is not None
+        }
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class KnnProtocol:
+    """Weighted k-NN on L2-normalised centre-crop features, training set -> evaluation set."""
+
+    name: str
+    kind: Literal["knn"]
+    paper_protocol: bool  # False: a reduced preset, never to be compared with a paper's number
+    source: str
+    k: int = 20
+    temperature: float = 0.07
+    crop: CentreCrop = field(default_factory=CentreCrop)
+    eval_batch_size: int = 256
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        require(self.k >= 1, "k", f"must be >= 1, got {self.k}")
+        require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+
+
+_CLASSES: dict[str, type] = {"linear": LinearProtocol, "knn": KnnProtocol}
+
+
+def available(kind: str) -> list[str]:
+    """Names of the protocols of ``kind`` ("linear" or "knn") under ``evaluate/configs/``."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if read_yaml(p).get("kind") == kind)
+
+
+def load_protocol(name: str, kind: str, overrides: list[str] | None = None):
+    """The protocol ``name`` of ``kind`` with ``key=value`` overrides applied (strict)."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    names = available(kind)
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown {kind} protocol '{name}'.{hint} Allowed values: {', '.join(names)}")
+    data = apply_overrides(read_yaml(path), overrides or [])
+    if data.get("name") != name:
+        raise ConfigError(f"config key 'name': protocol file {path.name} must keep name '{name}'")
+    return from_dict(_CLASSES[kind], data)

@@ -1,0 +1,81 @@
+"""``python -m results leaderboard|table5``: print (and write) the leaderboard or Table 5."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+
+from lowssl.io import atomic_write_text
+from lowssl.records import read_records
+from results.leaderboard import load_leaderboard, select
+from results.paper_tables import read_paper_tables
+from results.table5 import render_table5
+
+
+def this_machine() -> str:
+    import torch  # already loaded by lowssl.records
+
+    gpus = torch.cuda.device_count()
+    gpu_text = f", {gpus} x {torch.cuda.get_device_name(0)}" if gpus else ", no GPU"
+    return f"{os.cpu_count()} CPU cores ({platform.machine()}){gpu_text}"
+
+
+def leaderboard(args: argparse.Namespace) -> None:
+    frame = select(
+        load_leaderboard(args.runs_dir), backbone=args.backbone, metric=args.metric, dataset=args.dataset
+    )
+    printable = frame.astype(object).where(frame.notna(), None)  # tabulate shows None (not pd.NA) as blank
+    print(printable.to_markdown(index=False, floatfmt=".2f"))
+    if args.out:
+        atomic_write_text(args.out, frame.to_csv(index=False))
+        print(f"wrote {len(frame)} rows to {args.out}", file=sys.stderr)
+
+
+def table5(args: argparse.Namespace) -> None:
+    markdown, frame = render_table5(
+        read_paper_tables(), read_records(args.runs_dir), scale=args.scale, dataset=args.dataset,
+        protocol=args.protocol, hardware=args.hardware or this_machine(),
+    )  # fmt: skip
+    print(markdown, end="")
+    for path, text in ((args.out_md, markdown), (args.out_csv, frame.to_csv(index=False))):
+        if path:
+            atomic_write_text(path, text)
+            print(f"wrote {path}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m results", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    board = commands.add_parser(
+        "leaderboard", help="the paper's rows and every results record, with comparable groups"
+    )
+    board.add_argument("--backbone", nargs="+", help="keep only these backbones (e.g. resnet18 mobilenet_v2)")
+    board.add_argument("--metric", nargs="+", help="keep only these metrics (e.g. linear_top1)")
+    board.add_argument(
+        "--dataset", nargs="+", help="keep only these datasets (e.g. imagenet-1k fashion-mnist)"
+    )
+    board.add_argument("--runs-dir", help="results records folder (default results/runs)")
+    board.add_argument(
+        "--out", help="also write the (filtered) leaderboard as CSV, e.g. results/leaderboard.csv"
+    )
+    board.set_defaults(run=leaderboard)
+
+    t5 = commands.add_parser("table5", help="Table 5: the paper's rows beside this run's")
+    t5.add_argument("--scale", required=True, help="scale of this run's rows, e.g. tiny or paper")
+    t5.add_argument("--dataset", required=True, help="dataset of this run's records, e.g. fashion-mnist")
+    t5.add_argument("--protocol", required=True, help="linear protocol of this run's records, e.g. fast")
+    t5.add_argument("--hardware", help="what the runs ran on (default: a description of this machine)")
+    t5.add_argument("--runs-dir", help="results records folder (default results/runs)")
+    t5.add_argument("--out-md", help="write the markdown here, e.g. results/table5.md")
+    t5.add_argument("--out-csv", help="write the table as CSV here, e.g. results/table5.csv")
+    t5.set_defaults(run=table5)
+
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

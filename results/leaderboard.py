@@ -1,0 +1,88 @@
+"""The leaderboard: every number of the paper and every results record, in one pandas table.
+
+Rows come from ``results/paper/tables.csv`` (source ``paper``, origin ``Table N``) and from the results
+records under a runs folder (source ``lowssl-run``, origin the run id).
+
+Comparability rule. Two rows are comparable only when they share ``comparable_group``: the same
+dataset, the same protocol and the same metric, and the same branch role. The branch role tells an
+evaluated EMA / momentum copy (branch ``teacher``) from the network a method trains by gradient (every
+other branch: ``student``, ``query``, ``backbone``, or none); it is part of the group only for
+``teacher``. Method, recipe, backbone and epochs are what a comparison varies, so they are not part of
+the group. Consequences: the paper's ImageNet-1k rows are never comparable with Fashion-MNIST runs; a
+number under lowssl's ``fast`` protocol is never comparable with one under ``sslight``; the paper's own
+rows (``paper-linear``) are not comparable with the distillation baselines' quoted numbers, which each
+come under their own paper's protocol (``results/paper/README.md``). Protocol names are matched
+exactly, so ``paper-linear`` and lowssl's ``sslight`` (its implementation of the authors' probe) stay
+apart: the paper's text and the authors' code describe different probes.
+
+The paper's datasets follow from the metric: linear, semi-supervised and teacher accuracies are
+ImageNet-1k, ``coco_*`` are COCO 2017; ``params_M`` / ``GFLOPs`` describe an architecture, not a
+dataset, and have neither dataset nor protocol.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lowssl.records import read_records
+from results.paper_tables import read_paper_tables
+
+COLUMNS = [
+    "dataset", "protocol", "branch", "backbone", "method", "recipe", "pretrain_epochs", "teacher",
+    "teacher_epochs", "metric", "value", "source", "origin", "comparable_group",
+]  # fmt: skip
+ARCHITECTURE_METRICS = ("params_M", "GFLOPs")
+
+
+def paper_dataset(metric: str) -> str:
+    if metric in ARCHITECTURE_METRICS:
+        return ""
+    return "coco-2017" if metric.startswith("coco_") else "imagenet-1k"
+
+
+def comparable_group(frame: pd.DataFrame) -> pd.Series:
+    """``dataset|protocol|metric``, plus ``|teacher`` for rows of an evaluated teacher branch."""
+    group = (
+        frame["dataset"].replace("", "-") + "|" + frame["protocol"].replace("", "-") + "|" + frame["metric"]
+    )
+    return group.where(frame["branch"] != "teacher", group + "|teacher")
+
+
+def paper_rows(paper: pd.DataFrame) -> pd.DataFrame:
+    # The paper evaluates the student of its own and of the distillation runs (facts.md section 1);
+    # a supervised model or an architecture has no branch.
+    trained = ~paper["method"].isin(["", "supervised"])
+    return paper.assign(
+        dataset=paper["metric"].map(paper_dataset), branch=trained.map({True: "student", False: ""}),
+        source="paper", origin="Table " + paper["table"].astype(str),
+    )  # fmt: skip
+
+
+def run_rows(records: pd.DataFrame) -> pd.DataFrame:
+    return records.assign(teacher="", teacher_epochs=pd.NA, source="lowssl-run", origin=records["run_id"])
+
+
+def build_leaderboard(paper: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
+    """Paper rows and run records in :data:`COLUMNS`, sorted by comparable group, then best value first."""
+    frame = pd.concat([paper_rows(paper), run_rows(records)], ignore_index=True)
+    frame["pretrain_epochs"] = frame["pretrain_epochs"].astype("Int64")
+    frame["teacher_epochs"] = frame["teacher_epochs"].astype("Int64")
+    frame["comparable_group"] = comparable_group(frame)
+    frame = frame.sort_values(
+        ["comparable_group", "backbone", "value"], ascending=[True, True, False], kind="stable"
+    )
+    return frame[COLUMNS].reset_index(drop=True)
+
+
+def load_leaderboard(runs_dir: str | Path | None = None) -> pd.DataFrame:
+    return build_leaderboard(read_paper_tables(), read_records(runs_dir))
+
+
+def select(frame: pd.DataFrame, **allowed: list[str] | None) -> pd.DataFrame:
+    """Rows whose column ``name`` is one of ``allowed[name]`` for every filter given (None: no filter)."""
+    for column, values in allowed.items():
+        if values:
+            frame = frame[frame[column].isin(values)]
+    return frame

@@ -1,0 +1,132 @@
+"""``python -m semisup {make-subset,check-subset,finetune}``: 1% / 10% semi-supervised fine-tuning.
+
+Examples::
+
+    python -m semisup make-subset --dataset fashion-mnist --fraction 0.01 --seed 0 --out subset_1pct.txt
+    python -m semisup check-subset --dataset imagefolder --data-root /data/imagenet --subset 1percent.txt
+    python -m semisup finetune --checkpoint ckpt.pth --subset 1pct --dataset fashion-mnist --protocol tiny
+    python -m semisup finetune --random-init --arch resnet18 --subset 10pct --protocol tiny
+    torchrun --nproc_per_node 8 -m semisup finetune --checkpoint ckpt.pth --dataset imagefolder \\
+        --data-root /data/imagenet --subset 10percent.txt --protocol paper
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from evaluate.adapters import AdapterError
+from lowssl import distributed
+from lowssl.config import ConfigError
+from lowssl.data import DATASETS, DatasetError, build_dataset
+from lowssl.io import CheckpointError
+from semisup.model import HeadError
+from semisup.protocols import available
+from semisup.subsets import LIST_FORMAT_HELP, SubsetError, load_subset, write_subset
+from semisup.train import FinetuneArgs, NonFiniteLossError, ResumeError, finetune
+
+
+def _add_dataset(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
+    parser.add_argument("--data-root", help="imagefolder: the folder holding train/ and val/")
+
+
+def _add_list_checks(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fraction", type=float, choices=(0.01, 0.1),
+                        help="which subset a list is (default: its '# fraction:' header, else its size)")  # fmt: skip
+    parser.add_argument("--expected-count", type=int,
+                        help="accept a list of this size instead of floor(fraction x training images)")  # fmt: skip
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="python -m semisup", description=__doc__.splitlines()[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::")[1])  # fmt: skip
+    commands = main.add_subparsers(dest="command", required=True)
+
+    make = commands.add_parser("make-subset", help="write a deterministic, class-balanced subset list",
+                               description=f"List format: {LIST_FORMAT_HELP}.")  # fmt: skip
+    _add_dataset(make)
+    make.add_argument("--fraction", type=float, required=True, choices=(0.01, 0.1))
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--out", required=True, help="the list file to write")
+
+    check = commands.add_parser(
+        "check-subset", help="check a list (SimCLR's, the authors', lowssl's) against a dataset"
+    )
+    _add_dataset(check)
+    check.add_argument("--subset", required=True, help="the list file")
+    _add_list_checks(check)
+
+    tune = commands.add_parser("finetune", help="fine-tune on a 1%% / 10%% label subset")
+    source = tune.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="pre-training checkpoint (lowssl or a third-party format)")
+    source.add_argument(
+        "--random-init", action="store_true", help="baseline: the backbone from random init (needs --arch)"
+    )
+    tune.add_argument(
+        "--subset", required=True, help="1pct, 10pct (generated, except on ImageNet) or a list file"
+    )
+    _add_dataset(tune)
+    tune.add_argument("--protocol", default="paper", choices=available(), help="semisup/configs/<name>.yaml")
+    tune.add_argument("--epochs", type=int, help="override the protocol's epochs for this subset")
+    tune.add_argument(
+        "--batch-size", type=int, help="global batch; the LR follows the protocol's scaling rule"
+    )
+    tune.add_argument("--image-size", type=int, help="crop size (the protocol's: 224 paper, 32 tiny)")
+    tune.add_argument("--new-head", action="store_true",
+                      help="new MLP layers instead of the checkpoint's projection head (checkpoints without one)")  # fmt: skip
+    tune.add_argument("--arch", help="backbone (default: from the checkpoint)")
+    tune.add_argument(
+        "--format", dest="checkpoint_format", help="force the checkpoint format (evaluate/adapters.py)"
+    )
+    tune.add_argument("--branch", help="checkpoint branch (default: the format's, e.g. student for lowssl)")
+    tune.add_argument("--trust-checkpoint", action="store_true",
+                      help="load the checkpoint as a full pickle (runs code): only files you trust")  # fmt: skip
+    _add_list_checks(tune)
+    tune.add_argument("--subset-seed", type=int, default=0, help="seed of a generated 1pct / 10pct subset")
+    tune.add_argument("--output-dir", help="default runs/semisup/<checkpoint>_<protocol>_<dataset>_<subset>")
+    tune.add_argument("--records-dir", help="results records (default results/runs/)")
+    tune.add_argument("--resume", default="auto", help="auto (from <output-dir>/last.pth), never, or a path")
+    tune.add_argument("--max-steps", type=int, help="smoke runs: stop after N steps")
+    tune.add_argument("--max-eval-images", type=int, help="smoke runs: evaluate on the first N images")
+    tune.add_argument("--workers", type=int, default=4, help="data-loading processes per process")
+    tune.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    return main
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "make-subset":
+            dataset = build_dataset(args.dataset, "train", args.data_root)
+            path = write_subset(args.out, dataset, args.dataset, args.fraction, args.seed)
+            print(load_subset(path, dataset, args.fraction).report())
+        elif args.command == "check-subset":
+            dataset = build_dataset(args.dataset, "train", args.data_root)
+            print(load_subset(args.subset, dataset, args.fraction, args.expected_count).report())
+        else:
+            options = {k: v for k, v in vars(args).items() if k != "command"}
+            result = finetune(FinetuneArgs(**options))
+            if os.environ.get("RANK", "0") == "0":  # torchrun: one line, from the main process
+                print(f"{result['subset']} top-1 {result['top1']:.2f}, top-5 {result['top5']:.2f} "
+                      f"(epoch {result['reported_epoch']} of {result['epochs']}); run: {result['run_dir']}")  # fmt: skip
+    except (
+        AdapterError,
+        CheckpointError,
+        ConfigError,
+        DatasetError,
+        HeadError,
+        NonFiniteLossError,
+        ResumeError,
+        SubsetError,
+    ) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Semi-supervised protocols: one YAML per protocol under ``semisup/configs/``, strict and typed.
+
+Numbers are comparable only under the same protocol (facts.md section 2), so every value that changes
+them lives in the protocol's YAML with where it comes from, and every record carries the protocol's
+name and the hash of its resolved values. ``network`` says what is trained:
+
+- ``projection-mlp``: the paper's protocol (App. A): backbone -> the first two layers of the
+  pre-trained DINO projection head (Linear-BN-GELU-Linear-BN-GELU) -> a new Linear, all fine-tuned;
+- ``frozen-linear``: DisCo's "semi-supervised" protocol (its Table 7 numbers, facts.md section 2):
+  the backbone frozen in eval mode, a Linear on its pooled feature.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from lowssl.config import ConfigError, apply_overrides, from_dict, read_yaml, require
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+#: The batch size the linear scaling rule refers to: lr = base_lr * batch_size / 256 (paper App. A).
+LR_REFERENCE_BATCH = 256
+
+
+@dataclass
+class SemisupProtocol:
+    name: str
+    paper_protocol: bool  # False: a reduced preset, never to be compared with a paper's number
+    source: str  # where the values come from
+    network: Literal["projection-mlp", "frozen-linear"]
+    epochs_1pct: int
+    epochs_10pct: int
+    batch_size: int  # global over all processes
+    base_lr: float
+    lr_batch_scaling: bool = True  # lr = base_lr * batch_size / 256
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0
+    schedule: Literal["cosine", "step"] = "cosine"  # the LR is set once per epoch (see semisup/train.py)
+    final_lr: float = 0.0  # cosine: the LR it ends at
+    milestones: tuple[int, ...] = ()  # step: epochs after which the LR is multiplied by gamma
+    gamma: float = 0.1
+    image_size: int = 224  # RandomResizedCrop size; evaluation: Resize(size * 256/224) + CenterCrop(size)
+    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    train_crop_scale: tuple[float, float] = (0.08, 1.0)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    classifier_init_std: float | None = None  # None: torch's default nn.Linear init
+    # Width of the MLP layers built new (--new-head, --random-init); a checkpoint's head keeps its own.
+    new_head_hidden_dim: int = 2048
+    # "best": evaluate every epoch, report the best; "last": evaluate once, at the end
+    report: Literal["best", "last"] = "best"
+    eval_batch_size: int = 256
+    seed: int = 0
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        for key in ("epochs_1pct", "epochs_10pct", "batch_size", "new_head_hidden_dim", "eval_batch_size"):
+            require(getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")
+        require(self.base_lr > 0, "base_lr", f"must be > 0, got {self.base_lr}")
+        require(self.image_size >= 16, "image_size", f"must be >= 16 pixels, got {self.image_size}")
+        require(0 < self.train_crop_scale[0] <= self.train_crop_scale[1] <= 1, "train_crop_scale",
+                f"need 0 < min <= max <= 1, got {self.train_crop_scale}")  # fmt: skip
+        require(
+            self.schedule != "step" or len(self.milestones) > 0,
+            "milestones",
+            "schedule step needs milestones",
+        )
+        require(list(self.milestones) == sorted(self.milestones), "milestones", "must be increasing")
+        require(self.classifier_init_std is None or self.classifier_init_std > 0, "classifier_init_std",
+                "must be > 0 or null")  # fmt: skip
+
+    def epochs(self, subset: str) -> int:
+        """Epochs for the ``1pct`` or ``10pct`` subset."""
+        return {"1pct": self.epochs_1pct, "10pct": self.epochs_10pct}[subset]
+
+    def peak_lr(self) -> float:
+        return self.base_lr * self.batch_size / LR_REFERENCE_BATCH if self.lr_batch_scaling else self.base_lr
+
+    def epoch_lr(self, epoch: int, epochs: int) -> float:
+        """The LR of 0-based ``epoch`` of ``epochs``: cosine from the peak to final_lr, or steps."""
+        peak = self.peak_lr()
+        if self.schedule == "cosine":
+            return self.final_lr + 0.5 * (peak - self.final_lr) * (1 + math.cos(math.pi * epoch / epochs))
+        return peak * self.gamma ** sum(epoch >= milestone for milestone in self.milestones)
+
+
+def available() -> list[str]:
+    return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_protocol(name: str, overrides: list[str] | None = None) -> SemisupProtocol:
+    """The protocol ``name`` with ``key=value`` overrides applied (strict)."""
+    names = available()
+    if name not in names:
+        raise ConfigError(f"unknown semi-supervised protocol '{name}'; allowed values: {', '.join(names)}")
+    path = CONFIG_DIR / f"{name}.yaml"
+    data = apply_overrides(read_yaml(path), overrides or [])
+    if data.get("name") != name:
+        raise ConfigError(f"config key 'name': protocol file {path.name} must keep name '{name}'")
+    return from_dict(SemisupProtocol, data)

@@ -1,0 +1,321 @@
+"""Semi-supervised fine-tuning on a 1% / 10% label subset (paper App. A), one process per device.
+
+Reads top to bottom: protocol, network (a checkpoint without a DINO head fails here, before any
+data is read), labelled subset, data, optimiser, resume, epochs, records. Under torchrun the model is
+wrapped in DDP (SyncBN on GPUs, as the authors' cls_trainer.py does) and every process takes its
+share of each batch (semisup/data.py).
+
+The learning rate is set once per epoch, as the authors' cls_trainer.py does (it reads its per-step
+cosine schedule at the epoch's first step). The run's state is saved atomically to
+``<output_dir>/last.pth`` after every epoch (and where ``max_steps`` stops it): weights, optimiser,
+epoch, step, evaluations, RNG; ``resume auto`` continues from it exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from evaluate.adapters import SAFE_GLOBALS, Adapted, build_pretrained_backbone
+from lowssl import distributed
+from lowssl.backbones import build_backbone
+from lowssl.config import ConfigError, config_hash, to_dict
+from lowssl.data import IndexedImages, build_dataset
+from lowssl.distributed import Context
+from lowssl.io import atomic_torch_save, git_commit, load_checkpoint
+from lowssl.records import Record, append_records
+from pretrain.checkpoint import rng_state, set_rng_state
+from semisup.data import EpochOrder, SeededCrops, eval_transform, train_transform
+from semisup.model import SemiSupervisedNet, build_head
+from semisup.protocols import SemisupProtocol, load_protocol
+from semisup.subsets import SUBSETS, LabelSubset, load_subset, subset_path, write_subset
+
+FORMAT = "lowssl-semisup-v1"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stops and its last checkpoint is kept."""
+
+
+class ResumeError(RuntimeError):
+    """The checkpoint to resume belongs to another run (protocol, subset, model)."""
+
+
+@dataclass
+class FinetuneArgs:
+    """What ``python -m semisup finetune`` was asked for (protocol values live in the protocol's YAML)."""
+
+    subset: str  # "1pct", "10pct" or a list file
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    checkpoint: str | None = None
+    random_init: bool = False  # the baseline: the same network from random initialisation
+    arch: str | None = None
+    checkpoint_format: str | None = None
+    branch: str | None = None
+    trust_checkpoint: bool = False
+    new_head: bool = False  # new MLP layers instead of the checkpoint's head
+    protocol: str = "paper"
+    epochs: int | None = None  # overrides the protocol's value for the subset
+    batch_size: int | None = None
+    image_size: int | None = None
+    fraction: float | None = None  # which subset a list file is (default: its header or its size)
+    expected_count: int | None = None  # accept a list of another size than floor(fraction x N)
+    subset_seed: int = 0  # seed of a generated subset
+    output_dir: str | None = None
+    records_dir: str | None = None
+    resume: str = "auto"  # "auto", "never" or a path
+    max_steps: int | None = None  # smoke runs: stop after this many optimiser steps in total
+    max_eval_images: int | None = None  # smoke runs: evaluate on the first N evaluation images only
+    workers: int = 4
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.random_init == (self.checkpoint is not None):
+            raise ConfigError("give either --checkpoint PATH or --random-init --arch ARCH")
+        if self.random_init and self.arch is None:
+            raise ConfigError("--random-init needs --arch (e.g. resnet18)")
+
+    def overrides(self) -> dict:
+        """The protocol values and smoke limits this run changes (its records say '+custom')."""
+        names = ("epochs", "batch_size", "image_size", "max_steps", "max_eval_images")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+def finetune(args: FinetuneArgs) -> dict:
+    """Run (or resume) one fine-tuning; returns the reported metrics and where the run lives."""
+    ctx = distributed.init(args.device)
+    if ctx.device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    protocol = load_protocol(args.protocol, [f"{key}={getattr(args, key)}" for key in ("batch_size", "image_size")
+                                             if getattr(args, key) is not None])  # fmt: skip
+    if protocol.batch_size % ctx.world_size:
+        raise ConfigError(
+            f"batch size {protocol.batch_size} does not split evenly over {ctx.world_size} processes"
+        )
+
+    # ---- network: fails on a checkpoint without a DINO head before any data is read ----------------
+    torch.manual_seed(protocol.seed)
+    if args.random_init:
+        backbone, adapted, arch = build_backbone(args.arch), None, args.arch
+        head_source = "new"
+    else:
+        backbone, adapted = build_pretrained_backbone(args.checkpoint, args.arch, args.checkpoint_format,
+                                                      args.branch, args.trust_checkpoint)  # fmt: skip
+        arch, head_source = adapted.arch, "new" if args.new_head else "checkpoint"
+    if protocol.network == "frozen-linear":
+        head_source = "none"
+    head, width = build_head(arch, head_source, adapted, args.checkpoint, protocol.new_head_hidden_dim)
+    train_images = build_dataset(args.dataset, "train", args.data_root, protocol.image_size)
+    model = SemiSupervisedNet(backbone, head, width, len(train_images.classes), protocol.classifier_init_std,
+                              freeze_backbone=protocol.network == "frozen-linear")  # fmt: skip
+
+    # ---- labelled subset -----------------------------------------------------------------------------
+    run_dir = Path(args.output_dir or f"runs/semisup/{run_name(args, arch)}")
+    list_file, generate = subset_path(args.subset, train_images, args.dataset, run_dir, args.subset_seed)
+    if generate and ctx.is_main:
+        write_subset(list_file, train_images, args.dataset, SUBSETS[args.subset], args.subset_seed)
+    distributed.barrier()
+    subset = load_subset(list_file, train_images, args.fraction, args.expected_count)
+    _say(ctx, subset.report())
+    if args.epochs is not None:
+        protocol = dataclasses.replace(protocol, **{f"epochs_{subset.label}": args.epochs})
+    epochs = protocol.epochs(subset.label)
+
+    # ---- data ----------------------------------------------------------------------------------------
+    batch = protocol.batch_size // ctx.world_size
+    crops = SeededCrops(IndexedImages(train_images, subset.indices), train_transform(protocol), protocol.seed)
+    order = EpochOrder(len(crops), batch, ctx.rank, ctx.world_size, protocol.seed)
+    loader = DataLoader(crops, batch_size=batch, sampler=order, num_workers=args.workers,
+                        pin_memory=ctx.device.type == "cuda")  # fmt: skip
+    val_images = build_dataset(args.dataset, "val", args.data_root, protocol.image_size)
+    val = IndexedImages(val_images, range(min(args.max_eval_images or len(val_images), len(val_images))),
+                        eval_transform(protocol))  # fmt: skip
+
+    # ---- model, optimiser ----------------------------------------------------------------------------
+    if ctx.distributed and ctx.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(ctx.device)
+    trained = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None) \
+        if ctx.distributed else model  # fmt: skip
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=protocol.peak_lr(),
+                                momentum=protocol.momentum, nesterov=protocol.nesterov,
+                                weight_decay=protocol.weight_decay)  # fmt: skip
+
+    # ---- resume --------------------------------------------------------------------------------------
+    identity = {
+        "protocol": to_dict(protocol), "epochs": epochs, "dataset": args.dataset, "subset_sha256": subset.sha256,
+        "checkpoint_sha256": adapted.checkpoint_sha256 if adapted else f"random-init:{arch}",
+        "arch": arch, "head_source": head_source, "format": adapted.format if adapted else None,
+        "branch": adapted.branch if adapted else None,
+    }  # fmt: skip
+    start_epoch, start_batch, global_step, history = 0, 0, 0, []
+    resume_file = _resume_path(args.resume, run_dir)
+    if resume_file is not None:
+        state = load_checkpoint(resume_file)
+        differences = [f"{k}: {state['identity'].get(k)!r} -> {v!r}" for k, v in identity.items()
+                       if state["identity"].get(k) != v]  # fmt: skip
+        if differences:
+            raise ResumeError(f"refusing to resume {resume_file}: it is another run:\n  " + "\n  ".join(differences)
+                              + "\nuse another --output-dir, or --resume never to start over")  # fmt: skip
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start_epoch, start_batch, global_step, history = (state["epoch"], state["step_in_epoch"],
+                                                          state["global_step"], state["history"])  # fmt: skip
+        _say(ctx, f"resumed from {resume_file} at epoch {start_epoch}, step {start_batch}")
+
+    def save(epoch: int, step_in_epoch: int) -> None:
+        if ctx.is_main:
+            atomic_torch_save({
+                "format": FORMAT, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch,
+                "global_step": global_step, "history": history, "rng": rng_state(), "identity": identity,
+            }, run_dir / "last.pth")  # fmt: skip
+        distributed.barrier()
+
+    # ---- epochs --------------------------------------------------------------------------------------
+    tick = time.perf_counter()
+    stopped = False
+    for epoch in range(start_epoch, epochs):
+        lr = protocol.epoch_lr(epoch, epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        first = start_batch if epoch == start_epoch else 0
+        order.set_epoch(epoch, first)
+        model.train()
+        step = first
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            disable=not ctx.is_main,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for images, labels in bar:
+            loss = F.cross_entropy(trained(images.to(ctx.device, non_blocking=True)), labels.to(ctx.device))
+            if not math.isfinite(loss.item()):
+                raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; "
+                                         f"the last good state is {run_dir / 'last.pth'}")  # fmt: skip
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step, global_step = step + 1, global_step + 1
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+            stopped = args.max_steps is not None and global_step >= args.max_steps
+            if stopped:
+                break
+        bar.close()
+        complete = step == order.steps_per_epoch
+        message = f"epoch {epoch + 1}/{epochs}{'' if complete else f' (stopped at step {step})'}: " \
+                  f"loss {loss.item():.4f}, lr {lr:.3g}"  # fmt: skip
+        if stopped or epoch + 1 == epochs or (complete and protocol.report == "best"):
+            top1, top5 = evaluate(model, val, ctx, protocol.eval_batch_size, args.workers)
+            history.append({"epoch": epoch + 1, "complete": complete, "top1": top1, "top5": top5})
+            message += f", top-1 {top1:.2f}, top-5 {top5:.2f}"
+        _say(ctx, message)
+        save(epoch + 1 if complete else epoch, 0 if complete else step)
+        if stopped:
+            break
+
+    if not history:  # resumed a finished run
+        raise ResumeError(f"{resume_file} holds no evaluation; use --resume never to run again")
+    result = _reported(history, protocol.report)
+    result.update(run_dir=str(run_dir), seconds=time.perf_counter() - tick, epochs=epochs, subset=subset.label,
+                  labelled_images=len(subset.indices), head_source=head_source, arch=arch)  # fmt: skip
+    if ctx.is_main:
+        _write_records(args, protocol, subset, adapted, identity, result, history, ctx)
+    return result
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images, ctx: Context, batch_size: int, workers: int) -> tuple[float, float]:
+    """Top-1 / top-5 (top-min(5, classes)) in percent; each process takes every world_size-th image."""
+    model.eval()
+    shard = Subset(images, range(ctx.rank, len(images), ctx.world_size))
+    counts = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # top-1 hits, top-5 hits, images
+    for batch, labels in DataLoader(shard, batch_size=batch_size, num_workers=workers):
+        logits = model(batch.to(ctx.device, non_blocking=True))
+        labels = labels.to(ctx.device)
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        counts += torch.stack([(top[:, 0] == labels).sum(), (top == labels[:, None]).any(1).sum(),
+                               torch.tensor(len(labels), device=ctx.device)]).double()  # fmt: skip
+    if ctx.distributed:
+        dist.all_reduce(counts)
+    return (100 * counts[0] / counts[2]).item(), (100 * counts[1] / counts[2]).item()
+
+
+def _reported(history: list[dict], report: str) -> dict:
+    """Top-1 / top-5 of the reported evaluation: the best complete epoch ("best") or the last one."""
+    complete = [h for h in history if h["complete"]] or history
+    best = max(complete, key=lambda h: h["top1"])  # the first of equal epochs
+    chosen = best if report == "best" else history[-1]
+    return {"top1": chosen["top1"], "top5": chosen["top5"], "reported_epoch": chosen["epoch"],
+            "last_top1": history[-1]["top1"], "best_top1": best["top1"], "best_epoch": best["epoch"]}  # fmt: skip
+
+
+def run_name(args: FinetuneArgs, arch: str) -> str:
+    source = f"random_{arch}" if args.random_init else Path(args.checkpoint).stem
+    subset = args.subset if args.subset in ("1pct", "10pct") else Path(args.subset).stem
+    head = "_newhead" if args.new_head else ""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{source}{head}_{args.protocol}_{args.dataset}_{subset}")
+
+
+def _resume_path(resume: str, run_dir: Path) -> Path | None:
+    if resume == "never":
+        return None
+    if resume == "auto":
+        path = run_dir / "last.pth"
+        return path if path.exists() else None
+    if not Path(resume).is_file():
+        raise ResumeError(f"resume checkpoint {resume} does not exist")
+    return Path(resume)
+
+
+def _say(ctx: Context, message: str) -> None:
+    if ctx.is_main:
+        tqdm.write(message, file=sys.stderr)
+
+
+def _pretraining(args: FinetuneArgs, adapted: Adapted | None) -> dict:
+    """Method, recipe and pre-training epochs the checkpoint records (lowssl files record all three)."""
+    if adapted is None:
+        return {"method": "random-init", "recipe": "none", "pretrain_epochs": 0}
+    checkpoint = load_checkpoint(args.checkpoint, trust=args.trust_checkpoint, safe_globals=SAFE_GLOBALS)
+    epoch = checkpoint.get("epoch")
+    return {"method": str(checkpoint.get("method", adapted.format)), "recipe": str(checkpoint.get("recipe", "unknown")),
+            "pretrain_epochs": epoch if isinstance(epoch, int) else 0}  # fmt: skip
+
+
+def _write_records(args: FinetuneArgs, protocol: SemisupProtocol, subset: LabelSubset, adapted: Adapted | None,
+                   identity: dict, result: dict, history: list[dict], ctx: Context) -> None:  # fmt: skip
+    overrides = args.overrides()
+    details = {
+        "protocol_source": protocol.source, "paper_protocol": protocol.paper_protocol, "network": protocol.network,
+        "head_source": identity["head_source"], "epochs": identity["epochs"], "batch_size": protocol.batch_size,
+        "peak_lr": protocol.peak_lr(), "image_size": protocol.image_size, "report": protocol.report,
+        "reported_epoch": result["reported_epoch"], "last_top1": result["last_top1"],
+        "best_top1": result["best_top1"], "best_epoch": result["best_epoch"], "evaluations": history,
+        "overrides": overrides, "world_size": ctx.world_size, "run_dir": result["run_dir"], **subset.summary(),
+    }  # fmt: skip
+    common = dict(
+        run_id=f"semisup-{Path(result['run_dir']).name}", stage="semisup", backbone=identity["arch"],
+        dataset=args.dataset, protocol=protocol.name + ("+custom" if overrides else ""),
+        branch=adapted.branch if adapted else "none", checkpoint_sha256=identity["checkpoint_sha256"],
+        config_hash=config_hash(identity), git_commit=git_commit(), details=details, **_pretraining(args, adapted),
+    )  # fmt: skip
+    rows = [Record(**common, metric=f"semi_{subset.label}_{k}", value=result[k]) for k in ("top1", "top5")]
+    append_records(rows, args.records_dir)

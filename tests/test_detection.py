@@ -1,0 +1,324 @@
+"""Detection stage: registered backbones inside Mask R-CNN FPN, configs, checkpoint conversion, the
+embedded Fashion-MNIST set, COCO evaluation and the train command (facts.md section 3)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog
+from detectron2.evaluation import COCOEvaluator
+from detectron2.modeling import build_model
+from detectron2.structures import BitMasks, Boxes, BoxMode, Instances
+from detectron2.utils.events import EventStorage
+from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
+
+# isort: off - the detection package applies its compatibility layer before the first detectron2 import
+from detection import compat
+from detection.__main__ import main
+from detection.config import CONFIG_DIR, config_arch, load_config
+from detection.convert import BACKBONE_PREFIX, ConversionError, check_loads, resnet_to_detectron2
+from detection.datasets import register, validate_coco_json
+from detection.fmnist_det import FmnistDetSpec, annotation_file, generate, image_root
+
+# isort: on
+from lowssl.backbones import build_backbone
+from lowssl.data import DatasetError
+from lowssl.io import sha256_file
+from lowssl.records import read_records
+
+TINY = {name: CONFIG_DIR / f"mask_rcnn_{name}_fpn_tiny.yaml"
+        for name in ("mobilenet_v2", "mobilenet_v2_p2p6", "resnet18", "resnet34")}  # fmt: skip
+# Small enough for a few seconds per model on a busy CPU; the model itself is the config's.
+SMALL_SAMPLING = ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "32",
+                  "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50", "MODEL.RPN.POST_NMS_TOPK_TEST", "50"]  # fmt: skip
+DATASET_SPEC = FmnistDetSpec(train_images=6, val_images=4, seed=0, canvas=96)
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("fmnist_det"), DATASET_SPEC)
+
+
+def dataset_opts(root: Path) -> list[str]:
+    spec = DATASET_SPEC
+    return ["LOWSSL.FMNIST_DET.ROOT", str(root), "LOWSSL.FMNIST_DET.TRAIN_IMAGES", str(spec.train_images),
+            "LOWSSL.FMNIST_DET.VAL_IMAGES", str(spec.val_images), "LOWSSL.FMNIST_DET.CANVAS", str(spec.canvas)]  # fmt: skip
+
+
+# ---- configs and backbones ----------------------------------------------------------------------------
+
+
+def test_configs_follow_the_paper_schedules():
+    leaves = sorted(CONFIG_DIR.glob("[mf]*.yaml"))
+    assert len(leaves) == 4 * 5  # 4 backbones x (mask 1x, 2x, tiny; box-only 1x, 2x)
+    for path in leaves:
+        cfg = load_config(path)
+        schedule = path.stem.rsplit("_", 1)[1]
+        assert cfg.LOWSSL.SCHEDULE == schedule, path
+        assert cfg.MODEL.MASK_ON == path.name.startswith("mask_rcnn"), path
+        assert cfg.MODEL.BACKBONE.FREEZE_AT == 0
+        assert cfg.INPUT.FORMAT == "RGB"
+        assert cfg.MODEL.PIXEL_MEAN == [123.675, 116.28, 103.53]
+        assert cfg.MODEL.PIXEL_STD == [58.395, 57.12, 57.375]
+        if schedule == "tiny":
+            assert cfg.MODEL.DEVICE == "cpu" and cfg.DATASETS.TRAIN == ("lowssl_fmnist_det_train",)
+            continue
+        expected = {"1x": (90000, (60000, 80000)), "2x": (180000, (120000, 160000))}[schedule]
+        assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS) == expected, path
+        assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR) == (16, 0.02)
+        assert cfg.INPUT.MIN_SIZE_TRAIN == (640, 672, 704, 736, 768, 800) and cfg.INPUT.MIN_SIZE_TEST == 800
+        assert cfg.DATASETS.TEST == ("lowssl_coco_2017_val",)
+        backbone = "MOBILENET_V2" if "mobilenet" in path.name else "RESNETS"
+        assert cfg.MODEL[backbone].NORM == "SyncBN"
+        assert load_config(path, ["MODEL.DEVICE", "cpu"]).MODEL[backbone].NORM == "BN"  # one device: BN
+
+    authors = load_config(CONFIG_DIR / "mask_rcnn_mobilenet_v2_fpn_1x.yaml")
+    assert authors.MODEL.FPN.IN_FEATURES == ["stride16", "stride32"]
+    assert authors.MODEL.ANCHOR_GENERATOR.SIZES == [[32, 64, 128], [64, 128, 256], [128, 256, 512]]
+    assert authors.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS == [[0.5, 1.0, 2.0]]
+    assert authors.MODEL.ROI_HEADS.IN_FEATURES == ["p4", "p5"]
+    resnet = load_config(CONFIG_DIR / "mask_rcnn_resnet34_fpn_2x.yaml")
+    assert (resnet.MODEL.RESNETS.DEPTH, resnet.MODEL.RESNETS.RES2_OUT_CHANNELS) == (34, 64)
+    assert resnet.MODEL.RESNETS.STRIDE_IN_1X1 is False
+    assert config_arch(resnet) == "resnet34" and config_arch(authors) == "mobilenet_v2"
+
+
+def _sample(seed: int, size: int = 80):
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.randint(0, 255, (3, size, size), dtype=torch.uint8, generator=generator)
+    instances = Instances((size, size))
+    instances.gt_boxes = Boxes(torch.tensor([[8.0, 10.0, 50.0, 60.0], [40.0, 30.0, 76.0, 70.0]]))
+    instances.gt_classes = torch.tensor([1, 4])
+    masks = torch.zeros(2, size, size, dtype=torch.bool)
+    masks[0, 10:60, 8:50] = True
+    masks[1, 30:70, 40:76] = True
+    instances.gt_masks = BitMasks(masks)
+    return {"image": image, "instances": instances, "height": size, "width": size}
+
+
+EXPECTED_LEVELS = {"mobilenet_v2": ["p4", "p5", "p6"], "mobilenet_v2_p2p6": ["p2", "p3", "p4", "p5", "p6"],
+                   "resnet18": ["p2", "p3", "p4", "p5", "p6"], "resnet34": ["p2", "p3", "p4", "p5", "p6"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_backbone_trains_one_step_and_infers_in_mask_rcnn_fpn(name):
+    torch.manual_seed(0)
+    model = build_model(load_config(TINY[name], SMALL_SAMPLING))
+    assert list(model.backbone.output_shape()) == EXPECTED_LEVELS[name]
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    first = next(p for key, p in model.named_parameters() if key.startswith(BACKBONE_PREFIX))
+    before = first.detach().clone()
+    with EventStorage(0):
+        losses = model([_sample(0), _sample(1)])
+    assert {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc"} <= set(losses)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    optimizer.step()
+    assert not torch.equal(before, first)  # FREEZE_AT 0: the stem trains too
+
+    model.eval()
+    with torch.no_grad():
+        outputs = model([{"image": _sample(2)["image"], "height": 80, "width": 80}])
+    assert {"pred_boxes", "scores", "pred_classes", "pred_masks"} <= set(outputs[0]["instances"].get_fields())
+
+
+def test_mobilenet_v2_stages_match_the_paper():
+    from detection.backbones import MobileNetV2
+
+    shapes = MobileNetV2().output_shape()
+    assert {name: (s.stride, s.channels) for name, s in shapes.items()} == {
+        "stride2": (2, 16), "stride4": (4, 24), "stride8": (8, 32), "stride16": (16, 96), "stride32": (32, 1280),
+    }  # fmt: skip
+    names = set(MobileNetV2().state_dict())
+    assert names == set(
+        build_backbone("mobilenet_v2").state_dict()
+    )  # torchvision's names, so conversion is a prefix
+
+
+# ---- conversion -----------------------------------------------------------------------------------------
+
+
+def _converted(tmp_path, checkpoint: dict, *extra: str) -> tuple[int, dict]:
+    source = tmp_path / "source.pth"
+    torch.save(checkpoint, source)
+    out = tmp_path / "out.pkl"
+    code = main(["convert", str(source), str(out), *extra])
+    return code, (pickle.loads(out.read_bytes()) if out.exists() else {})
+
+
+def _assert_loads_bit_identical(payload: dict, arch: str, source: dict[str, torch.Tensor], rename) -> None:
+    assert len(payload["model"]) == len(source)
+    for key, tensor in source.items():
+        array = payload["model"][rename(key)]
+        expected = tensor.numpy()
+        assert array.dtype == expected.dtype and array.tobytes() == expected.tobytes(), key
+    cfg = load_config(TINY[arch], ["MODEL.DEVICE", "cpu"])
+    model = build_model(cfg)
+    incompatible = DetectionCheckpointer(model)._load_model({**payload, "model": dict(payload["model"])})
+    assert not [key for key in incompatible.missing_keys if key.startswith(BACKBONE_PREFIX)]
+    assert not incompatible.unexpected_keys
+    loaded = model.backbone.bottom_up.state_dict()
+    for key, tensor in source.items():
+        assert torch.equal(loaded[rename(key)], tensor), key
+
+
+def test_convert_lowssl_checkpoint_mobilenet_v2(tmp_path):
+    torch.manual_seed(1)
+    student = build_backbone("mobilenet_v2").state_dict()
+    checkpoint = {"format": "lowssl-pretrain-v1", "student_backbone": student,
+                  "teacher_backbone": build_backbone("mobilenet_v2").state_dict(), "backbone": "mobilenet_v2",
+                  "method": "dino", "recipe": "ours", "epoch": 3}  # fmt: skip
+    code, payload = _converted(tmp_path, checkpoint)
+    assert code == 0
+    assert payload["__author__"] == "lowssl" and payload["matching_heuristics"] is True
+    meta = payload["lowssl"]
+    assert (meta["format"], meta["arch"], meta["branch"], meta["method"], meta["recipe"], meta["pretrain_epochs"]) == (
+        "lowssl", "mobilenet_v2", "student", "dino", "ours", 3)  # fmt: skip
+    assert meta["source_sha256"] == sha256_file(tmp_path / "source.pth")
+    _assert_loads_bit_identical(payload, "mobilenet_v2", student, lambda key: key)
+
+
+def test_convert_moco_checkpoint_resnet18_follows_mocos_names(tmp_path):
+    torch.manual_seed(2)
+    query = {key: value for key, value in build_backbone("resnet18").state_dict().items()}
+    state = {f"module.encoder_q.{key}": value for key, value in query.items()}
+    state["module.encoder_q.fc.0.weight"] = torch.zeros(512, 512)
+    state["module.encoder_q.fc.2.weight"] = torch.zeros(128, 512)
+    code, payload = _converted(tmp_path, {"epoch": 200, "arch": "resnet18", "state_dict": state})
+    assert code == 0 and payload["lowssl"]["format"] == "moco"
+    assert {"stem.conv1.weight", "stem.conv1.norm.running_var", "res2.0.conv1.norm.weight",
+            "res3.0.shortcut.weight", "res3.0.shortcut.norm.bias", "res5.1.conv2.weight"} <= set(payload["model"])  # fmt: skip
+    assert not any(key.startswith("fc") for key in payload["model"])
+    _assert_loads_bit_identical(payload, "resnet18", query, resnet_to_detectron2)
+
+
+def test_convert_fails_on_a_checkpoint_missing_backbone_keys(tmp_path, capsys):
+    state = {f"module.encoder_q.{k}": v for k, v in build_backbone("resnet18").state_dict().items()
+             if not k.startswith("layer4.1.")}  # fmt: skip
+    code, payload = _converted(tmp_path, {"state_dict": state}, "--format", "moco")
+    assert code == 2 and payload == {}
+    err = capsys.readouterr().err
+    assert "lacks" in err and "layer4.1.conv1.weight" in err
+
+
+def test_load_check_names_keys_that_do_not_load():
+    # torchvision names without MoCo's renaming: nothing matches Detectron2's ResNet.
+    arrays = {key: value.numpy() for key, value in build_backbone("resnet18").state_dict().items()}
+    with pytest.raises(ConversionError, match="backbone keys missing: .*stem.conv1"):
+        check_loads({"model": arrays, "__author__": "lowssl", "matching_heuristics": True}, "resnet18")
+
+
+# ---- the embedded dataset and evaluation ------------------------------------------------------------------
+
+
+def test_generated_dataset_is_valid_coco_with_masks_inside_boxes(dataset_root, tmp_path):
+    for split in ("train", "val"):
+        coco = COCO(str(annotation_file(dataset_root, split)))
+        assert len(coco.getImgIds()) == DATASET_SPEC.num_images(split)
+        assert {c["id"] for c in coco.loadCats(coco.getCatIds())} == set(range(1, 11))
+        for image_id in coco.getImgIds():
+            annotations = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+            assert annotations, f"image {image_id} has no items"
+            for annotation in annotations:
+                mask = mask_util.decode(annotation["segmentation"])
+                x, y, w, h = (int(v) for v in annotation["bbox"])
+                assert mask.sum() == annotation["area"] > 0
+                assert mask[y : y + h, x : x + w].sum() == mask.sum()  # nothing outside the box
+                rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+                assert (cols[0], rows[0], cols[-1] + 1 - cols[0], rows[-1] + 1 - rows[0]) == (x, y, w, h)
+        validate_coco_json(annotation_file(dataset_root, split), image_root(dataset_root, split))
+    again = generate(tmp_path / "again", DATASET_SPEC)
+    assert annotation_file(again, "val").read_text() == annotation_file(dataset_root, "val").read_text()
+
+
+def test_coco_evaluator_scores_ground_truth_as_perfect(dataset_root):
+    if compat.has_compiled_ops():
+        pytest.skip("a full Detectron2 is installed; this checks the Python COCOeval path")
+    name = "lowssl_test_fmnist_det_val"
+    register(name, annotation_file(dataset_root, "val"), image_root(dataset_root, "val"))
+    evaluator = COCOEvaluator(name, output_dir=None, use_fast_impl=False)
+    evaluator.reset()
+    for record in DatasetCatalog.get(name):
+        annotations = record["annotations"]
+        instances = Instances((record["height"], record["width"]))
+        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations]
+        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+        instances.scores = torch.ones(len(annotations))
+        instances.pred_classes = torch.tensor([a["category_id"] for a in annotations])
+        instances.pred_masks = torch.from_numpy(
+            np.stack([mask_util.decode(a["segmentation"]) for a in annotations])
+        ).bool()
+        evaluator.process([{"image_id": record["image_id"]}], [{"instances": instances}])
+    results = evaluator.evaluate()
+    assert results["bbox"]["AP"] == pytest.approx(100.0) and results["segm"]["AP"] == pytest.approx(100.0)
+
+
+def _malformed(annotations: dict, case: str) -> str:
+    """Break one thing of a COCO dict; the id the error must name."""
+    annotation = annotations["annotations"][1]
+    if case == "missing image file":
+        annotations["images"][2]["file_name"] = "nowhere.png"
+        return f"image id {annotations['images'][2]['id']}"
+    if case == "bbox outside image":
+        annotation["bbox"][0] = 90.0
+    elif case == "empty segmentation":
+        annotation["segmentation"] = []
+    elif case == "unknown category":
+        annotation["category_id"] = 42
+    return f"annotation id {annotation['id']}"
+
+
+@pytest.mark.parametrize(
+    "case", ["missing image file", "bbox outside image", "empty segmentation", "unknown category"]
+)
+def test_malformed_annotations_name_the_offending_id(dataset_root, tmp_path, case):
+    data = json.loads(annotation_file(dataset_root, "val").read_text())
+    offending = _malformed(data, case)
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=f"{offending}\\b"):
+        validate_coco_json(broken, image_root(dataset_root, "val"))
+
+
+def test_train_refuses_a_malformed_dataset_before_training(dataset_root, tmp_path, capsys):
+    root = tmp_path / "copy"
+    generate(root, DATASET_SPEC)
+    data = json.loads(annotation_file(root, "train").read_text())
+    offending = _malformed(data, "unknown category")
+    annotation_file(root, "train").write_text(json.dumps(data))
+    code = main(["train", "--config", str(TINY["resnet18"]), "--weights", "none", "--output-dir", str(tmp_path / "out"),
+                 "--records-dir", str(tmp_path / "records"), *dataset_opts(root)])  # fmt: skip
+    assert code == 2
+    assert offending in capsys.readouterr().err
+    assert not (tmp_path / "records").exists()
+
+
+@pytest.mark.slow
+def test_train_command_writes_records(dataset_root, tmp_path):
+    torch.manual_seed(3)
+    checkpoint = {"format": "lowssl-pretrain-v1", "student_backbone": build_backbone("resnet18").state_dict(),
+                  "teacher_backbone": None, "backbone": "resnet18", "method": "dino", "recipe": "ours", "epoch": 1}  # fmt: skip
+    code, payload = _converted(tmp_path, checkpoint)
+    assert code == 0
+    code = main(["train", "--config", str(TINY["resnet18"]), "--weights", str(tmp_path / "out.pkl"),
+                 "--output-dir", str(tmp_path / "run"), "--records-dir", str(tmp_path / "records"),
+                 *dataset_opts(dataset_root), *SMALL_SAMPLING, "SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "2"])  # fmt: skip
+    assert code == 0
+    rows = read_records(tmp_path / "records")
+    assert sorted(rows.metric) == sorted(
+        f"coco_tiny_{m}" for m in ("APbb", "APbb50", "APbb75", "APmk", "APmk50", "APmk75")
+    )
+    row = rows.iloc[0]
+    assert (row.stage, row.method, row.recipe, row.backbone, row.protocol) == (
+        "detection", "dino", "ours", "resnet18", "mask_rcnn_resnet18_fpn_tiny")  # fmt: skip
+    assert row.checkpoint_sha256 == payload["lowssl"]["source_sha256"]
+    assert json.loads(row.details)["weights_sha256"]

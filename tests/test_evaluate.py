@@ -1,0 +1,314 @@
+"""The evaluation stage: protocols, the linear probe, k-NN, feature and records caches, the CLI."""
+
+import argparse
+import glob
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import evaluate.__main__ as cli
+import evaluate.features
+from evaluate.features import FrozenFeatures
+from evaluate.knn import knn_evaluate, nearest_neighbours, weighted_vote
+from evaluate.linear import LinearHead, build_optimizer, epoch_lr
+from evaluate.protocols import available, load_protocol
+from lowssl.backbones import build_backbone
+from lowssl.config import ConfigError
+from lowssl.io import atomic_torch_save, sha256_file
+from lowssl.knn import weighted_knn_predict
+from lowssl.records import COLUMNS, read_records
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A lowssl pre-training checkpoint of a ResNet18 (student and teacher differ)."""
+    path = tmp_path_factory.mktemp("ckpt") / "last.pth"
+    torch.manual_seed(1)
+    student, teacher = build_backbone("resnet18").state_dict(), build_backbone("resnet18").state_dict()
+    atomic_torch_save({"format": "lowssl-pretrain-v1", "student_backbone": student, "teacher_backbone": teacher,
+                       "method": "dino", "backbone": "resnet18", "recipe": "ours", "epoch": 3, "config": {}}, path)  # fmt: skip
+    return path
+
+
+def run(tmp_path, *args, records="records"):
+    """``python -m evaluate`` in this process on the synthetic set (64 train / 32 val images, 4 classes)."""
+    common = ["--dataset", "synthetic", "--workers", "0", "--device", "cpu", "--output-dir", str(tmp_path / "out"),
+              "--records-dir", str(tmp_path / records)]  # fmt: skip
+    return cli.main([args[0], *common, *args[1:]])
+
+
+# ---- protocols -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", available("linear"))
+def test_every_linear_protocol_loads(name):
+    protocol = load_protocol(name, "linear")
+    assert protocol.name == name and protocol.epochs > 0 and protocol.source
+
+
+def test_protocols_carry_the_values_of_facts_md_section_2():
+    sslight = load_protocol("sslight", "linear")
+    assert (sslight.batch_size, sslight.base_lr, sslight.epochs, sslight.optimizer) == (
+        4096,
+        0.05,
+        100,
+        "lars",
+    )
+    assert (sslight.schedule, sslight.final_lr, sslight.weight_decay, sslight.init_std) == (
+        "cosine",
+        1e-6,
+        0.0,
+        0.01,
+    )
+    assert sslight.peak_lr() == pytest.approx(0.05 * 4096 / 256) and sslight.crop.image_size == 224
+    vit = sslight.for_family("vit")
+    assert (vit.optimizer, vit.peak_lr(), vit.vit.last_blocks) == ("sgd", pytest.approx(0.01 * 4096 / 256), 4)
+    assert sslight.for_family("cnn") is sslight
+    moco = load_protocol("moco", "linear")
+    assert (moco.base_lr, moco.peak_lr(), moco.milestones, moco.epochs, moco.batch_size) == (
+        30.0,
+        30.0,
+        (60, 80),
+        100,
+        256,
+    )
+    simreg = load_protocol("simreg", "linear")
+    assert (simreg.base_lr, simreg.weight_decay, simreg.epochs) == (0.01, 1e-4, 40)
+    assert simreg.feature_normalisation == "l2_standardise"
+    fast = load_protocol("fast", "linear")
+    assert not fast.paper_protocol and "not a paper protocol" in fast.note and fast.train_input == "features"
+    knn = load_protocol("knn", "knn")
+    assert (knn.k, knn.temperature) == (20, 0.07)
+
+
+def test_tiny_preset_keeps_the_lr_rule_and_changes_size_and_epochs():
+    tiny = load_protocol("sslight_tiny", "linear")
+    assert (tiny.batch_size, tiny.crop.image_size, tiny.epochs) == (256, 32, 2)
+    assert tiny.peak_lr() == pytest.approx(0.05) and tiny.optimizer == "lars" and not tiny.paper_protocol
+
+
+def test_unknown_protocol_lists_the_allowed_names():
+    with pytest.raises(
+        ConfigError, match=r"unknown linear protocol 'sslite'.*Did you mean 'sslight'.*fast, fast_tiny"
+    ):
+        load_protocol("sslite", "linear")
+    with pytest.raises(ConfigError, match=r"unknown knn protocol 'sslight'"):
+        load_protocol("sslight", "knn")
+
+
+def test_misspelt_override_suggests_the_key():
+    with pytest.raises(ConfigError, match=r"unknown config key 'epoch'.*Did you mean 'epochs'"):
+        load_protocol("sslight", "linear", ["epoch=3"])
+    assert load_protocol("sslight", "linear", ["epochs=3", "crop.image_size=32"]).crop.image_size == 32
+
+
+def test_lr_schedules_change_per_epoch():
+    moco = load_protocol("moco", "linear")
+    assert [epoch_lr(moco, e) for e in (0, 59, 60, 79, 80, 99)] == pytest.approx([30, 30, 3, 3, 0.3, 0.3])
+    sslight = load_protocol("sslight", "linear", ["epochs=4"])
+    lrs = [epoch_lr(sslight, e) for e in range(4)]
+    assert lrs[0] == pytest.approx(sslight.peak_lr()) and lrs[2] == pytest.approx(
+        (sslight.peak_lr() + 1e-6) / 2
+    )
+
+
+def test_lars_adapts_the_weight_and_not_the_bias():
+    """SSLight's LARS (utils/optimizer.py) with weight decay 0: q = 0.001 |w| / |g| on the weight only."""
+    torch.manual_seed(0)
+    head = LinearHead(4, 3, init_std=0.01)
+    head.linear.bias.data.fill_(0.5)
+    optimizer = build_optimizer(load_protocol("sslight", "linear", ["batch_size=256"]), head)
+    weight, bias = head.linear.weight.detach().clone(), head.linear.bias.detach().clone()
+    head.linear.weight.grad, head.linear.bias.grad = torch.randn(3, 4), torch.randn(3)
+    optimizer.step()
+    trust = 0.001 * weight.norm() / head.linear.weight.grad.norm()
+    assert torch.allclose(head.linear.weight, weight - 0.05 * trust * head.linear.weight.grad, atol=1e-7)
+    assert torch.allclose(head.linear.bias, bias - 0.05 * head.linear.bias.grad)
+
+
+# ---- features ------------------------------------------------------------------------------------------
+
+
+def test_vit_feature_is_the_cls_tokens_of_the_last_four_blocks():
+    torch.manual_seed(0)
+    vit = build_backbone("vit_tiny_patch16_224")
+    frozen = FrozenFeatures(vit, "vit", 192, vit_last_blocks=4)
+    images = torch.randn(2, 3, 32, 32)
+    features = frozen(images)
+    assert features.shape == (2, 768) and frozen.feature_dim == 768 and not vit.training
+    assert torch.allclose(features[:, -192:], vit(images), atol=1e-5)  # the last block's = the pooled output
+    assert FrozenFeatures(build_backbone("resnet18"), "cnn", 512, vit_last_blocks=4).feature_dim == 512
+
+
+def test_held_out_split_and_subsets_define_the_evaluation_set():
+    args = argparse.Namespace(dataset="synthetic", data_root=None, held_out=True, held_out_per_class=4,
+                              train_subset=20, eval_subset=None)  # fmt: skip
+    train, evaluation, label = cli.build_splits(args, 32)
+    assert (len(train), len(evaluation), label) == (20, 16, "synthetic/held-out-4pc/train20")
+    assert evaluation.split == "train" and not set(train.indices) & set(evaluation.indices)
+    assert torch.bincount(evaluation.labels).tolist() == [4, 4, 4, 4]
+
+
+# ---- k-NN ----------------------------------------------------------------------------------------------
+
+
+def test_weighted_knn_matches_a_hand_computation_and_1nn():
+    bank = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    bank_labels = torch.tensor([0, 1, 1])
+    query = torch.tensor([[1.0, 0.1], [0.1, 1.0]])
+    similarities, indices = nearest_neighbours(bank, query, k=2, bank_chunk=2)  # the bank in two chunks
+    q = torch.nn.functional.normalize(query, dim=1)
+    assert indices.tolist() == [[0, 1], [2, 1]]
+    assert torch.allclose(similarities[0], torch.stack([q[0] @ bank[0], q[0] @ bank[1]]))
+    scores = weighted_vote(similarities, bank_labels[indices], 2, temperature=0.5)
+    expected = torch.tensor([(q[0] @ bank[0] / 0.5).exp(), (q[0] @ bank[1] / 0.5).exp()])
+    assert torch.allclose(scores[0], expected, rtol=1e-5)
+    result = knn_evaluate(bank, bank_labels, query, torch.tensor([0, 0]), 2, k=2, temperature=0.5)
+    assert (result.top1, result.nn1_top1) == (50.0, 50.0)
+
+
+def test_chunked_knn_equals_lowssl_knn():
+    generator = torch.Generator().manual_seed(0)
+    bank, queries = torch.randn(300, 16, generator=generator), torch.randn(50, 16, generator=generator)
+    labels = torch.randint(0, 5, (300,), generator=generator)
+    similarities, indices = nearest_neighbours(bank, queries, k=20, query_chunk=16, bank_chunk=64)
+    ours = weighted_vote(similarities, labels[indices], 5, 0.07)
+    assert torch.allclose(ours, weighted_knn_predict(bank, labels, queries, 5), rtol=1e-4)
+
+
+# ---- end to end ----------------------------------------------------------------------------------------
+
+
+def test_fast_protocol_end_to_end_writes_records(tmp_path, checkpoint, capsys):
+    assert (
+        run(tmp_path, "linear", "--checkpoint", str(checkpoint), "--protocol", "fast_tiny", "epochs=30") == 0
+    )
+    assert "[not a paper protocol]" in capsys.readouterr().out
+    records = read_records(tmp_path / "records")
+    sha = sha256_file(checkpoint)
+    assert list(records.columns) == COLUMNS and sorted(records.metric) == ["linear_top1", "linear_top5"]
+    row = records.iloc[0]
+    assert row.run_id == f"eval-{sha[:12]}-resnet18-student" and row.checkpoint_sha256 == sha
+    assert (row.stage, row.method, row.recipe, row.backbone, row.pretrain_epochs) == (
+        "linear",
+        "dino",
+        "ours",
+        "resnet18",
+        3,
+    )
+    assert (row.dataset, row.protocol, row.branch) == ("synthetic", "fast_tiny", "student")
+    assert '"paper_protocol": false' in row.details and "not a paper protocol" in row.details
+    assert '"best_epoch_selection": false' in row.details and "architecture resnet18" in row.details
+    assert 0 <= row.value <= 100 and len(glob.glob(str(tmp_path / "out/feature-cache/*.pt"))) == 2
+
+
+def test_feature_cache_is_hit_and_no_cache_recomputes(tmp_path, checkpoint, monkeypatch):
+    assert (
+        run(tmp_path, "linear", "--checkpoint", str(checkpoint), "--protocol", "fast_tiny", "epochs=5") == 0
+    )
+    calls = []
+    monkeypatch.setattr(evaluate.features, "extract_features", lambda *a, **k: calls.append(1) or 1 / 0)
+    # another records folder: the stored result is not found, the cached features are
+    assert run(tmp_path, "linear", "--checkpoint", str(checkpoint), "--protocol", "fast_tiny", "epochs=5",
+               records="records2") == 0  # fmt: skip
+    assert calls == []
+    with pytest.raises(ZeroDivisionError):
+        run(
+            tmp_path,
+            "linear",
+            "--checkpoint",
+            str(checkpoint),
+            "--protocol",
+            "fast_tiny",
+            "epochs=5",
+            "--no-cache",
+        )
+    assert calls == [1]
+
+
+def test_stored_result_is_printed_instead_of_recomputed(tmp_path, checkpoint, monkeypatch, capsys):
+    args = ("knn", "--checkpoint", str(checkpoint), "--protocol", "knn_tiny", "--branch", "teacher")
+    assert run(tmp_path, *args) == 0
+    first = read_records(tmp_path / "records")
+    assert sorted(first.metric) == ["knn1_top1", "knn_top1"] and set(first.branch) == {"teacher"}
+    capsys.readouterr()
+    monkeypatch.setattr(cli, "knn_evaluate", lambda *a, **k: 1 / 0)
+    assert run(tmp_path, *args) == 0
+    assert "stored" in capsys.readouterr().out
+    with pytest.raises(ZeroDivisionError):
+        run(tmp_path, *args, "--no-cache")
+    monkeypatch.undo()
+    assert run(tmp_path, *args, "--k", "5") == 0  # another k is another evaluation: computed, not read back
+    rows = read_records(tmp_path / "records")
+    assert len(rows) == 2 and set(rows.config_hash) != set(first.config_hash)  # k=5 replaced k=20 in the file
+
+
+def test_sslight_tiny_runs_end_to_end_with_best_epoch_selection(tmp_path, checkpoint):
+    args = ["--checkpoint", str(checkpoint), "--protocol", "sslight_tiny", "epochs=2", "batch_size=32"]
+    assert run(tmp_path, "linear", *args) == 0
+    rows = read_records(tmp_path / "records")
+    row = rows[rows.metric == "linear_top1"].iloc[0]
+    assert row.protocol == "sslight_tiny" and '"best_epoch_selection": true' in row.details
+    assert '"optimizer": "lars"' in row.details and '"train_input": "augmented"' in row.details
+    head = torch.load(next((tmp_path / "out").glob("eval-*/linear-sslight_tiny-synthetic-head.pth")))
+    assert head["linear.weight"].shape == (4, 512)
+
+
+def test_random_init_baseline(tmp_path):
+    assert (
+        run(tmp_path, "knn", "--random-init", "--arch", "resnet18", "--protocol", "knn_tiny", "--seed", "3")
+        == 0
+    )
+    row = read_records(tmp_path / "records").iloc[0]
+    assert (row.run_id, row.method, row.pretrain_epochs) == (
+        "eval-random-init-seed3-resnet18-none",
+        "random-init",
+        0,
+    )
+    assert row.checkpoint_sha256 == "random-init-seed3"
+
+
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
+    assert (
+        run(tmp_path, "linear", "--checkpoint", str(tmp_path / "missing.pth"), "--protocol", "fast_tiny") == 2
+    )
+    assert run(tmp_path, "linear", "--random-init", "--protocol", "fast_tiny") == 2
+    assert run(tmp_path, "linear", "--random-init", "--arch", "resnet18", "--protocol", "fsat") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 3
+        and "does not exist" in err[0]
+        and "--arch" in err[1]
+        and "Did you mean 'fast'" in err[2]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        run(tmp_path, "linear", "--protocol", "fast_tiny")
+    assert exit_info.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # starts two Python processes with torch: ~10 s on the shared 2-core machine
+def test_two_processes_extract_the_same_features_in_order(tmp_path, checkpoint):
+    """63 / 31 images over 2 processes: DistributedSampler pads one image, the gather trims it."""
+    common = ["linear", "--checkpoint", str(checkpoint), "--dataset", "synthetic", "--protocol", "fast_tiny",
+              "--train-subset", "63", "--eval-subset", "31", "--workers", "0", "--device", "cpu", "epochs=2"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+               "-m", "evaluate", *common, "--output-dir", str(tmp_path / "ddp"), "--records-dir", str(tmp_path / "r")]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        cli.main([*common, "--output-dir", str(tmp_path / "one"), "--records-dir", str(tmp_path / "r1")]) == 0
+    )
+    for split in ("train", "val"):
+        ddp, one = (
+            torch.load(next((tmp_path / d / "feature-cache").glob(f"*-{split}-*.pt"))) for d in ("ddp", "one")
+        )
+        assert ddp["key"] == one["key"] and len(ddp["features"]) == (63 if split == "train" else 31)
+        assert torch.allclose(ddp["features"], one["features"], atol=1e-5)
+    assert len(read_records(tmp_path / "r")) == 2

@@ -1,0 +1,95 @@
+"""The leaderboard: paper rows + results records, comparable only within one dataset, protocol, metric
+(and teacher branch)."""
+
+import pandas as pd
+import pytest
+
+from lowssl.records import Record, read_records, write_records
+from results.__main__ import main
+from results.leaderboard import COLUMNS, build_leaderboard, load_leaderboard
+from results.paper_tables import read_paper_tables
+
+
+def paper_row(**overrides):
+    row = dict(table=5, row="dino-ours-200", method="dino", recipe="ours", backbone="resnet18", teacher="",
+               teacher_epochs=pd.NA, pretrain_epochs=200, protocol="paper-linear", metric="linear_top1", value=65.7)  # fmt: skip
+    return row | overrides
+
+
+def record(run_id, **overrides):
+    values = dict(run_id=run_id, stage="linear", method="dino", recipe="ours", backbone="resnet18", pretrain_epochs=2,
+                  dataset="fashion-mnist", protocol="fast", branch="student", metric="linear_top1", value=84.0)  # fmt: skip
+    return Record(**(values | overrides))
+
+
+@pytest.fixture
+def board(runs_dir):
+    for rec in [
+        record("ours"),
+        record("baseline", recipe="baseline", backbone="mobilenet_v2", value=80.0),
+        record("random", method="random-init", recipe="none", branch="none", pretrain_epochs=0, value=81.8),
+        record("third-party", method="moco_v2", recipe="", branch="query", value=83.0),
+        record("teacher", branch="teacher", value=85.0),
+        record("sslight", protocol="sslight_tiny", value=70.0),
+        record(
+            "lookalike", protocol="paper-linear", value=90.0
+        ),  # same protocol name as the paper, other dataset
+    ]:
+        write_records([rec], runs_dir)
+    paper = pd.DataFrame([
+        paper_row(),
+        paper_row(row="bingo-moco_v2_resnet152", method="bingo", recipe="", teacher="moco_v2_resnet152",
+                  teacher_epochs=400, protocol="bingo-linear", value=65.9),
+        paper_row(table=3, row="backbone", method="", recipe="", pretrain_epochs=pd.NA, protocol="", metric="params_M",
+                  value=11.2),
+    ])  # fmt: skip
+    return build_leaderboard(paper, read_records(runs_dir)).set_index("origin")
+
+
+def test_same_dataset_protocol_and_metric_share_a_group_across_methods_recipes_backbones(board):
+    group = board.loc["ours", "comparable_group"]
+    assert group == "fashion-mnist|fast|linear_top1"
+    assert (board.loc[["baseline", "random", "third-party"], "comparable_group"] == group).all()
+
+
+def test_paper_imagenet_rows_are_never_comparable_with_fashion_mnist_runs(board):
+    paper_groups = set(board.loc[board["source"] == "paper", "comparable_group"])
+    run_groups = set(board.loc[board["source"] == "lowssl-run", "comparable_group"])
+    assert not paper_groups & run_groups
+    assert board.loc["lookalike", "comparable_group"] == "fashion-mnist|paper-linear|linear_top1"
+
+
+def test_a_different_protocol_or_a_teacher_branch_is_another_group(board):
+    assert board.loc["sslight", "comparable_group"] != board.loc["ours", "comparable_group"]
+    assert board.loc["teacher", "comparable_group"] == "fashion-mnist|fast|linear_top1|teacher"
+    table5 = board.loc["Table 5"].set_index("method")["comparable_group"]
+    assert table5["dino"] != table5["bingo"]  # each distillation paper quotes its own protocol
+
+
+def test_paper_rows_get_their_dataset_from_the_metric(board):
+    assert board.loc["Table 5", "dataset"].tolist() == ["imagenet-1k", "imagenet-1k"]
+    assert board.loc["Table 3", ["dataset", "protocol", "comparable_group"]].tolist() == [
+        "",
+        "",
+        "-|-|params_M",
+    ]
+
+
+def test_the_real_tables_alone_make_a_leaderboard(tmp_path):
+    frame = load_leaderboard(tmp_path)
+    assert list(frame.columns) == COLUMNS
+    assert len(frame) == len(read_paper_tables()) and (frame["source"] == "paper").all()
+    assert set(frame["dataset"]) == {"imagenet-1k", "coco-2017", ""}
+
+
+def test_cli_filters_prints_and_writes_csv(runs_dir, tmp_path, capsys):
+    write_records([record("ours")], runs_dir)
+    write_records([record("r34", backbone="resnet34")], runs_dir)
+    out = tmp_path / "leaderboard.csv"
+    main(["leaderboard", "--runs-dir", str(runs_dir), "--backbone", "resnet18", "--metric", "linear_top1",
+          "--dataset", "fashion-mnist", "imagenet-1k", "--out", str(out)])  # fmt: skip
+    written = pd.read_csv(out, keep_default_na=False)
+    assert set(written["backbone"]) == {"resnet18"} and set(written["metric"]) == {"linear_top1"}
+    assert written["origin"].tolist()[0] == "ours"  # fashion-mnist group sorts first
+    assert (written["source"] == "paper").sum() == len(written) - 1
+    assert "| fashion-mnist |" in capsys.readouterr().out

@@ -1,0 +1,92 @@
+"""Table 5 rendering: the paper's rows with the paper's gains, this run's rows from records, and a header
+that says which is which. The golden file was written once from this code and checked by eye."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lowssl.records import Record, read_records, write_records
+from results.__main__ import main
+from results.paper_tables import read_paper_tables, read_printed_gains
+from results.table5 import render_table5
+
+GOLDEN = Path(__file__).parent / "golden" / "table5_tiny.md"
+SETTING = dict(scale="tiny", dataset="fashion-mnist", protocol="fast", hardware="2 CPU cores (test fixture)")
+
+
+def run(run_id, backbone, top1, top5=None, created="2026-01-02T00:00:00+00:00", **overrides):
+    common = dict(run_id=run_id, stage="linear", method="dino", recipe="ours", backbone=backbone, pretrain_epochs=2,
+                  dataset="fashion-mnist", protocol="fast", branch="student", created_at=created)  # fmt: skip
+    common |= overrides
+    metrics = {"linear_top1": top1} | ({"linear_top5": top5} if top5 is not None else {})
+    return [Record(**common, metric=metric, value=value) for metric, value in metrics.items()]
+
+
+@pytest.fixture
+def records(runs_dir):
+    for rows in [
+        run("r18-random", "resnet18", 81.8, method="random-init", recipe="none", branch="none", pretrain_epochs=0),
+        run("r18-baseline", "resnet18", 83.02, 99.41, recipe="baseline"),
+        run("r18-ours-first", "resnet18", 80.0, 99.0, created="2026-01-01T00:00:00+00:00"),  # replaced by the rerun
+        run("r18-ours-rerun", "resnet18", 84.31, 99.52),
+        run("mnv2-baseline", "mobilenet_v2", 60.25, 95.1, recipe="baseline"),
+        run("mnv2-ours", "mobilenet_v2", 63.5, 96.0),
+        run("mnv2-ours-teacher", "mobilenet_v2", 64.0, 96.4, branch="teacher"),  # no teacher baseline: no gain
+        run("r34-ours", "resnet34", 85.0, 99.6),  # no baseline: no gain
+        # Not Table 5 rows of this setting: another protocol, dataset, method, metric.
+        run("r18-sslight", "resnet18", 50.0, protocol="sslight_tiny"),
+        run("r18-imagenet", "resnet18", 70.0, dataset="imagefolder"),
+        run("r18-swav", "resnet18", 77.0, method="swav"),
+        [Record(run_id="r18-knn", stage="knn", method="dino", recipe="ours", backbone="resnet18", pretrain_epochs=2,
+                dataset="fashion-mnist", protocol="fast", branch="student", metric="knn_top1", value=82.0)],
+    ]:  # fmt: skip
+        write_records(rows, runs_dir)
+    return read_records(runs_dir)
+
+
+def test_rendering_from_fixed_records_matches_the_golden_markdown(records):
+    markdown, _ = render_table5(read_paper_tables(), records, **SETTING)
+    assert markdown == GOLDEN.read_text()
+
+
+def test_paper_gains_are_recomputed_as_the_paper_prints_them(records):
+    _, frame = render_table5(read_paper_tables(), records, **SETTING)
+    ours = frame[(frame["source"] == "paper") & (frame["recipe"] == "ours")].set_index("pretrain_epochs")
+    printed = read_printed_gains().query("table == 5 and printed_in == 'Table 5'")
+    for row in printed.itertuples():
+        column = f"{row.backbone}_{row.metric.removeprefix('linear_')}_gain"
+        assert ours.loc[int(row.row.rsplit("-", 1)[1]), column] == pytest.approx(row.printed_gain, abs=1e-9)
+    gains = ours.filter(like="_gain")
+    assert gains.notna().sum().sum() == len(
+        printed
+    )  # no gain where the paper prints none (MobileNetV2 top-5)
+
+
+def test_this_run_rows_latest_record_wins_and_gains_are_vs_this_runs_baseline(records):
+    _, frame = render_table5(read_paper_tables(), records, **SETTING)
+    this_run = frame[frame["source"] == "this run"]
+    assert this_run[["method", "recipe", "branch"]].values.tolist() == [
+        ["random-init", "none", "none"], ["dino", "baseline", "student"], ["dino", "ours", "student"],
+        ["dino", "ours", "teacher"],
+    ]  # fmt: skip
+    ours = this_run[(this_run["recipe"] == "ours") & (this_run["branch"] == "student")].iloc[0]
+    assert ours["resnet18_top1"] == 84.31 and ours["resnet18_top1_gain"] == pytest.approx(1.29)
+    assert ours["mobilenet_v2_top5_gain"] == pytest.approx(0.9)
+    assert pd.isna(ours["resnet34_top1_gain"])
+    assert ours["gain_reference"] == "this run's baseline recipe"
+
+
+def test_cli_writes_markdown_and_csv(records, runs_dir, tmp_path, capsys):
+    out_md, out_csv = tmp_path / "table5.md", tmp_path / "table5.csv"
+    main(["table5", "--scale", "tiny", "--dataset", "fashion-mnist", "--protocol", "fast", "--runs-dir", str(runs_dir),
+          "--hardware", SETTING["hardware"], "--out-md", str(out_md), "--out-csv", str(out_csv)])  # fmt: skip
+    assert out_md.read_text() == GOLDEN.read_text() == capsys.readouterr().out
+    written = pd.read_csv(out_csv, keep_default_na=False)
+    assert written["source"].value_counts().to_dict() == {"paper": 13, "this run": 4}
+
+
+def test_without_matching_records_the_table_says_so(tmp_path):
+    markdown, frame = render_table5(read_paper_tables(), read_records(tmp_path), **SETTING)
+    assert "No records of this run match dataset fashion-mnist and protocol fast." in markdown
+    assert (frame["source"] == "paper").all()

@@ -1,0 +1,161 @@
+"""Semi-supervised fine-tuning: the network from a DINO checkpoint, short CPU runs, records, resume."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from evaluate.adapters import load_pretrained
+from lowssl.io import load_checkpoint, sha256_file
+from pretrain.methods import build_method
+from pretrain.methods.dino import DinoConfig
+from semisup.__main__ import main
+from semisup.model import HeadError, SemiSupervisedNet, build_head, dino_head_layout
+from semisup.train import FinetuneArgs, ResumeError, finetune
+
+HIDDEN = 64
+
+
+@pytest.fixture(scope="module")
+def dino_checkpoint(tmp_path_factory):
+    """A lowssl DINO ResNet18 checkpoint whose head has non-trivial weights and BN statistics."""
+    torch.manual_seed(0)
+    method = build_method("dino", "resnet18", DinoConfig(hidden_dim=HIDDEN, out_dim=32, bottleneck_dim=16))
+    with torch.no_grad():
+        for module in method.student_head.modules():
+            if isinstance(module, nn.BatchNorm1d):
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.normal_()
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_dino.pth"
+    torch.save({
+        "format": "lowssl-pretrain-v1", "student_backbone": method.student_backbone.state_dict(),
+        "teacher_backbone": method.teacher_backbone.state_dict(), "method_state": method.state_dict(),
+        "method": "dino", "backbone": "resnet18", "recipe": "ours", "epoch": 1,
+        "config": {"backbone": "resnet18", "method": {"name": "dino"}},
+    }, path)  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def headless_checkpoint(tmp_path_factory, dino_checkpoint):
+    """The same backbone as a plain torchvision state dict: no projection head (most third-party files)."""
+    path = tmp_path_factory.mktemp("ckpt") / "backbone_only.pth"
+    torch.save(load_checkpoint(dino_checkpoint)["student_backbone"], path)
+    return path
+
+
+def smoke(tmp_path, **changes) -> FinetuneArgs:
+    """A few steps at 32 px, batch 8, evaluated on 16 images: seconds on a CPU."""
+    options = dict(subset="1pct", protocol="tiny", batch_size=8, max_steps=2, max_eval_images=16, workers=0,
+                   device="cpu", output_dir=str(tmp_path / "run"), records_dir=str(tmp_path / "records"))  # fmt: skip
+    return FinetuneArgs(**{**options, **changes})
+
+
+def test_network_carries_the_dino_heads_first_two_layers_exactly(dino_checkpoint):
+    adapted = load_pretrained(dino_checkpoint)
+    nets = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        head, width = build_head(
+            "resnet18", "checkpoint", adapted, str(dino_checkpoint), new_head_hidden_dim=2048
+        )
+        nets.append(SemiSupervisedNet(nn.Identity(), head, width, 10, None, freeze_backbone=False))
+    head = nets[0].head
+    assert [type(m) for m in head] == [nn.Linear, nn.BatchNorm1d, nn.GELU] * 2
+    # the width comes from the checkpoint, not the protocol's 2048
+    assert head[0].in_features == 512 and head[3].out_features == HIDDEN
+    # mlp.0, mlp.1 (BN), mlp.3, mlp.4 (BN): weights and statistics
+    for key, value in head.state_dict().items():
+        assert torch.equal(value, adapted.head_state[f"mlp.{key}"]), key
+    assert len(head.state_dict()) == 14  # 2 Linear x 2 + 2 BN x 5: nothing of mlp.6 / last_layer
+    classifier = nets[0].classifier
+    assert (classifier.in_features, classifier.out_features) == (HIDDEN, 10)
+    assert not torch.equal(classifier.weight, nets[1].classifier.weight)  # fresh init, not from the file
+    assert torch.equal(nets[0].head[0].weight, nets[1].head[0].weight)
+
+
+def test_heads_of_other_layouts_are_not_taken_for_dino_heads():
+    moco = {"mlp.0.weight": torch.zeros(64, 512), "mlp.2.weight": torch.zeros(16, 64)}  # Linear-ReLU-Linear
+    swav = {
+        "mlp.0.weight": torch.zeros(64, 512),
+        "mlp.1.running_mean": torch.zeros(64),
+        "mlp.3.weight": torch.zeros(16, 64),
+    }
+    for head in (moco, swav):
+        with pytest.raises(HeadError, match="not a DINO head"):
+            dino_head_layout(head)
+    vit_dino = {
+        "mlp.0.weight": torch.zeros(64, 192),
+        "mlp.2.weight": torch.zeros(64, 64),
+        "last_layer.weight": torch.zeros(8, 16),
+    }
+    assert dino_head_layout(vit_dino) == (64, False)  # DINO's ViT head has no BN (facts.md section 1)
+
+
+def test_two_step_finetune_runs_for_both_subsets(tmp_path, dino_checkpoint):
+    for subset, labelled, epochs in (("1pct", 600, 20), ("10pct", 6000, 4)):
+        result = finetune(smoke(tmp_path / subset, checkpoint=str(dino_checkpoint), subset=subset))
+        assert result["labelled_images"] == labelled and result["epochs"] == epochs
+        assert 0 <= result["top1"] <= result["top5"] <= 100
+        records = pd.read_csv(next((tmp_path / subset / "records").glob("*.csv")))
+        assert set(records.metric) == {f"semi_{subset}_top1", f"semi_{subset}_top5"}
+        row = records.iloc[0]
+        assert (row.stage, row.protocol, row.method, row.recipe, row.branch) == (
+            "semisup", "tiny+custom", "dino", "ours", "student")  # fmt: skip
+        details = json.loads(row.details)
+        assert details["subset_sha256"] == sha256_file(details["subset_file"])
+        assert (details["epochs"], details["head_source"], details["labelled_images"]) == (
+            epochs,
+            "checkpoint",
+            labelled,
+        )
+        trained = load_checkpoint(tmp_path / subset / "run" / "last.pth")
+        assert trained["global_step"] == 2 and trained["step_in_epoch"] == 2
+        start = load_checkpoint(dino_checkpoint)["student_backbone"]["conv1.weight"]
+        assert not torch.equal(trained["model"]["backbone.conv1.weight"], start)  # full fine-tuning
+
+
+def test_checkpoint_without_a_head_gets_a_clear_message_and_the_fallbacks_work(
+    tmp_path, headless_checkpoint, capsys
+):
+    args = ["finetune", "--checkpoint", str(headless_checkpoint), "--subset", "1pct", "--protocol", "tiny",
+            "--output-dir", str(tmp_path / "run")]  # fmt: skip
+    assert main(args) == 1
+    message = capsys.readouterr().err
+    assert "holds no projection head" in message and "--new-head" in message and "linear-frozen" in message
+    assert not (tmp_path / "run").exists()  # it fails before any data or file is touched
+
+    new_head = finetune(smoke(tmp_path / "new", checkpoint=str(headless_checkpoint), new_head=True))
+    assert new_head["head_source"] == "new"
+
+    frozen = finetune(smoke(tmp_path / "frozen", checkpoint=str(headless_checkpoint), protocol="linear-frozen",
+                            image_size=32))  # fmt: skip
+    assert frozen["head_source"] == "none"
+    state = load_checkpoint(tmp_path / "frozen" / "run" / "last.pth")["model"]
+    original = load_checkpoint(headless_checkpoint)
+    for key in ("conv1.weight", "bn1.running_mean", "layer4.1.bn2.running_var"):  # weights and BN statistics
+        assert torch.equal(state[f"backbone.{key}"], original[key]), key
+    assert state["classifier.weight"].shape == (10, 512)
+
+
+def test_resume_continues_exactly(tmp_path):
+    # synthetic data: 64 training images, 10pct = 6 labelled; batch 4 -> 2 steps per epoch (4 + 2 images)
+    common = dict(random_init=True, arch="resnet18", dataset="synthetic", subset="10pct", epochs=2,
+                  batch_size=4, max_eval_images=None, protocol="tiny")  # fmt: skip
+    straight = finetune(smoke(tmp_path / "straight", max_steps=None, **common))
+    finetune(smoke(tmp_path / "resumed", max_steps=3, **common))  # stops in the middle of epoch 2
+    interrupted = load_checkpoint(tmp_path / "resumed" / "run" / "last.pth")
+    assert (interrupted["epoch"], interrupted["step_in_epoch"], interrupted["global_step"]) == (1, 1, 3)
+    resumed = finetune(smoke(tmp_path / "resumed", max_steps=None, **common))
+    assert resumed["top1"] == straight["top1"]
+    a = load_checkpoint(tmp_path / "straight" / "run" / "last.pth")
+    b = load_checkpoint(tmp_path / "resumed" / "run" / "last.pth")
+    assert a["global_step"] == b["global_step"] == 4
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+    with pytest.raises(ResumeError, match="batch_size"):  # another protocol is another run
+        finetune(smoke(tmp_path / "resumed", **{**common, "batch_size": 2}))
