@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMPS := $(VENV)/.lowssl-stamps
 
-.PHONY: install test lint clean-venv
+.PHONY: install test lint clean-venv reproduce-table5 bench
 
 install: $(STAMPS)/deps $(STAMPS)/detectron2 $(STAMPS)/fashion-mnist
 
@@ -34,6 +34,18 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Table 5 at a chosen scale: SCALE=tiny (default without IMAGENET: Fashion-MNIST, 2 CPU cores) or
+# SCALE=paper IMAGENET=/path/to/imagenet [GPUS=8] (the paper's configs through torchrun).
+IMAGENET ?=
+GPUS     ?= 8
+SCALE    ?= $(if $(IMAGENET),paper,tiny)
+reproduce-table5: install
+	$(PY) -m results.reproduce table5 --scale $(SCALE) --gpus $(GPUS) $(if $(IMAGENET),--imagenet $(IMAGENET))
+
+# Benchmarks (not tests): JSON + a markdown summary under benchmarks/results/.
+bench: install
+	$(PY) -m benchmarks.run
 
 clean-venv:
 	rm -rf $(VENV)

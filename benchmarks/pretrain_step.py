@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 
@@ -88,6 +89,7 @@ def measure(method_name: str, backbone: str, args) -> dict:
         "images_per_s": args.batch / statistics.median(full), "bare_images_per_s": args.batch / statistics.median(bare),
     }  # fmt: skip
     result["overhead_ratio"] = result["step_s_median"] / result["bare_s_median"]
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process so far
     if device.type == "cuda":
         result["peak_cuda_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         torch.cuda.reset_peak_memory_stats()

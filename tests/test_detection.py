@@ -3,6 +3,11 @@ embedded Fashion-MNIST set, COCO evaluation and the train command (facts.md sect
 
 from __future__ import annotations
 
+# Importing `detection` first applies its compatibility layer, which detectron2's imports need.
+# isort: off
+from detection import compat
+
+# isort: on
 import json
 import pickle
 from pathlib import Path
@@ -19,15 +24,11 @@ from detectron2.utils.events import EventStorage
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
-# isort: off - the detection package applies its compatibility layer before the first detectron2 import
-from detection import compat
 from detection.__main__ import main
 from detection.config import CONFIG_DIR, config_arch, load_config
 from detection.convert import BACKBONE_PREFIX, ConversionError, check_loads, resnet_to_detectron2
 from detection.datasets import register, validate_coco_json
 from detection.fmnist_det import FmnistDetSpec, annotation_file, generate, image_root
-
-# isort: on
 from lowssl.backbones import build_backbone
 from lowssl.data import DatasetError
 from lowssl.io import sha256_file
@@ -39,6 +40,17 @@ TINY = {name: CONFIG_DIR / f"mask_rcnn_{name}_fpn_tiny.yaml"
 SMALL_SAMPLING = ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "32",
                   "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50", "MODEL.RPN.POST_NMS_TOPK_TEST", "50"]  # fmt: skip
 DATASET_SPEC = FmnistDetSpec(train_images=6, val_images=4, seed=0, canvas=96)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Mask R-CNN runs many small ops: on 2 CPU cores shared with other jobs, two OpenMP threads spin
+    against each other (measured here: ResNet18 forward + backward on 4 x 144 px takes 0.5 s on one
+    thread, 3.6-4.4 s on two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

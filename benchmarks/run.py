@@ -1,0 +1,95 @@
+"""``make bench``: every benchmark, its JSON under ``benchmarks/results/`` and a markdown summary.
+
+Each benchmark runs in its own process (so peak RSS is per configuration), on this machine, with
+the machine and library versions in the summary. Medians and spreads come from repeated runs inside
+each benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _run(name: str, module: str, args: list[str]) -> tuple[list[dict], float]:
+    out = RESULTS / f"{name}.json"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", module, *args, "--out", str(out)], check=True)
+    return json.loads(out.read_text()), time.perf_counter() - start
+
+
+def _machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())  # fmt: skip
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return (
+        f"{cpu}, {os.cpu_count()} cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}"
+    )
+
+
+def main() -> int:
+    RESULTS.mkdir(exist_ok=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sections = []
+
+    augmentation, seconds = _run(
+        "augmentation", "benchmarks.augmentation", ["--images", "60", "--repeats", "3"]
+    )
+    rows = [f"| {r['recipe']} (2x224 + 6x{r['local_size']}) | {r['lowssl_images_per_s_median']:.1f} | "
+            f"{r['dino_reference_images_per_s_median']:.1f} | {r['speedup_median']:.2f} (spread {r['speedup_spread']:.2f}) |"
+            for r in augmentation]  # fmt: skip
+    sections.append(("Augmentation, images/s per CPU core (1 thread, ~500x375 JPEGs, decode included)",
+                     ["| recipe | lowssl | DINO reference (PIL) | lowssl / reference, median |", "|---|---|---|---|", *rows],
+                     seconds))  # fmt: skip
+
+    step_rows = []
+    step_seconds = 0.0
+    for label, args in [
+        (
+            "tiny",
+            ["--global-size", "32", "--local-size", "18", "--batch", "32", "--steps", "5", "--warmup", "2"],
+        ),
+        (
+            "224px",
+            ["--global-size", "224", "--local-size", "128", "--batch", "4", "--steps", "3", "--warmup", "1"],
+        ),
+    ]:
+        for backbone in ("mobilenet_v2", "resnet18"):
+            results, seconds = _run(f"pretrain_step_{device}_{label}_{backbone}", "benchmarks.pretrain_step",
+                                    ["--device", device, "--backbones", backbone, *args])  # fmt: skip
+            step_seconds += seconds
+            for r in results:
+                step_rows.append(
+                    f"| {r['method']} | {backbone} | {label} ({r['global_size']}/{r['local_size']}, batch {r['batch']}) | "
+                    f"{r['images_per_s']:.1f} | {r['bare_images_per_s']:.1f} | {r['overhead_ratio']:.2f} "
+                    f"(step spread {r['step_s_spread']:.3f} s) | {r['peak_rss_mib']:.0f} |"
+                )
+    sections.append((f"Pre-training step on {device}: full step vs bare student forward+backward (the limit)",
+                     ["| method | backbone | crops | step img/s | limit img/s | step / limit time, median | peak RSS MiB (process, cumulative over its methods) |",
+                      "|---|---|---|---|---|---|---|", *step_rows], step_seconds))  # fmt: skip
+
+    probes, seconds = _run("linear_probe", "benchmarks.linear_probe", ["--train-subset", "5000"])
+    rows = [f"| {r['protocol']} | {r['wall_s']:.0f} | {r['linear_top1']:.2f} |" for r in probes]
+    sections.append(("Linear probe on Fashion-MNIST (random-init ResNet18, 5,000 training images)",
+                     ["| protocol | wall time s | top-1 |", "|---|---|---|", *rows], seconds))  # fmt: skip
+
+    lines = ["# lowssl benchmarks", "", f"Machine: {_machine()}.", "",
+             "Written by `make bench` (`python -m benchmarks.run`); the JSON files beside this one hold every run.", ""]  # fmt: skip
+    for title, table, seconds in sections:
+        lines += [f"## {title}", "", *table, "", f"({seconds:.0f} s)", ""]
+    (RESULTS / f"summary_{device}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
