@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMPS := $(VENV)/.lowssl-stamps
 
-.PHONY: install test lint clean-venv reproduce-table5 bench
+.PHONY: install test lint clean-venv reproduce-table5 bench evaluate-checkpoint
 
 install: $(STAMPS)/deps $(STAMPS)/detectron2 $(STAMPS)/fashion-mnist
 
@@ -42,6 +42,14 @@ GPUS     ?= 8
 SCALE    ?= $(if $(IMAGENET),paper,tiny)
 reproduce-table5: install
 	$(PY) -m results.reproduce table5 --scale $(SCALE) --gpus $(GPUS) $(if $(IMAGENET),--imagenet $(IMAGENET))
+
+# Any checkpoint through the chosen stages, then the leaderboard:
+#   make evaluate-checkpoint CKPT=path [FORMAT=auto] [PROTOCOLS=linear,knn,semisup,detection]
+FORMAT    ?= auto
+PROTOCOLS ?= linear,knn,semisup,detection
+evaluate-checkpoint: install
+	@test -n "$(CKPT)" || { echo "usage: make evaluate-checkpoint CKPT=path [FORMAT=auto] [PROTOCOLS=...]" >&2; exit 2; }
+	$(PY) -m results.evaluate_checkpoint "$(CKPT)" --format $(FORMAT) --protocols $(PROTOCOLS)
 
 # Benchmarks (not tests): JSON + a markdown summary under benchmarks/results/.
 bench: install

@@ -29,3 +29,19 @@ def test_finished_runs_are_reused_and_others_resumed(tmp_path):
     assert not finished(checkpoint(1, 0))
     assert not finished(checkpoint(1, 5))
     assert not finished(tmp_path / "missing.pth")
+
+
+def test_evaluate_checkpoint_refuses_unknown_stages(capsys):
+    from results.evaluate_checkpoint import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["some.pth", "--protocols", "linear,segmentation"])
+    assert exit_info.value.code == 2
+    assert "unknown protocol(s) segmentation; allowed values: linear, knn, semisup, detection" in capsys.readouterr().err
+
+
+def test_formats_with_a_head_exist_in_the_adapters():
+    from evaluate.adapters import formats
+    from results.evaluate_checkpoint import FORMATS_WITH_HEAD
+
+    assert set(FORMATS_WITH_HEAD) <= {f.name for f in formats()}

@@ -1,0 +1,90 @@
+"""``make evaluate-checkpoint CKPT=...``: run the chosen stages on one checkpoint, then the leaderboard.
+
+Any checkpoint the evaluation stage can read (lowssl's own or a third-party format) goes through the
+stages' own commands, at the embedded-default scale (Fashion-MNIST, CPU): ``linear`` (``fast_tiny``
+probe), ``knn`` (``knn_tiny``), ``semisup`` (1% labels, ``tiny`` protocol) and ``detection``
+(conversion to Detectron2, then Mask R-CNN FPN on the embedded COCO-format set, ``tiny`` schedule).
+Every stage appends its rows to the results records; the leaderboard is rebuilt at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+STAGES = ("linear", "knn", "semisup", "detection")
+DETECTION_ARCHS = ("mobilenet_v2", "resnet18", "resnet34")  # those with a registered Detectron2 backbone
+FORMATS_WITH_HEAD = ("lowssl", "sslight", "dino-full")  # evaluate.adapters returns their projection head
+
+
+def _run(command: list[str], capture: bool = False) -> str:
+    print("+ " + shlex.join(command), flush=True)
+    result = subprocess.run(command, check=True, text=True, capture_output=capture)
+    return result.stdout if capture else ""
+
+
+def evaluate_checkpoint(
+    checkpoint: str, fmt: str | None, stages: list[str], work_dir: Path, runs_dir: str | None
+):
+    python = [sys.executable, "-m"]
+    source = ["--checkpoint", checkpoint, *(["--format", fmt] if fmt else [])]
+    records = ["--records-dir", runs_dir] if runs_dir else []
+    report = json.loads(_run([*python, "evaluate", "inspect", checkpoint, *(["--format", fmt] if fmt else [])],
+                             capture=True).strip().splitlines()[-1])  # fmt: skip
+    arch = report["arch"]
+    if "linear" in stages:
+        _run([*python, "evaluate", "linear", *source, "--protocol", "fast_tiny", "--train-subset", "10000",
+              "--output-dir", str(work_dir / "evaluate"), *records])  # fmt: skip
+    if "knn" in stages:
+        _run([*python, "evaluate", "knn", *source, "--protocol", "knn_tiny", "--output-dir",
+              str(work_dir / "evaluate"), *records])  # fmt: skip
+    if "semisup" in stages:
+        # The paper fine-tunes from the checkpoint's projection head; formats without one get new layers.
+        head = [] if report["format"] in FORMATS_WITH_HEAD else ["--new-head"]
+        _run([*python, "semisup", "finetune", *source, "--subset", "1pct", "--protocol", "tiny", *head,
+              "--output-dir", str(work_dir / "semisup"), *records])  # fmt: skip
+    if "detection" in stages:
+        if arch not in DETECTION_ARCHS:
+            raise SystemExit(f"error: detection has no registered backbone for '{arch}' "
+                             f"(allowed: {', '.join(DETECTION_ARCHS)})")  # fmt: skip
+        weights = work_dir / "detection" / "weights.pkl"
+        _run([*python, "detection", "convert", checkpoint, str(weights), *(["--format", fmt] if fmt else [])])
+        _run([*python, "detection", "train", "--config", f"detection/configs/mask_rcnn_{arch}_fpn_tiny.yaml",
+              "--weights", str(weights), "--output-dir", str(work_dir / "detection"), *records])  # fmt: skip
+    _run([*python, "results", "leaderboard", *(["--runs-dir", runs_dir] if runs_dir else []),
+          "--out", "results/leaderboard.csv"])  # fmt: skip
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m results.evaluate_checkpoint", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("checkpoint")
+    parser.add_argument("--format", dest="fmt", help="force a checkpoint layout (default: detected)")
+    parser.add_argument(
+        "--protocols", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}"
+    )
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/evaluate-checkpoint"))
+    parser.add_argument("--runs-dir", help="results records (default results/runs)")
+    args = parser.parse_args(argv)
+    stages = [s.strip() for s in args.protocols.split(",") if s.strip()]
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        parser.error(f"unknown protocol(s) {', '.join(unknown)}; allowed values: {', '.join(STAGES)}")
+    fmt = None if args.fmt in (None, "auto") else args.fmt
+    try:
+        evaluate_checkpoint(args.checkpoint, fmt, stages, args.work_dir, args.runs_dir)
+    except subprocess.CalledProcessError as error:
+        print(
+            f"error: a stage failed (exit code {error.returncode}): {shlex.join(error.cmd)}", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
