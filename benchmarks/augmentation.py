@@ -2,10 +2,16 @@
 
 The reference is built the way DINO's ``DataAugmentationDINO`` does it: PIL images, one torchvision
 v1 transform chain per crop, PIL Gaussian blur and solarize, ToTensor + Normalize per view. Both run
-in one process with one thread on the same decoded JPEGs of natural size (about 500x375, generated),
-so images/s is per core. Decoding is included for both (it is part of every real data loader).
+in one process with one thread (torch and OpenCV) on the same JPEGs of natural size (about 500x375,
+generated), interleaved repeat by repeat so drifts in machine load hit both alike. Decoding is
+included for both (it is part of every real data loader).
 
-    python -m benchmarks.augmentation --images 200
+Per core: ``*_images_per_s_*`` is images per CPU-second of this process (``time.process_time``, all
+threads counted), which is the wall-clock rate on a quiet core and is not inflated by a busy machine
+taking the core away; ``*_wall_images_per_s_*`` is the wall-clock rate. ``speedup_*`` is the
+lowssl / reference ratio of the per-core rates, per repeat (median and spread = max - min).
+
+    python -m benchmarks.augmentation --images 100 --repeats 3
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import random
 import statistics
 import time
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
@@ -45,7 +52,7 @@ def natural_jpegs(count: int, seed: int = 0) -> list[bytes]:
     return files
 
 
-class _PILBlur:
+class _PILBlur:  # DINO's utils.GaussianBlur
     def __init__(self, p: float) -> None:
         self.p = p
 
@@ -55,7 +62,7 @@ class _PILBlur:
         return image.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
 
 
-class _PILSolarize:
+class _PILSolarize:  # DINO's utils.Solarization
     def __init__(self, p: float) -> None:
         self.p = p
 
@@ -63,21 +70,32 @@ class _PILSolarize:
         return ImageOps.solarize(image) if random.random() < self.p else image
 
 
-def dino_reference(recipe: dict, n_local: int = 6):
-    """DINO's DataAugmentationDINO (main_dino.py), with the recipe's scales and local size."""
+# facts.md section 1: colour jitter strengths, blur p (global 1, global 2, local), solarize p on global 2.
+REFERENCE_AUGMENTATION = {
+    "dino": {"jitter": (0.4, 0.4, 0.2, 0.1), "blur_p": (1.0, 0.1, 0.5), "solarize_p": 0.2},
+    "swav": {"jitter": (0.8, 0.8, 0.8, 0.2), "blur_p": (0.5, 0.5, 0.5), "solarize_p": 0.0},
+}
+
+
+def dino_reference(recipe: dict, n_local: int = 6, global_size: int = 224, augmentation: str = "dino"):
+    """DINO's DataAugmentationDINO (main_dino.py), with the recipe's scales and local size; ``swav``
+    changes the strengths as SwAV's code has them (no solarize step then)."""
+    strengths = REFERENCE_AUGMENTATION[augmentation]
     flip_and_jitter = T.Compose([
         T.RandomHorizontalFlip(p=0.5),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+        T.RandomApply([T.ColorJitter(*strengths["jitter"])], p=0.8),
         T.RandomGrayscale(p=0.2),
     ])  # fmt: skip
     normalize = T.Compose([T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
     bicubic = T.InterpolationMode.BICUBIC
-    global_1 = T.Compose([T.RandomResizedCrop(224, scale=recipe["global_scale"], interpolation=bicubic),
-                          flip_and_jitter, _PILBlur(1.0), normalize])  # fmt: skip
-    global_2 = T.Compose([T.RandomResizedCrop(224, scale=recipe["global_scale"], interpolation=bicubic),
-                          flip_and_jitter, _PILBlur(0.1), _PILSolarize(0.2), normalize])  # fmt: skip
+    blur_1, blur_2, blur_local = (_PILBlur(p) for p in strengths["blur_p"])
+    solarize = [_PILSolarize(strengths["solarize_p"])] if strengths["solarize_p"] else []
+    global_1 = T.Compose([T.RandomResizedCrop(global_size, scale=recipe["global_scale"], interpolation=bicubic),
+                          flip_and_jitter, blur_1, normalize])  # fmt: skip
+    global_2 = T.Compose([T.RandomResizedCrop(global_size, scale=recipe["global_scale"], interpolation=bicubic),
+                          flip_and_jitter, blur_2, *solarize, normalize])  # fmt: skip
     local = T.Compose([T.RandomResizedCrop(recipe["local_size"], scale=recipe["local_scale"], interpolation=bicubic),
-                       flip_and_jitter, _PILBlur(0.5), normalize])  # fmt: skip
+                       flip_and_jitter, blur_local, normalize])  # fmt: skip
 
     def views(image):
         return [global_1(image), global_2(image)] + [local(image) for _ in range(n_local)]
@@ -85,16 +103,26 @@ def dino_reference(recipe: dict, n_local: int = 6):
     return views
 
 
-def lowssl_sampler(recipe: dict, n_local: int = 6):
-    return MultiCropViews(from_dict(ViewsConfig, {**recipe, "global_size": 224, "n_local": n_local}))
+def lowssl_sampler(recipe: dict, n_local: int = 6, global_size: int = 224, augmentation: str = "dino"):
+    return MultiCropViews(
+        from_dict(
+            ViewsConfig,
+            {**recipe, "global_size": global_size, "n_local": n_local, "augmentation": augmentation},
+        )
+    )
 
 
-def images_per_second(pipeline, files: list[bytes]) -> float:
-    start = time.perf_counter()
+def images_per_second(pipeline, files: list[bytes]) -> tuple[float, float]:
+    """(images per CPU-second of this process, images per wall-clock second)."""
+    wall, cpu = time.perf_counter(), time.process_time()
     for data in files:
         with Image.open(io.BytesIO(data)) as image:
             pipeline(image.convert("RGB"))
-    return len(files) / (time.perf_counter() - start)
+    return len(files) / (time.process_time() - cpu), len(files) / (time.perf_counter() - wall)
+
+
+def _summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "spread": max(values) - min(values), "runs": values}
 
 
 def main(argv=None) -> int:
@@ -104,19 +132,33 @@ def main(argv=None) -> int:
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)  # lowssl also sets it during each call; the reference does not use OpenCV
     files = natural_jpegs(args.images)
     results = []
     for name, recipe in RECIPES.items():
         pipelines = {"lowssl": lowssl_sampler(recipe), "dino_reference": dino_reference(recipe)}
-        runs = {key: [] for key in pipelines}
+        for pipeline in pipelines.values():  # warm-up: first-call allocations and imports
+            images_per_second(pipeline, files[:3])
+        cpu = {key: [] for key in pipelines}
+        wall = {key: [] for key in pipelines}
         for _ in range(args.repeats):  # interleaved, so drifts in machine load hit both alike
             for key, pipeline in pipelines.items():
-                runs[key].append(images_per_second(pipeline, files))
-        ratios = [a / b for a, b in zip(runs["lowssl"], runs["dino_reference"], strict=True)]
-        result = {"recipe": name, "local_size": recipe["local_size"],
-                  **{f"{k}_images_per_s_median": statistics.median(v) for k, v in runs.items()},
-                  **{f"{k}_images_per_s_runs": v for k, v in runs.items()},
-                  "speedup_median": statistics.median(ratios), "speedup_spread": max(ratios) - min(ratios)}  # fmt: skip
+                per_cpu_s, per_wall_s = images_per_second(pipeline, files)
+                cpu[key].append(per_cpu_s)
+                wall[key].append(per_wall_s)
+        speedup = [a / b for a, b in zip(cpu["lowssl"], cpu["dino_reference"], strict=True)]
+        speedup_wall = [a / b for a, b in zip(wall["lowssl"], wall["dino_reference"], strict=True)]
+        result = {
+            "recipe": name,
+            "local_size": recipe["local_size"],
+            "images": args.images,
+            "repeats": args.repeats,
+        }
+        for key in pipelines:
+            for label, runs in ((f"{key}_images_per_s", cpu[key]), (f"{key}_wall_images_per_s", wall[key])):
+                result.update({f"{label}_{stat}": value for stat, value in _summary(runs).items()})
+        result.update({f"speedup_{stat}": value for stat, value in _summary(speedup).items()})
+        result.update({f"speedup_wall_{stat}": value for stat, value in _summary(speedup_wall).items()})
         results.append(result)
         print(json.dumps(result), flush=True)
     if args.out:

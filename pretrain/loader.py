@@ -48,13 +48,14 @@ class SeededViews(Dataset):
             return self._views(epoch, index, image), label
         # In the main process (num_workers=0) keep the training RNG untouched, and run the small
         # per-image ops on one thread: torch's multi-threading makes them many times slower.
-        threads = torch.get_num_threads()
+        threads, python_rng = torch.get_num_threads(), random.getstate()
         torch.set_num_threads(1)
         try:
             with torch.random.fork_rng(devices=[]):
                 return self._views(epoch, index, image), label
         finally:
             torch.set_num_threads(threads)
+            random.setstate(python_rng)
 
     def _views(self, epoch, index, image):
         seed = sample_seed(self.seed, epoch, index)

@@ -2,11 +2,40 @@
 
 :class:`MultiCropViews` maps one image to ``[global 1, global 2, local 1, ..., local L]`` (facts.md
 section 1, "View order"), each a normalised CHW float tensor, with the per-view augmentation of
-facts.md section 1. It crops and resizes first, so the colour operations work on the small output,
-keeps the views uint8 until the last step and converts to float and normalises once.
+facts.md section 1, drawn exactly as DINO's reference pipeline draws it (torchvision v1 transforms on
+PIL images): the same random calls in the same order, so a seed gives the same crop boxes, flips,
+jitter factors and order, greyscale, blur and solarize decisions as that pipeline (whose blur and
+solarize coins come from Python's ``random``; here every draw is from torch's RNG).
+
+Speed (3.3-4.6x the reference per CPU core, ``python -m benchmarks.augmentation``): the image is
+converted to a uint8 array once; each view is one crop-and-resize straight into a uint8 HWC array
+(torch's antialiased uint8 resize, the Pillow-SIMD algorithm: mean |d| < 0.05 grey levels from PIL's
+bicubic crop + resize and 3-6x faster. PIL's single ``resize(box=, reducing_gap=)`` call stays 2-6x
+slower at every gap: its integer pre-reduction engages only where a crop shrinks by >= 2 gaps, rare
+for ~500x375 images, and gap 1, the fastest, moves pixels by up to ~1 grey level on average from the
+plain bicubic resize (gap 2 by <= 0.3)), then the colour operations run on that small
+array in OpenCV, and one conversion makes the normalised float CHW tensor. How each operation relates
+to DINO's PIL operation (checked in tests/test_views_distribution.py):
+
+- brightness, contrast: a 256-entry table evaluating PIL's ``Image.blend`` formula (float32, truncated):
+  identical to ``ImageEnhance`` (contrast's grey mean from OpenCV's luma, within one level of PIL's L);
+- saturation: PIL's blend with the luma image via ``cv2.addWeighted``: identical but for one grey
+  level in about 0.2% of the values;
+- hue: OpenCV's 8-bit HSV (256 hue steps a turn) with the hue channel shifted by round(256 h). PIL's
+  8-bit HSV (255 steps, truncated) differs from it by about one grey level on average; both are as close
+  to the exact (float) hue rotation (mean |d| 0.48 OpenCV, 0.56 PIL), and OpenCV is 9x faster;
+- greyscale: OpenCV's luma (ITU-R 601-2, as PIL's ``convert("L")``), within one level of PIL's;
+- blur: a true Gaussian of sigma ~ U(0.1, 2.0) (OpenCV, kernel +-3 sigma, edge pixels repeated as PIL
+  does). DINO's PIL ``GaussianBlur(radius=sigma)`` approximates the same Gaussian with three box blurs
+  (mean |d| about 0.6 grey levels);
+- solarize: PIL's table (values >= 128 inverted).
+
+OpenCV runs on one thread during a call (set and restored): the views are small, its thread pool only
+adds hand-off cost, and in DataLoader workers it would oversubscribe the cores.
 
 :func:`pixel_scale_stats` estimates mean(PS_g / PS_l) (paper Eq. 1: PS = size^2 / crop area) by
-Monte Carlo over the sampler's own crop sampling, and the local size LC that brings it to 1::
+Monte Carlo over the sampler's own crop sampling (:func:`crop_box`), and the local size LC that
+brings it to 1::
 
     python -m pretrain.views pixel-scale --global-scale 0.3 1.0 --local-scale 0.05 0.3 --global-size 224
 """
@@ -14,20 +43,22 @@ Monte Carlo over the sampler's own crop sampling, and the local size LC that bri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as tnf
 from PIL import Image
 from torch import Tensor
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
 
 from lowssl.config import from_dict, require
 
@@ -36,7 +67,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # DINO draws the blur as PIL's ImageFilter.GaussianBlur(radius=U(0.1, 2.0)); Pillow's "radius" is the
 # Gaussian's standard deviation, so sigma ~ U(0.1, 2.0) here (facts.md section 1). The kernel spans
-# +-3 sigma of the largest sigma (13 taps), in output pixels: the blur runs after the resize.
+# +-3 sigma (13 taps at the largest sigma), in output pixels: the blur runs after the resize.
 BLUR_SIGMA = (0.1, 2.0)
 BLUR_KERNEL = 2 * math.ceil(3 * BLUR_SIGMA[1]) + 1
 
@@ -123,32 +154,226 @@ FLIP_P = 0.5
 SOLARIZE_THRESHOLD = 128
 
 
-class SeparableGaussianBlur(v2.GaussianBlur):
-    """torchvision's GaussianBlur (same sigma sampling, same kernel) run as two 1-D passes.
+def jitter_ranges(strengths: tuple[float, float, float, float]) -> tuple[tuple[float, float], ...]:
+    """torchvision's ColorJitter ranges: brightness, contrast and saturation U[max(0, 1 - x), 1 + x],
+    hue U[-h, h]."""
+    *factors, hue = strengths
+    return (*((max(0.0, 1 - x), 1 + x) for x in factors), (-hue, hue))
 
-    torchvision convolves with the full 2-D kernel; two 1-D passes give the same result (to one grey
-    level of rounding) about twice as fast on CPU. Expects uint8 CHW tensors.
+
+def log_ratio(ratio: tuple[float, float]) -> tuple[float, float]:
+    """The aspect-ratio bounds as torchvision samples them (log of float32 values, in float32)."""
+    low, high = torch.log(torch.tensor(ratio)).tolist()
+    return low, high
+
+
+def crop_box(
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    log_bounds: tuple[float, float] | None = None,
+) -> tuple[int, int, int, int]:
+    """(top, left, crop height, crop width) of a RandomResizedCrop on an H x W image.
+
+    torchvision's own parameter sampling (``RandomResizedCrop.get_params`` of v1, ``make_params`` of
+    v2), line by line: the same torch RNG calls in the same order, so the same seed gives the same box,
+    with the same 10 aspect-ratio rejection tries and the same centre-crop fallback. ``log_bounds`` is
+    ``log_ratio(ratio)``, precomputed by callers in a loop.
     """
+    low, high = log_bounds if log_bounds is not None else log_ratio(ratio)
+    area = height * width
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
+        aspect_ratio = torch.empty(1).uniform_(low, high).exp_().item()
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, size=(1,)).item())
+            left = int(torch.randint(0, width - w + 1, size=(1,)).item())
+            return top, left, h, w
+    in_ratio = float(width) / float(height)  # fallback: central crop
+    if in_ratio < min(ratio):
+        w = width
+        h = int(round(w / min(ratio)))
+    elif in_ratio > max(ratio):
+        h = height
+        w = int(round(h * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
 
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return separable_gaussian_blur(inpt, self.kernel_size[0], params["sigma"][0])
+
+class ViewParams(NamedTuple):
+    """Everything random about one view; ``None`` where the operation is not applied."""
+
+    box: tuple[int, int, int, int]  # top, left, height, width
+    flip: bool
+    jitter: tuple[tuple[int, ...], float, float, float, float] | None  # order, b, c, s, h
+    greyscale: bool
+    blur_sigma: float | None
+    solarize: bool
 
 
-def separable_gaussian_blur(image: Tensor, kernel_size: int, sigma: float) -> Tensor:
-    """Gaussian blur of a uint8 (C, H, W) image with reflect padding, like ``F.gaussian_blur``."""
-    # Reflect padding needs radius < side; views smaller than the kernel get a truncated kernel.
-    radius = min(kernel_size // 2, image.shape[-1] - 1, image.shape[-2] - 1)
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    weights /= weights.sum()
-    # Channels as the batch: a plain convolution is faster on CPU than a grouped one.
-    x = tnf.pad(image.to(torch.float32).unsqueeze(1), (radius,) * 4, mode="reflect")
-    x = tnf.conv2d(tnf.conv2d(x, weights.view(1, 1, 1, -1)), weights.view(1, 1, -1, 1))
-    return x.squeeze(1).round_().clamp_(0, 255).to(image.dtype)
+@dataclass(frozen=True)
+class ViewRecipe:
+    """The augmentation of one view kind (global 1, global 2 or local), in DINO's order: crop, flip,
+    colour jitter (p 0.8, the four operations in a random order), greyscale, blur, solarize."""
+
+    size: int
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    interpolation: str
+    jitter: tuple[tuple[float, float], ...]  # brightness, contrast, saturation, hue ranges
+    blur_p: float
+    solarize_p: float  # 0: no solarize step (and no draw), as in DINO's global 1 and local views
+    flip_p: float = FLIP_P
+    jitter_p: float = JITTER_P
+    greyscale_p: float = GREYSCALE_P
+    blur_sigma: tuple[float, float] = BLUR_SIGMA
+    solarize_threshold: int = SOLARIZE_THRESHOLD
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_log_ratio", log_ratio(self.ratio))
+
+    def sample(self, height: int, width: int) -> ViewParams:
+        """Draws the view's parameters with the random calls of DINO's pipeline, in its order."""
+        box = crop_box(height, width, self.scale, self.ratio, self._log_ratio)
+        flip = torch.rand(1).item() < self.flip_p  # RandomHorizontalFlip
+        jitter = None
+        if not self.jitter_p < torch.rand(1).item():  # RandomApply([ColorJitter])
+            order = tuple(torch.randperm(4).tolist())  # ColorJitter.get_params
+            b, c, s, h = (torch.empty(1).uniform_(low, high).item() for low, high in self.jitter)
+            jitter = (order, b, c, s, h)
+        greyscale = torch.rand(1).item() < self.greyscale_p  # RandomGrayscale
+        blur_sigma = None
+        if torch.rand(1).item() <= self.blur_p:  # DINO's GaussianBlur: random() <= p, radius U(0.1, 2)
+            blur_sigma = torch.empty(1).uniform_(*self.blur_sigma).item()
+        solarize = self.solarize_p > 0 and torch.rand(1).item() < self.solarize_p  # DINO's Solarization
+        return ViewParams(box, flip, jitter, greyscale, blur_sigma, solarize)
+
+
+# Tables for the colour operations (see the module docstring).
+_LEVELS = np.arange(256, dtype=np.float32)
+# One table per hue shift (in 1/256 turns) for an HSV array: hue shifted, saturation and value kept.
+_HUE_LUTS = np.stack(
+    [
+        np.stack([(np.arange(256) + shift) % 256, np.arange(256), np.arange(256)], axis=-1)
+        for shift in range(256)
+    ]
+).astype(np.uint8)[:, :, None, :]
+
+
+def _blend_lut(base: float, factor: float) -> np.ndarray:
+    """PIL's ``Image.blend(constant base, image, factor)`` as a table: base + factor * (x - base) in
+    float32, clipped to 0..255 and truncated, as Pillow's C code computes it."""
+    base32 = np.float32(base)
+    values = base32 + np.float32(factor) * (_LEVELS - base32)
+    return np.clip(values, 0, 255).astype(np.uint8)
+
+
+def _luma(pixels: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
+
+
+def adjust_brightness(pixels: np.ndarray, factor: float) -> np.ndarray:
+    return cv2.LUT(pixels, _blend_lut(0.0, factor))
+
+
+def adjust_contrast(pixels: np.ndarray, factor: float) -> np.ndarray:
+    mean = int(cv2.mean(_luma(pixels))[0] + 0.5)  # PIL ImageEnhance.Contrast's rounded grey mean
+    return cv2.LUT(pixels, _blend_lut(mean, factor))
+
+
+def adjust_saturation(pixels: np.ndarray, factor: float) -> np.ndarray:
+    grey = cv2.cvtColor(_luma(pixels), cv2.COLOR_GRAY2RGB)
+    # addWeighted rounds; -0.4999 makes it truncate as PIL's blend does.
+    return cv2.addWeighted(pixels, factor, grey, 1.0 - factor, -0.4999)
+
+
+def adjust_hue(pixels: np.ndarray, factor: float) -> np.ndarray:
+    hsv = cv2.cvtColor(pixels, cv2.COLOR_RGB2HSV_FULL)
+    cv2.LUT(hsv, _HUE_LUTS[round(factor * 256) % 256], dst=hsv)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL, dst=hsv)
+
+
+def greyscale(pixels: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(_luma(pixels), cv2.COLOR_GRAY2RGB)
+
+
+def gaussian_blur(pixels: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of a uint8 (H, W, C) array, kernel +-3 sigma, edge pixels repeated (as PIL)."""
+    return cv2.GaussianBlur(pixels, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REPLICATE)
+
+
+def solarize(pixels: np.ndarray, threshold: int = SOLARIZE_THRESHOLD) -> np.ndarray:
+    """PIL's ``ImageOps.solarize``: values >= threshold inverted."""
+    return cv2.LUT(pixels, np.where(_LEVELS < threshold, _LEVELS, 255 - _LEVELS).astype(np.uint8))
+
+
+_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+
+
+def resized_crop(pixels: Tensor, box: tuple[int, int, int, int], size: int, interpolation: str) -> np.ndarray:
+    """Crop ``box`` of a (1, 3, H, W) uint8 tensor resized to size x size, as a uint8 (size, size, 3) array.
+
+    torch's antialiased uint8 resize (the Pillow-SIMD algorithm, within a grey level of PIL's
+    ``resize``) writes straight into the array through a channels-last output: no float copy and no
+    layout conversion. Falls back to ``F.interpolate`` if the private op is missing.
+    """
+    top, left, height, width = box
+    crop = pixels[:, :, top : top + height, left : left + width]
+    out = np.empty((size, size, 3), dtype=np.uint8)
+    op = _AA_RESIZE.get(interpolation)
+    if op is not None:
+        op(crop, [size, size], False, None, None, out=torch.from_numpy(out).permute(2, 0, 1).unsqueeze(0))
+    else:
+        resized = tnf.interpolate(crop, size=(size, size), mode=interpolation, antialias=True)
+        out[...] = resized[0].permute(1, 2, 0).numpy()
+    return out
+
+
+def _aa_resize_ops() -> dict[str, Any]:
+    ops = {}
+    for mode in ("bicubic", "bilinear"):
+        with contextlib.suppress(AttributeError, RuntimeError):
+            ops[mode] = getattr(torch.ops.aten, f"_upsample_{mode}2d_aa").out
+    return ops
+
+
+_AA_RESIZE = _aa_resize_ops()
+
+
+def augment(pixels: np.ndarray, params: ViewParams, threshold: int = SOLARIZE_THRESHOLD) -> np.ndarray:
+    """Flip, colour jitter, greyscale, blur and solarize of a uint8 (H, W, 3) array, in DINO's order."""
+    if params.flip:
+        pixels = cv2.flip(pixels, 1)
+    if params.jitter is not None:
+        order, *factors = params.jitter
+        for index in order:
+            pixels = _JITTER_OPS[index](pixels, factors[index])
+    if params.greyscale:
+        pixels = greyscale(pixels)
+    if params.blur_sigma is not None:
+        pixels = gaussian_blur(pixels, params.blur_sigma)
+    if params.solarize:
+        pixels = solarize(pixels, threshold)
+    return pixels
+
+
+@contextlib.contextmanager
+def one_opencv_thread() -> Iterator[None]:
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
 
 
 def random_resized_crop(cfg: ViewsConfig, size: int, scale: tuple[float, float]) -> v2.RandomResizedCrop:
-    """The crop of every view; :func:`pixel_scale_stats` samples the same transform's parameters."""
+    """The crop of every view as a torchvision transform (size, scale, ratio, interpolation). The
+    sampler draws its boxes with :func:`crop_box`, the same sampling, as :func:`sample_crop_areas` does."""
     return v2.RandomResizedCrop(
         size,
         scale=scale,
@@ -158,28 +383,34 @@ def random_resized_crop(cfg: ViewsConfig, size: int, scale: tuple[float, float])
     )
 
 
-def _view_transform(cfg: ViewsConfig, crop: v2.RandomResizedCrop, view: int) -> v2.Compose:
-    """Augmentation of one view kind (0: global 1, 1: global 2, 2: local), in DINO's order."""
+def view_recipes(cfg: ViewsConfig, local_size: int) -> list[ViewRecipe]:
+    """One recipe per view, in view order: global 1, global 2, then the locals."""
     recipe = RECIPES[cfg.augmentation]
-    steps = [
-        crop,
-        v2.RandomHorizontalFlip(FLIP_P),
-        v2.RandomApply([v2.ColorJitter(*recipe.jitter)], p=JITTER_P),
-        v2.RandomGrayscale(GREYSCALE_P),
-        v2.RandomApply([SeparableGaussianBlur(BLUR_KERNEL, BLUR_SIGMA)], p=recipe.blur_p[view]),
-    ]
-    if recipe.solarize_p[view] > 0:
-        # Threshold 128 on 0..255 values: the views are still uint8 here.
-        steps.append(v2.RandomSolarize(SOLARIZE_THRESHOLD, p=recipe.solarize_p[view]))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.mean, cfg.std)]
-    return v2.Compose(steps)
+    jitter = jitter_ranges(recipe.jitter)
+
+    def kind(index: int, size: int, scale: tuple[float, float]) -> ViewRecipe:
+        return ViewRecipe(
+            size=size,
+            scale=tuple(scale),
+            ratio=tuple(cfg.ratio),
+            interpolation=cfg.interpolation,
+            jitter=jitter,
+            blur_p=recipe.blur_p[index],
+            solarize_p=recipe.solarize_p[index],
+        )
+
+    local = kind(2, local_size, cfg.local_scale)
+    return [kind(0, cfg.global_size, cfg.global_scale), kind(1, cfg.global_size, cfg.global_scale)] + [
+        local
+    ] * cfg.n_local
 
 
 class MultiCropViews:
     """Maps an RGB image (PIL, or a uint8 CHW tensor) to the list of views, in view order.
 
-    Randomness comes from torch's global RNG only (as in torchvision's transforms): seeding torch
-    before a call reproduces its views. ``local_size`` is the resolved LC (``auto`` resolved here, once).
+    Randomness comes from torch's global RNG only: seeding torch before a call reproduces its views.
+    ``local_size`` is the resolved LC (``auto`` resolved here, once). ``recipes`` holds the per-view
+    augmentation; ``global_crop`` and ``local_crop`` describe the crops as torchvision transforms.
     """
 
     def __init__(self, cfg: ViewsConfig) -> None:
@@ -187,27 +418,42 @@ class MultiCropViews:
         self.local_size = resolve_local_size(cfg)
         self.global_crop = random_resized_crop(cfg, cfg.global_size, cfg.global_scale)
         self.local_crop = random_resized_crop(cfg, self.local_size, cfg.local_scale)
-        local = _view_transform(cfg, self.local_crop, 2)
-        self.transforms = [
-            _view_transform(cfg, self.global_crop, 0),
-            _view_transform(cfg, self.global_crop, 1),
-            *([local] * cfg.n_local),
-        ]
+        self.recipes = view_recipes(cfg, self.local_size)
+        std = torch.tensor(cfg.std).view(3, 1, 1)
+        self._scale = 1 / (255 * std)
+        self._shift = torch.tensor(cfg.mean).view(3, 1, 1) / std
 
     def __call__(self, image: Image.Image | Tensor) -> list[Tensor]:
-        pixels = _uint8_rgb(image)
-        return [transform(pixels) for transform in self.transforms]
+        pixels = uint8_rgb(image)
+        height, width = pixels.shape[-2:]
+        with one_opencv_thread():
+            return [self._view(pixels, recipe, recipe.sample(height, width)) for recipe in self.recipes]
+
+    def _view(self, pixels: Tensor, recipe: ViewRecipe, params: ViewParams) -> Tensor:
+        view = augment(
+            resized_crop(pixels, params.box, recipe.size, recipe.interpolation),
+            params,
+            recipe.solarize_threshold,
+        )
+        return self.normalise(view)
+
+    def normalise(self, view: np.ndarray) -> Tensor:
+        """uint8 (H, W, 3) -> normalised float (3, H, W): one layout-changing conversion, then in place."""
+        chw = torch.from_numpy(view).permute(2, 0, 1).to(torch.float32, memory_format=torch.contiguous_format)
+        return chw.mul_(self._scale).sub_(self._shift)
 
 
-def _uint8_rgb(image: Image.Image | Tensor) -> Tensor:
+def uint8_rgb(image: Image.Image | Tensor) -> Tensor:
+    """A (1, 3, H, W) uint8 tensor of the image (channels-last strides for PIL input)."""
     if isinstance(image, Image.Image):
-        return F.pil_to_tensor(image if image.mode == "RGB" else image.convert("RGB"))
+        array = np.array(image if image.mode == "RGB" else image.convert("RGB"))
+        return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3):
         raise ValueError(
             f"expected a PIL image or a uint8 (C, H, W) tensor with 1 or 3 channels, got "
             f"{image.dtype} {tuple(image.shape)}"
         )
-    return image.expand(3, -1, -1) if image.shape[0] == 1 else image
+    return (image.expand(3, -1, -1) if image.shape[0] == 1 else image).unsqueeze(0)
 
 
 def collate_views(batch: Sequence[tuple[list[Tensor], Any]]) -> tuple[list[Tensor], Tensor]:
@@ -243,12 +489,13 @@ class PixelScaleStats:
 
 
 def sample_crop_areas(crop: v2.RandomResizedCrop, image_size: tuple[int, int], n: int) -> Tensor:
-    """Areas in pixels of ``n`` crops drawn by ``crop``'s own parameter sampling (aspect-ratio
-    rejection and its centre-crop fallback included) on an H x W image."""
-    # A zero-stride stand-in: make_params only reads the image size.
-    stand_in = torch.empty(1, dtype=torch.uint8).expand(1, *image_size)
-    params = [crop.make_params([stand_in]) for _ in range(n)]
-    return torch.tensor([p["height"] * p["width"] for p in params], dtype=torch.float64)
+    """Areas in pixels of ``n`` crops drawn with ``crop``'s scale and ratio by the sampler's
+    :func:`crop_box` (aspect-ratio rejection and its centre-crop fallback included) on an H x W image."""
+    # crop_box is the sampler's own sampling and draws exactly what torchvision's make_params draws.
+    scale, ratio = tuple(crop.scale), tuple(crop.ratio)
+    bounds = log_ratio(ratio)
+    boxes = [crop_box(*image_size, scale, ratio, bounds) for _ in range(n)]
+    return torch.tensor([h * w for _, _, h, w in boxes], dtype=torch.float64)
 
 
 def pixel_scale_stats(
