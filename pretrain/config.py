@@ -80,6 +80,9 @@ class PretrainConfig:
     amp: Literal["none", "bf16", "fp16"] = "none"
     sync_bn: bool = True  # SyncBN on the whole model, as the paper's setup (facts.md section 1)
     channels_last: bool = False
+    # Colour augmentation on the device (pretrain/gpu_views.py): the loader only decodes, crops and
+    # resizes; for hosts whose CPUs cannot feed the GPUs.
+    device_augment: bool = False
     log_every_steps: int = 10
     max_steps: int | None = None  # stop after this many optimiser steps in total (smoke tests)
 

@@ -31,6 +31,7 @@ from pretrain.config import PretrainConfig
 from pretrain.loader import build_loader
 from pretrain.methods import build_method
 from pretrain.optim import build_optimizer, build_schedules, clip_gradients
+from pretrain.gpu_views import CropViews, GpuViewAugment
 from pretrain.views import MultiCropViews
 
 
@@ -85,7 +86,8 @@ def train(cfg: PretrainConfig) -> dict:
     train_index, held_index = held_out_split(images.targets, cfg.monitor.held_out_per_class, cfg.seed)
     if cfg.data.subset is not None:
         train_index = train_index[: cfg.data.subset]
-    views = MultiCropViews(cfg.views)
+    views = CropViews(cfg.views) if cfg.device_augment else MultiCropViews(cfg.views)
+    device_augment = GpuViewAugment(cfg.views) if cfg.device_augment else None
     batch_per_process = cfg.batch_size // ctx.world_size
     if batch_per_process * ctx.world_size != cfg.batch_size:
         raise ConfigError(
@@ -173,6 +175,8 @@ def train(cfg: PretrainConfig) -> dict:
         for step_in_epoch, (batch_views, labels, skipped) in enumerate(bar, start=first_batch):
             values = schedules.apply(optimizer, global_step)
             batch_views = [v.to(ctx.device, non_blocking=True) for v in batch_views]
+            if device_augment is not None:
+                batch_views = device_augment(batch_views)
             if cfg.channels_last:
                 batch_views = [v.contiguous(memory_format=torch.channels_last) for v in batch_views]
 

@@ -62,6 +62,12 @@ def test_two_steps_write_a_weights_only_checkpoint(tmp_path, method):
     assert [int(r["step"]) for r in rows] == [1, 2]
 
 
+def test_device_side_augmentation_trains(tmp_path):
+    cfg = tiny_config(tmp_path, max_steps=2, device_augment="true")
+    train(cfg)
+    assert ckpt.load(tmp_path / "run" / "last.pth")["global_step"] == 2
+
+
 def _final_params(path):
     return ckpt.load(path)["method_state"]
 
