@@ -10,21 +10,31 @@ Every stage appends its rows to the results records; the leaderboard is rebuilt 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+from evaluate.adapters import load_pretrained
+from semisup.model import HeadError, dino_head_layout
+
 STAGES = ("linear", "knn", "semisup", "detection")
 DETECTION_ARCHS = ("mobilenet_v2", "resnet18", "resnet34")  # those with a registered Detectron2 backbone
-FORMATS_WITH_HEAD = ("lowssl", "sslight", "dino-full")  # evaluate.adapters returns their projection head
 
 
-def _run(command: list[str], capture: bool = False) -> str:
+def _run(command: list[str]) -> None:
     print("+ " + shlex.join(command), flush=True)
-    result = subprocess.run(command, check=True, text=True, capture_output=capture)
-    return result.stdout if capture else ""
+    subprocess.run(command, check=True)
+
+
+def _has_dino_head(adapted) -> bool:
+    if adapted.head_state is None:
+        return False
+    try:
+        dino_head_layout(adapted.head_state)
+    except HeadError:
+        return False
+    return True
 
 
 def evaluate_checkpoint(
@@ -33,9 +43,8 @@ def evaluate_checkpoint(
     python = [sys.executable, "-m"]
     source = ["--checkpoint", checkpoint, *(["--format", fmt] if fmt else [])]
     records = ["--records-dir", runs_dir] if runs_dir else []
-    report = json.loads(_run([*python, "evaluate", "inspect", checkpoint, *(["--format", fmt] if fmt else [])],
-                             capture=True).strip().splitlines()[-1])  # fmt: skip
-    arch = report["arch"]
+    adapted = load_pretrained(checkpoint, fmt=fmt)
+    arch = adapted.arch
     if "linear" in stages:
         _run([*python, "evaluate", "linear", *source, "--protocol", "fast_tiny", "--train-subset", "10000",
               "--output-dir", str(work_dir / "evaluate"), *records])  # fmt: skip
@@ -43,8 +52,8 @@ def evaluate_checkpoint(
         _run([*python, "evaluate", "knn", *source, "--protocol", "knn_tiny", "--output-dir",
               str(work_dir / "evaluate"), *records])  # fmt: skip
     if "semisup" in stages:
-        # The paper fine-tunes from the checkpoint's projection head; formats without one get new layers.
-        head = [] if report["format"] in FORMATS_WITH_HEAD else ["--new-head"]
+        # The paper fine-tunes from the checkpoint's DINO projection head; anything else gets new layers.
+        head = [] if _has_dino_head(adapted) else ["--new-head"]
         _run([*python, "semisup", "finetune", *source, "--subset", "1pct", "--protocol", "tiny", *head,
               "--output-dir", str(work_dir / "semisup"), *records])  # fmt: skip
     if "detection" in stages:
