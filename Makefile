@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMPS := $(VENV)/.lowssl-stamps
 
-.PHONY: install test lint clean-venv reproduce-table5 bench evaluate-checkpoint
+.PHONY: install test lint clean-venv reproduce-table5 bench evaluate-checkpoint figures
 
 install: $(STAMPS)/deps $(STAMPS)/detectron2 $(STAMPS)/fashion-mnist
 
@@ -42,6 +42,10 @@ GPUS     ?= 8
 SCALE    ?= $(if $(IMAGENET),paper,tiny)
 reproduce-table5: install
 	$(PY) -m results.reproduce table5 --scale $(SCALE) --gpus $(GPUS) $(if $(IMAGENET),--imagenet $(IMAGENET))
+
+# The view-sampling sweeps of Figs. 1-3 (PNG + CSV under results/figures/<scale>/).
+figures: install
+	$(PY) -m results.figures --scale $(SCALE) --gpus $(GPUS) $(if $(IMAGENET),--imagenet $(IMAGENET))
 
 # Any checkpoint through the chosen stages, then the leaderboard:
 #   make evaluate-checkpoint CKPT=path [FORMAT=auto] [PROTOCOLS=linear,knn,semisup,detection]

@@ -15,36 +15,14 @@ A checkpoint is a dict of tensors and plain data (loads with ``torch.load(weight
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from lowssl.io import atomic_torch_save, load_checkpoint
 
 FORMAT = "lowssl-pretrain-v1"
 # Changing any of these changes the model or the method: resuming across such a change is refused.
 MODEL_KEYS = ("backbone", "method", "views", "recipe")
-
-
-def rng_state() -> dict[str, Any]:
-    version, internal, _ = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "python_version": version,
-        "python": torch.tensor(internal, dtype=torch.int64),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((state["python_version"], tuple(int(v) for v in state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save(path: str | Path, payload: dict[str, Any]) -> Path:

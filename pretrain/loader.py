@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from lowssl.data import DatasetError
+from lowssl.rng import sample_seed
 from pretrain.views import MultiCropViews, collate_views
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
 class SeededViews(Dataset):

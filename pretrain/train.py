@@ -26,12 +26,13 @@ from lowssl.data import DatasetError, IndexedImages, build_dataset, eval_transfo
 from lowssl.io import git_commit
 from lowssl.knn import knn_top1
 from lowssl.records import Record, append_records
+from lowssl.rng import rng_state, set_rng_state
 from pretrain import checkpoint as ckpt
 from pretrain.config import PretrainConfig
+from pretrain.gpu_views import CropViews, GpuViewAugment
 from pretrain.loader import build_loader
 from pretrain.methods import build_method
 from pretrain.optim import build_optimizer, build_schedules, clip_gradients
-from pretrain.gpu_views import CropViews, GpuViewAugment
 from pretrain.views import MultiCropViews
 
 
@@ -137,7 +138,7 @@ def train(cfg: PretrainConfig) -> dict:
         scaler.load_state_dict(state["grad_scaler"])
         if probe is not None and state.get("online_probe"):
             probe.load_state_dict(state["online_probe"])
-        ckpt.set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         start_epoch, start_batch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         _say(
             ctx,
@@ -154,7 +155,7 @@ def train(cfg: PretrainConfig) -> dict:
             "grad_scaler": scaler.state_dict(),
             "online_probe": probe.state_dict() if probe is not None else None,
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-            "rng": ckpt.rng_state(), "metrics": metrics,
+            "rng": rng_state(), "metrics": metrics,
             "method": cfg.method_name, "backbone": cfg.backbone, "recipe": cfg.recipe,
             **provenance,
         })  # fmt: skip

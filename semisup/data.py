@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from pretrain.loader import sample_seed
+from lowssl.rng import sample_seed
 from semisup.protocols import SemisupProtocol
 from semisup.subsets import SubsetError
 

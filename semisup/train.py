@@ -37,7 +37,7 @@ from lowssl.data import IndexedImages, build_dataset
 from lowssl.distributed import Context
 from lowssl.io import atomic_torch_save, git_commit, load_checkpoint
 from lowssl.records import Record, append_records
-from pretrain.checkpoint import rng_state, set_rng_state
+from lowssl.rng import rng_state, set_rng_state
 from semisup.data import EpochOrder, SeededCrops, eval_transform, train_transform
 from semisup.model import SemiSupervisedNet, build_head
 from semisup.protocols import SemisupProtocol, load_protocol

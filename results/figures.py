@@ -1,0 +1,191 @@
+"""``make figures``: the paper's view-sampling sweeps (Figs. 1-3), run and plotted.
+
+Every point is one pre-training run of DINO on MobileNetV2 (the paper's setting, Sec. 3.2 "Setting")
+with one value changed, scored by the run's held-out monitor: weighted 20-NN accuracy on 50 images per
+class held out from the training set (the paper reports a linear probe on the same held-out split; the
+monitor is the cheaper signal the authors also track). Each figure writes ``<name>.csv`` (the numbers
+behind the plot) and ``<name>.png`` with the paper's reported optimum marked.
+
+- ``fig1_global_scale``: S_g at S_l = 0.14 (Fig. 1 left; paper optimum S_g in [0.3, 0.4]);
+- ``fig1_local_scale``: S_l at S_g = 0.3 (Fig. 1 right; optimum S_l in [0.3, 0.4]);
+- ``fig2_pixel_scale``: LC at S = 0.14 and S = 0.3, plotted against mean(PS_g / PS_l) (Fig. 2;
+  optimum at a ratio of 1.0, Sec. 3.2.2);
+- ``fig3_local_views``: number of local views (Fig. 3 left; saturates quickly);
+- ``fig3_alpha``: alpha (Fig. 3 right; optimum in [0.3, 0.4]; 1/7 is Eq. 2).
+
+``--scale tiny`` (default) runs the tiny preset with a small budget on Fashion-MNIST (sizes scaled by
+32/224); ``--scale paper --imagenet DIR`` runs the paper's 200-epoch config through torchrun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from lowssl.config import from_dict
+from lowssl.io import CheckpointError, atomic_write_text, load_checkpoint
+from pretrain.views import ViewsConfig, pixel_scale_stats
+from results.reproduce import finished
+
+BASE = {"tiny": "pretrain/configs/tiny/dino_mobilenet_v2_baseline.yaml",
+        "paper": "pretrain/configs/dino_mobilenet_v2_baseline.yaml"}  # fmt: skip
+GLOBAL_SIZE = {"tiny": 32, "paper": 224}
+TINY_BUDGET = ("data.subset=2000", "epochs=1", "monitor.knn_bank_size=2000")
+
+
+@dataclass(frozen=True)
+class Point:
+    figure: str
+    series: str
+    x: float  # the swept value (for Fig. 2: LC; its PS ratio is computed)
+    overrides: tuple[str, ...]
+
+
+def _size(scale: str, pixels_at_224: int) -> int:
+    return max(1, round(pixels_at_224 * GLOBAL_SIZE[scale] / 224))
+
+
+def points(scale: str) -> list[Point]:
+    """The sweeps, each point as overrides of the DINO MobileNetV2 baseline config."""
+    local_96 = _size(scale, 96)
+    sweeps = [Point("fig1_global_scale", "S_l = 0.14", s, (f"views.global_scale=[{s},1.0]",))
+              for s in (0.08, 0.14, 0.2, 0.3, 0.4, 0.6)]  # fmt: skip
+    sweeps += [Point("fig1_local_scale", "S_g = 0.3", s,
+                     ("views.global_scale=[0.3,1.0]", f"views.local_scale=[0.05,{s}]", f"views.local_size={local_96}"))
+               for s in (0.1, 0.14, 0.2, 0.3, 0.4)]  # fmt: skip
+    for s in (0.14, 0.3):
+        sweeps += [Point("fig2_pixel_scale", f"S = {s}", _size(scale, lc),
+                         (f"views.global_scale=[{s},1.0]", f"views.local_scale=[0.05,{s}]",
+                          f"views.local_size={_size(scale, lc)}"))
+                   for lc in (64, 80, 96, 112, 128, 144, 160)]  # fmt: skip
+    sweeps += [Point("fig3_local_views", "S = 0.14", n, (f"views.n_local={n}",)) for n in (2, 4, 6, 8, 10)]
+    sweeps += [
+        Point("fig3_alpha", "S = 0.14", a, (f"method.alpha={a}",)) for a in (0.143, 0.2, 0.3, 0.4, 0.5)
+    ]
+    return sweeps
+
+
+# The paper's reported optimum per figure: (x range to shade, or the x of a vertical line).
+OPTIMUM = {
+    "fig1_global_scale": (0.3, 0.4),
+    "fig1_local_scale": (0.3, 0.4),
+    "fig2_pixel_scale": (1.0, 1.0),
+    "fig3_local_views": None,
+    "fig3_alpha": (0.3, 0.4),
+}
+X_LABEL = {
+    "fig1_global_scale": "S_g (global scale lower bound)",
+    "fig1_local_scale": "S_l (local scale upper bound)",
+    "fig2_pixel_scale": "mean(PS_g / PS_l)",
+    "fig3_local_views": "number of local views",
+    "fig3_alpha": "alpha (weight of the global-global loss)",
+}
+
+
+def run_name(point: Point) -> str:
+    return f"{point.figure}-{point.series.replace(' ', '').replace('=', '')}-{point.x:g}"
+
+
+def monitor_accuracy(checkpoint: Path) -> float | None:
+    try:
+        return load_checkpoint(checkpoint)["metrics"].get("knn_top1_heldout")
+    except (CheckpointError, KeyError):
+        return None
+
+
+def pixel_scale_ratio(point: Point, scale: str) -> float:
+    values = dict(o.split("=", 1) for o in point.overrides)
+    cfg = from_dict(ViewsConfig, {
+        "global_scale": [float(v) for v in values["views.global_scale"].strip("[]").split(",")],
+        "local_scale": [float(v) for v in values["views.local_scale"].strip("[]").split(",")],
+        "global_size": GLOBAL_SIZE[scale], "local_size": int(values["views.local_size"]), "n_local": 6,
+    })  # fmt: skip
+    return pixel_scale_stats(cfg).mean_ps_ratio
+
+
+def sweep(
+    scale: str, imagenet: str | None, gpus: int, work_dir: Path, only: list[str] | None
+) -> pd.DataFrame:
+    launcher = [sys.executable, "-m"] if scale == "tiny" else [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", "-m"]  # fmt: skip
+    extra = TINY_BUDGET if scale == "tiny" else (f"data.root={imagenet}",)
+    rows = []
+    for point in points(scale):
+        if only and point.figure not in only:
+            continue
+        run_dir = work_dir / run_name(point)
+        command = [*launcher, "pretrain", "--config", BASE[scale], *extra, *point.overrides,
+                   f"output_dir={run_dir}", f"records_dir={work_dir / 'records'}"]  # fmt: skip
+        if monitor_accuracy(run_dir / "last.pth") is None or not finished(run_dir / "last.pth"):
+            print("+ " + shlex.join(command), flush=True)
+            subprocess.run(command, check=True)
+        x = pixel_scale_ratio(point, scale) if point.figure == "fig2_pixel_scale" else point.x
+        rows.append({"figure": point.figure, "series": point.series, "x": x, "swept_value": point.x,
+                     "knn_top1_heldout": monitor_accuracy(run_dir / "last.pth"), "run_dir": str(run_dir)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def plot(frame: pd.DataFrame, out: Path, scale: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for figure, rows in frame.groupby("figure", sort=False):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for series, points_ in rows.groupby("series", sort=False):
+            points_ = points_.sort_values("x")
+            ax.plot(points_["x"], points_["knn_top1_heldout"], marker="o", label=series)
+        optimum = OPTIMUM[figure]
+        if optimum is not None:
+            low, high = optimum
+            if low == high:
+                ax.axvline(low, color="purple", linestyle="--", label=f"paper optimum ({low:g})")
+            else:
+                ax.axvspan(low, high, color="purple", alpha=0.15, label=f"paper optimum [{low:g}, {high:g}]")
+        ax.set_xlabel(X_LABEL[figure])
+        ax.set_ylabel("held-out 20-NN top-1 (%)")
+        ax.set_title(f"{figure} ({scale} scale)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        csv_path, png_path = out / f"{figure}.csv", out / f"{figure}.png"
+        atomic_write_text(csv_path, rows.to_csv(index=False))
+        fig.savefig(png_path, dpi=120)
+        plt.close(fig)
+        written += [csv_path, png_path]
+    return written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m results.figures", description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=["tiny", "paper"], default="tiny")
+    parser.add_argument("--imagenet", help="ImageNet folder (paper scale)")
+    parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--only", nargs="+", choices=list(OPTIMUM), help="run only these figures")
+    parser.add_argument("--work-dir", type=Path, help="default runs/figures-<scale>")
+    parser.add_argument("--out", type=Path, help="default results/figures/<scale>")
+    args = parser.parse_args(argv)
+    if args.scale == "paper" and not args.imagenet:
+        parser.error("--scale paper needs --imagenet /path/to/imagenet")
+    out = args.out or Path("results/figures") / args.scale
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        frame = sweep(args.scale, args.imagenet, args.gpus, args.work_dir or Path(f"runs/figures-{args.scale}"),
+                      args.only)  # fmt: skip
+    except subprocess.CalledProcessError as error:
+        print(f"error: a run failed (exit code {error.returncode}): {shlex.join(error.cmd)}", file=sys.stderr)
+        return 1
+    for path in plot(frame, out, args.scale):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
