@@ -213,7 +213,9 @@ def build_splits(args, image_size: int) -> tuple[Split, Split, str]:
 def stored_result(records_dir: Path, stage: str, subject: Subject, protocol: str, dataset: str, chash: str):
     """The stored rows of this exact evaluation, or None if any metric is missing."""
     frame = read_records(records_dir)
+    # The backbone too: random-init subjects of different architectures share one "checkpoint" id.
     rows = frame[(frame.stage == stage) & (frame.checkpoint_sha256 == subject.checkpoint)
+                 & (frame.backbone == subject.arch)
                  & (frame.protocol == protocol) & (frame.branch == subject.branch)
                  & (frame.dataset == dataset) & (frame.config_hash == chash)]  # fmt: skip
     return rows if set(METRICS[stage]) <= set(rows.metric) else None
