@@ -273,7 +273,20 @@ def test_random_init_baseline(tmp_path):
     )
     assert row.checkpoint_sha256 == "random-init-seed3"
     # Another architecture at the same seed is a different evaluation, not a records-cache hit.
-    assert run(tmp_path, "knn", "--random-init", "--arch", "mobilenet_v2", "--protocol", "knn_tiny", "--seed", "3") == 0
+    assert (
+        run(
+            tmp_path,
+            "knn",
+            "--random-init",
+            "--arch",
+            "mobilenet_v2",
+            "--protocol",
+            "knn_tiny",
+            "--seed",
+            "3",
+        )
+        == 0
+    )
     rows = read_records(tmp_path / "records")
     assert sorted(set(rows.backbone)) == ["mobilenet_v2", "resnet18"]
 
