@@ -34,7 +34,7 @@ from lowssl.backbones import available, build_backbone, get_spec
 from lowssl.config import ConfigError, config_hash, to_dict
 from lowssl.data import DATASETS, DatasetError, build_dataset, held_out_split
 from lowssl.io import CheckpointError, atomic_torch_save, atomic_write_text, git_commit, load_checkpoint
-from lowssl.records import DEFAULT_RUNS_DIR, Record, read_records, write_records
+from lowssl.records import DEFAULT_RUNS_DIR, Record, append_records, read_records
 
 PAPER_HELD_OUT_PER_CLASS = 50  # the paper's ablations: 50 images per class held out of train (Sec. 3.2)
 SUBSET_SEED = 0  # --train-subset / --eval-subset: a fixed random choice, the same on every run
@@ -221,19 +221,6 @@ def stored_result(records_dir: Path, stage: str, subject: Subject, protocol: str
     return rows if set(METRICS[stage]) <= set(rows.metric) else None
 
 
-def save_records(records: list[Record], records_dir: Path) -> Path:
-    """Add rows to the run's file, replacing rows of the same stage, protocol, branch, dataset and metric.
-
-    lowssl.records.append_records replaces on (stage, protocol, branch, metric) only, which would let
-    a held-out or ImageFolder result overwrite the val result of the same checkpoint in this file.
-    """
-    frame = read_records(records_dir)
-    keys = {(r.stage, r.protocol, r.branch, r.dataset, r.metric) for r in records}
-    old = [Record(**row) for row in frame[frame.run_id == records[0].run_id].to_dict("records")]
-    kept = [r for r in old if (r.stage, r.protocol, r.branch, r.dataset, r.metric) not in keys]
-    return write_records(kept + records, records_dir)
-
-
 # ---- the evaluation ------------------------------------------------------------------------------------
 
 
@@ -289,7 +276,7 @@ def evaluate(args) -> int:
                       backbone=subject.arch, pretrain_epochs=subject.pretrain_epochs, dataset=dataset,
                       protocol=protocol.name, branch=subject.branch, checkpoint_sha256=subject.checkpoint,
                       config_hash=chash, git_commit=git_commit(), details=details)  # fmt: skip
-        path = save_records(
+        path = append_records(
             [Record(**common, metric=m, value=v) for m, v in outcome.values.items()], args.records_dir
         )
         _write_outputs(

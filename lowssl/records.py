@@ -70,14 +70,19 @@ def write_records(records: list[Record], runs_dir: str | Path | None = None) -> 
     return atomic_write_text(path, frame.to_csv(index=False))
 
 
+def _result_key(record: Record) -> tuple[str, str, str, str, str]:
+    return record.stage, record.protocol, record.branch, record.dataset, record.metric
+
+
 def append_records(records: list[Record], runs_dir: str | Path | None = None) -> Path:
-    """Add rows to a run's file, replacing earlier rows with the same (stage, protocol, branch, metric)."""
+    """Add rows to a run's file, replacing earlier rows of the same result: (stage, protocol, branch,
+    dataset, metric), so e.g. a held-out result never overwrites the val result of the same checkpoint."""
     runs_dir = Path(runs_dir or DEFAULT_RUNS_DIR)
     path = runs_dir / f"{records[0].run_id}.csv"
     if path.exists():
         old = [Record(**row) for row in _read_csv(path).to_dict("records")]
-        new_keys = {(r.stage, r.protocol, r.branch, r.metric) for r in records}
-        records = [r for r in old if (r.stage, r.protocol, r.branch, r.metric) not in new_keys] + records
+        new_keys = {_result_key(r) for r in records}
+        records = [r for r in old if _result_key(r) not in new_keys] + records
     return write_records(records, runs_dir)
 
 

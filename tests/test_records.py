@@ -48,6 +48,12 @@ def test_append_replaces_same_metric_and_keeps_others(runs_dir):
     assert len(frame) == 3
 
 
+def test_append_keeps_the_same_metric_on_another_dataset(runs_dir):
+    write_records([_record()], runs_dir)
+    append_records([_record(dataset="fashion-mnist/held-out-50pc", value=65.0)], runs_dir)
+    assert sorted(read_records(runs_dir)["value"]) == [65.0, 71.25]
+
+
 def test_no_temp_files_left_behind(runs_dir):
     write_records([_record()], runs_dir)
     assert [p.name for p in runs_dir.iterdir()] == ["dino-mnv2-ours.csv"]
