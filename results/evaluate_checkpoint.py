@@ -10,21 +10,16 @@ Every stage appends its rows to the results records; the leaderboard is rebuilt 
 from __future__ import annotations
 
 import argparse
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 from evaluate.adapters import load_pretrained
+from results.stages import report_failure, run
 from semisup.model import HeadError, dino_head_layout
 
 STAGES = ("linear", "knn", "semisup", "detection")
 DETECTION_ARCHS = ("mobilenet_v2", "resnet18", "resnet34")  # those with a registered Detectron2 backbone
-
-
-def _run(command: list[str]) -> None:
-    print("+ " + shlex.join(command), flush=True)
-    subprocess.run(command, check=True)
 
 
 def _has_dino_head(adapted) -> bool:
@@ -46,25 +41,25 @@ def evaluate_checkpoint(
     adapted = load_pretrained(checkpoint, fmt=fmt)
     arch = adapted.arch
     if "linear" in stages:
-        _run([*python, "evaluate", "linear", *source, "--protocol", "fast_tiny", "--train-subset", "10000",
+        run([*python, "evaluate", "linear", *source, "--protocol", "fast_tiny", "--train-subset", "10000",
               "--output-dir", str(work_dir / "evaluate"), *records])  # fmt: skip
     if "knn" in stages:
-        _run([*python, "evaluate", "knn", *source, "--protocol", "knn_tiny", "--output-dir",
+        run([*python, "evaluate", "knn", *source, "--protocol", "knn_tiny", "--output-dir",
               str(work_dir / "evaluate"), *records])  # fmt: skip
     if "semisup" in stages:
         # The paper fine-tunes from the checkpoint's DINO projection head; anything else gets new layers.
         head = [] if _has_dino_head(adapted) else ["--new-head"]
-        _run([*python, "semisup", "finetune", *source, "--subset", "1pct", "--protocol", "tiny", *head,
+        run([*python, "semisup", "finetune", *source, "--subset", "1pct", "--protocol", "tiny", *head,
               "--output-dir", str(work_dir / "semisup"), *records])  # fmt: skip
     if "detection" in stages:
         if arch not in DETECTION_ARCHS:
             raise SystemExit(f"error: detection has no registered backbone for '{arch}' "
                              f"(allowed: {', '.join(DETECTION_ARCHS)})")  # fmt: skip
         weights = work_dir / "detection" / "weights.pkl"
-        _run([*python, "detection", "convert", checkpoint, str(weights), *(["--format", fmt] if fmt else [])])
-        _run([*python, "detection", "train", "--config", f"detection/configs/mask_rcnn_{arch}_fpn_tiny.yaml",
+        run([*python, "detection", "convert", checkpoint, str(weights), *(["--format", fmt] if fmt else [])])
+        run([*python, "detection", "train", "--config", f"detection/configs/mask_rcnn_{arch}_fpn_tiny.yaml",
               "--weights", str(weights), "--output-dir", str(work_dir / "detection"), *records])  # fmt: skip
-    _run([*python, "results", "leaderboard", *(["--runs-dir", runs_dir] if runs_dir else []),
+    run([*python, "results", "leaderboard", *(["--runs-dir", runs_dir] if runs_dir else []),
           "--out", "results/leaderboard.csv"])  # fmt: skip
 
 
@@ -88,10 +83,7 @@ def main(argv=None) -> int:
     try:
         evaluate_checkpoint(args.checkpoint, fmt, stages, args.work_dir, args.runs_dir)
     except subprocess.CalledProcessError as error:
-        print(
-            f"error: a stage failed (exit code {error.returncode}): {shlex.join(error.cmd)}", file=sys.stderr
-        )
-        return 1
+        return report_failure(error)
     return 0
 
 

@@ -20,7 +20,6 @@ behind the plot) and ``<name>.png`` with the paper's reported optimum marked.
 from __future__ import annotations
 
 import argparse
-import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -29,9 +28,9 @@ from pathlib import Path
 import pandas as pd
 
 from lowssl.config import from_dict
-from lowssl.io import CheckpointError, atomic_write_text, load_checkpoint
+from lowssl.io import atomic_write_text
 from pretrain.views import ViewsConfig, pixel_scale_stats
-from results.reproduce import finished
+from results.stages import finished_run, report_failure, run
 
 BASE = {"tiny": "pretrain/configs/tiny/dino_mobilenet_v2_baseline.yaml",
         "paper": "pretrain/configs/dino_mobilenet_v2_baseline.yaml"}  # fmt: skip
@@ -92,11 +91,10 @@ def run_name(point: Point) -> str:
     return f"{point.figure}-{point.series.replace(' ', '').replace('=', '')}-{point.x:g}"
 
 
-def monitor_accuracy(checkpoint: Path) -> float | None:
-    try:
-        return load_checkpoint(checkpoint)["metrics"].get("knn_top1_heldout")
-    except (CheckpointError, KeyError):
-        return None
+def finished_accuracy(checkpoint: Path) -> float | None:
+    """The held-out monitor of a finished run; None if the run is missing or unfinished."""
+    state = finished_run(checkpoint)
+    return None if state is None else state["metrics"].get("knn_top1_heldout")
 
 
 def pixel_scale_ratio(point: Point, scale: str) -> float:
@@ -122,12 +120,13 @@ def sweep(
         run_dir = work_dir / run_name(point)
         command = [*launcher, "pretrain", "--config", BASE[scale], *extra, *point.overrides,
                    f"output_dir={run_dir}", f"records_dir={work_dir / 'records'}"]  # fmt: skip
-        if monitor_accuracy(run_dir / "last.pth") is None or not finished(run_dir / "last.pth"):
-            print("+ " + shlex.join(command), flush=True)
-            subprocess.run(command, check=True)
+        accuracy = finished_accuracy(run_dir / "last.pth")
+        if accuracy is None:
+            run(command)
+            accuracy = finished_accuracy(run_dir / "last.pth")
         x = pixel_scale_ratio(point, scale) if point.figure == "fig2_pixel_scale" else point.x
         rows.append({"figure": point.figure, "series": point.series, "x": x, "swept_value": point.x,
-                     "knn_top1_heldout": monitor_accuracy(run_dir / "last.pth"), "run_dir": str(run_dir)})  # fmt: skip
+                     "knn_top1_heldout": accuracy, "run_dir": str(run_dir)})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -180,8 +179,7 @@ def main(argv=None) -> int:
         frame = sweep(args.scale, args.imagenet, args.gpus, args.work_dir or Path(f"runs/figures-{args.scale}"),
                       args.only)  # fmt: skip
     except subprocess.CalledProcessError as error:
-        print(f"error: a run failed (exit code {error.returncode}): {shlex.join(error.cmd)}", file=sys.stderr)
-        return 1
+        return report_failure(error)
     for path in plot(frame, out, args.scale):
         print(f"wrote {path}")
     return 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from lowssl.io import CheckpointError, load_checkpoint
+from results.stages import finished_run, report_failure, run
 
 BACKBONES = {"mobilenet_v2": "mobilenet_v2", "resnet18": "resnet18", "resnet34": "resnet34"}
 
@@ -65,19 +64,6 @@ def scales(imagenet: str | None, gpus: int) -> dict[str, Scale]:
     }
 
 
-def run(command: list[str]) -> None:
-    print("+ " + shlex.join(command), flush=True)
-    subprocess.run(command, check=True)
-
-
-def finished(checkpoint: Path) -> bool:
-    try:
-        state = load_checkpoint(checkpoint)
-    except CheckpointError:
-        return False
-    return state["epoch"] >= state["config"]["epochs"] and state["step_in_epoch"] == 0
-
-
 def arch_of(experiment: str) -> str:
     return next(arch for short, arch in BACKBONES.items() if f"_{short}_" in f"_{experiment}_")
 
@@ -91,7 +77,7 @@ def reproduce(
     for experiment in scale.experiments:
         run_dir = work_dir / experiment
         checkpoint = run_dir / "last.pth"
-        if finished(checkpoint):
+        if finished_run(checkpoint) is not None:
             print(f"= {experiment}: finished run found in {run_dir}, reused", flush=True)
         else:
             run([*scale.launcher, "pretrain", "--config", f"{scale.config_dir}/{experiment}.yaml",
@@ -131,10 +117,7 @@ def main(argv=None) -> int:
         reproduce(scale, args.imagenet, args.gpus, args.work_dir or Path(f"runs/table5-{scale}"),
                   args.runs_dir or DEFAULT_RUNS_DIR, args.out)  # fmt: skip
     except subprocess.CalledProcessError as error:
-        print(
-            f"error: a stage failed (exit code {error.returncode}): {shlex.join(error.cmd)}", file=sys.stderr
-        )
-        return 1
+        return report_failure(error)
     return 0
 
 

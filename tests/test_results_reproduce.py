@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from lowssl.io import atomic_torch_save
-from results.reproduce import arch_of, finished, scales
+from results.reproduce import arch_of, scales
+from results.stages import finished_run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,10 +26,10 @@ def test_finished_runs_are_reused_and_others_resumed(tmp_path):
         return atomic_torch_save({"epoch": epoch, "step_in_epoch": step, "config": {"epochs": 2}},
                                  tmp_path / f"{epoch}-{step}.pth")  # fmt: skip
 
-    assert finished(checkpoint(2, 0))
-    assert not finished(checkpoint(1, 0))
-    assert not finished(checkpoint(1, 5))
-    assert not finished(tmp_path / "missing.pth")
+    assert finished_run(checkpoint(2, 0)) is not None
+    assert finished_run(checkpoint(1, 0)) is None
+    assert finished_run(checkpoint(1, 5)) is None
+    assert finished_run(tmp_path / "missing.pth") is None
 
 
 def test_evaluate_checkpoint_refuses_unknown_stages(capsys):
