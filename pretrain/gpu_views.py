@@ -31,7 +31,6 @@ from torch import Tensor
 
 from pretrain.views import (
     BLUR_KERNEL,
-    BLUR_SIGMA,
     RECIPES,
     ViewsConfig,
     crop_box,
@@ -106,6 +105,7 @@ class GpuViewAugment:
         self.blur_p = _per_kind(blur_p, recipe.blur_p)
         self.solarize_p = _per_kind(solarize_p, recipe.solarize_p)
         self.jitter = first.jitter  # brightness, contrast, saturation, hue ranges
+        self.blur_sigma = first.blur_sigma
         self.threshold = first.solarize_threshold / 255
         self.mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.std).view(1, 3, 1, 1)
@@ -146,7 +146,7 @@ class GpuViewAugment:
             "order": uniform(0, 1, 4).argsort(dim=1),  # a uniformly random permutation per sample
             "greyscale": uniform(0, 1) < self.greyscale_p,
             "blur": uniform(0, 1) < blur_p,
-            "sigma": uniform(*BLUR_SIGMA),
+            "sigma": uniform(*self.blur_sigma),
             "solarize": uniform(0, 1) < solarize_p,
         }
 

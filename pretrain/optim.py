@@ -285,31 +285,33 @@ class LARS(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # The same maths for all tensors of a group at once (torch._foreach_*): one kernel per
+        # operation instead of a dozen per parameter, which dominates a small network's step on a GPU.
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                dp = p.grad
-                if group["weight_decay"] != 0:
-                    dp = dp.add(p, alpha=group["weight_decay"])
-                if group["lars_adaptation"]:
-                    param_norm = torch.linalg.vector_norm(p)
-                    update_norm = torch.linalg.vector_norm(dp)
-                    one = torch.ones_like(param_norm)
-                    q = torch.where(
-                        param_norm > 0,
-                        torch.where(
-                            update_norm > 0, group["trust_coefficient"] * param_norm / update_norm, one
-                        ),
-                        one,
-                    )
-                    dp = dp.mul(q)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            updates = [p.grad for p in params]
+            if group["weight_decay"] != 0:
+                updates = torch._foreach_add(updates, params, alpha=group["weight_decay"])
+            if group["lars_adaptation"]:
+                param_norms = torch.stack(torch._foreach_norm(params))
+                update_norms = torch.stack(torch._foreach_norm(updates))
+                trust = torch.where(
+                    (param_norms > 0) & (update_norms > 0),
+                    group["trust_coefficient"] * param_norms / update_norms,
+                    torch.ones_like(param_norms),
+                )
+                updates = torch._foreach_mul(updates, list(trust.unbind()))
+            momenta = []
+            for p in params:
                 state = self.state[p]
                 if "mu" not in state:
                     state["mu"] = torch.zeros_like(p)
-                mu = state["mu"]
-                mu.mul_(group["momentum"]).add_(dp)
-                p.add_(mu, alpha=-group["lr"])
+                momenta.append(state["mu"])
+            torch._foreach_mul_(momenta, group["momentum"])
+            torch._foreach_add_(momenta, updates)
+            torch._foreach_add_(params, momenta, alpha=-group["lr"])
         return loss
 
 

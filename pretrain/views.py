@@ -94,6 +94,9 @@ class ViewsConfig:
     augmentation: Literal["dino", "swav"] = "dino"  # MoCo-v2* uses the dino variant
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    # Gaussian blur sigma range in output pixels (facts.md section 1: U(0.1, 2.0) at 224 px). Presets
+    # with smaller crops scale it with the crop size, as they scale the crop sizes themselves.
+    blur_sigma: tuple[float, float] = BLUR_SIGMA
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -133,6 +136,11 @@ class ViewsConfig:
             f"must be (min, max) aspect ratios with 0 < min <= max, got {self.ratio}",
         )
         require(all(s > 0 for s in self.std), "std", f"every value must be > 0, got {self.std}")
+        require(
+            0 < self.blur_sigma[0] <= self.blur_sigma[1] <= BLUR_SIGMA[1],
+            "blur_sigma",
+            f"must be (min, max) with 0 < min <= max <= {BLUR_SIGMA[1]} (pixels), got {self.blur_sigma}",
+        )
 
 
 class _Recipe(NamedTuple):
@@ -397,6 +405,7 @@ def view_recipes(cfg: ViewsConfig, local_size: int) -> list[ViewRecipe]:
             jitter=jitter,
             blur_p=recipe.blur_p[index],
             solarize_p=recipe.solarize_p[index],
+            blur_sigma=tuple(cfg.blur_sigma),
         )
 
     local = kind(2, local_size, cfg.local_scale)

@@ -426,3 +426,24 @@ def test_every_backbone_and_method_trains_one_step(backbone_name, method_name):
     grads = [p.grad for p in method.student_backbone.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+# Rows of student / teacher outputs per sample: DINO student all views, teacher the globals; MoCo
+# queries global 2 + locals, keys global 1; SwAV the student on all views, no teacher.
+NETWORK_ROWS = {"dino": (2 + N_LOCAL, 2), "moco": (1 + N_LOCAL, 1), "swav": (2 + N_LOCAL, None)}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_forward_networks_are_the_passes_forward_makes(name):
+    method = tiny(METHODS[name], TINY[name])
+    views = make_views()
+    student, teacher = method.forward_networks(views)
+    student_rows, teacher_rows = NETWORK_ROWS[name]
+    assert student.shape[0] == student_rows * B and student.requires_grad
+    if teacher_rows is None:
+        assert teacher is None
+    else:
+        assert teacher.shape[0] == teacher_rows * B and not teacher.requires_grad
+    # forward is the same passes plus the loss: its gradient reaches the student backbone.
+    method(views, epoch=1).loss.backward()
+    assert method.student_backbone.conv.weight.grad.abs().sum() > 0

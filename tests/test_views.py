@@ -11,6 +11,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from lowssl.config import ConfigError, from_dict
+from pretrain.gpu_views import GpuViewAugment
 from pretrain.views import (
     BLUR_KERNEL,
     MultiCropViews,
@@ -281,8 +282,17 @@ def test_pixel_scale_cli_rejects_local_scale_above_global(capsys):
         ({"n_local": -1}, "n_local"),
         ({"augmentation": "byol"}, "augmentation"),
         ({"ratio": [4 / 3, 3 / 4]}, "ratio"),
+        ({"blur_sigma": [0.3, 0.1]}, "blur_sigma"),
+        ({"blur_sigma": [0.1, 3.0]}, "blur_sigma"),  # beyond the kernel of +-3 x 2.0 px
     ],
 )
 def test_impossible_configs_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):
         small_config(**overrides)
+
+
+def test_blur_sigma_reaches_every_view_on_both_paths():
+    cfg = small_config(blur_sigma=[0.0143, 0.286])  # the tiny presets' 224-px range scaled to 32 px
+    assert all(recipe.blur_sigma == (0.0143, 0.286) for recipe in MultiCropViews(cfg).recipes)
+    sigmas = GpuViewAugment(cfg).sample_params(torch.zeros(1000, dtype=torch.long))["sigma"]
+    assert 0.0143 <= sigmas.min() and sigmas.max() <= 0.286

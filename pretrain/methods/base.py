@@ -110,6 +110,12 @@ class MultiCropMethod(nn.Module):
     def forward(self, views: Sequence[Tensor], epoch: int) -> MethodOutput:
         raise NotImplementedError
 
+    def forward_networks(self, views: Sequence[Tensor]) -> tuple[Tensor, Tensor | None]:
+        """The network passes of one step, without the loss: student outputs (with gradients) and
+        teacher / key-encoder outputs (without; None for methods without one). ``forward`` starts with
+        it, and benchmarks/pretrain_step.py times it as the limit a step's overhead is measured against."""
+        raise NotImplementedError
+
     def pair_counts(self, n_local: int) -> tuple[int, int]:
         """(P_gg, P_gl) for 2 globals and ``n_local`` locals, as this method defines its pairs."""
         raise NotImplementedError

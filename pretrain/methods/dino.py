@@ -156,23 +156,22 @@ class DINOLoss(nn.Module):
         self, student_output: Tensor, teacher_output: Tensor, epoch: int
     ) -> tuple[Tensor, dict[str, Tensor | float]]:
         """student_output: (V * B, K) for all V views; teacher_output: (2 * B, K) for the globals."""
-        n_views = student_output.shape[0] * NUM_GLOBAL_VIEWS // teacher_output.shape[0]
-        student_log_probs = F.log_softmax(student_output / self.cfg.student_temp, dim=-1).chunk(n_views)
+        batch = teacher_output.shape[0] // NUM_GLOBAL_VIEWS
+        n_views = student_output.shape[0] // batch
         temp = self.teacher_temp(epoch)
-        teacher_probs = (
-            F.softmax((teacher_output - self.center) / temp, dim=-1).detach().chunk(NUM_GLOBAL_VIEWS)
-        )
-
-        loss_gg = loss_gl = student_output.new_zeros(())
-        for t, q in enumerate(teacher_probs):
-            for s, log_p in enumerate(student_log_probs):
-                if s == t:  # a view is not matched with itself
-                    continue
-                pair_loss = torch.sum(-q * log_p, dim=-1).mean()
-                if s < NUM_GLOBAL_VIEWS:
-                    loss_gg = loss_gg + pair_loss
-                else:
-                    loss_gl = loss_gl + pair_loss
+        with torch.autocast(student_output.device.type, enabled=False):  # the loss in float32
+            student_log_probs = F.log_softmax(student_output.float() / self.cfg.student_temp, dim=-1)
+            teacher_probs = F.softmax((teacher_output.float() - self.center) / temp, dim=-1).detach()
+            # cross_entropy[t, s] = batch mean of -sum_k q_t log p_s, the loss of the pair (teacher
+            # view t, student view s), for all pairs in one contraction.
+            cross_entropy = -torch.einsum(
+                "tbk,sbk->ts",
+                teacher_probs.view(NUM_GLOBAL_VIEWS, batch, -1),
+                student_log_probs.view(n_views, batch, -1),
+            ) / batch
+        global_pairs = cross_entropy[:, :NUM_GLOBAL_VIEWS]
+        loss_gg = global_pairs.sum() - global_pairs.diagonal().sum()  # a view is not matched with itself
+        loss_gl = cross_entropy[:, NUM_GLOBAL_VIEWS:].sum()
         p_gg, p_gl = self.pair_counts(n_views - NUM_GLOBAL_VIEWS)
         loss = rebalance(loss_gg, loss_gl, p_gg, p_gl, self.cfg.alpha)
         self.update_center(teacher_output)
@@ -216,12 +215,16 @@ class DINO(MultiCropMethod):
 
     def forward(self, views: Sequence[Tensor], epoch: int) -> MethodOutput:
         check_views(views)
+        student_output, teacher_output = self.forward_networks(views)
+        return output(*self.criterion(student_output, teacher_output, epoch))
+
+    def forward_networks(self, views: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Student on every view, teacher on the globals."""
         with torch.no_grad():
             teacher_output = multicrop_forward(
                 self.teacher_backbone, self.teacher_head, views[:NUM_GLOBAL_VIEWS]
             )
-        student_output = multicrop_forward(self.student_backbone, self.student_head, views)
-        return output(*self.criterion(student_output, teacher_output, epoch))
+        return multicrop_forward(self.student_backbone, self.student_head, views), teacher_output
 
     def student_teacher_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.student_backbone, self.teacher_backbone), (self.student_head, self.teacher_head)]

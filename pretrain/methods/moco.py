@@ -69,18 +69,14 @@ class MoCoLoss(nn.Module):
     ) -> tuple[Tensor, dict[str, Tensor | float]]:
         """queries: (V_q * B, D), global 2 first then the locals; keys: (B, D); queue: (K, D); all unit norm."""
         batch = keys.shape[0]
-        labels = torch.zeros(batch, dtype=torch.long, device=keys.device)  # the positive is logit 0
-        loss_gg = loss_gl = queries.new_zeros(())
-        for j, q in enumerate(queries.split(batch)):
-            positive = torch.sum(q * keys, dim=1, keepdim=True)
-            negatives = q @ queue.t()
-            logits = torch.cat([positive, negatives], dim=1) / self.temperature
-            pair_loss = F.cross_entropy(logits, labels)
-            if j == 0:
-                loss_gg = pair_loss
-                accuracy = (logits.argmax(dim=1) == 0).float().mean()
-            else:
-                loss_gl = loss_gl + pair_loss
+        per_view = queries.view(-1, batch, queries.shape[1])  # (V_q, B, D)
+        positives = torch.sum(per_view * keys, dim=2, keepdim=True)  # (V_q, B, 1)
+        negatives = per_view @ queue.t()  # (V_q, B, K): every query view in one product
+        logits = torch.cat([positives, negatives], dim=2) / self.temperature
+        labels = torch.zeros(batch * len(per_view), dtype=torch.long, device=keys.device)  # positive: 0
+        pair_losses = F.cross_entropy(logits.flatten(0, 1), labels, reduction="none").view(-1, batch).mean(1)
+        loss_gg, loss_gl = pair_losses[0], pair_losses[1:].sum()
+        accuracy = (logits[0].argmax(dim=1) == 0).float().mean()
         p_gg, p_gl = self.pair_counts(queries.shape[0] // batch - 1)
         loss = rebalance(loss_gg, loss_gl, p_gg, p_gl, self.alpha)
         return loss, {
@@ -111,13 +107,17 @@ class MoCo(MultiCropMethod):
 
     def forward(self, views: Sequence[Tensor], epoch: int) -> MethodOutput:
         check_views(views)
-        with torch.no_grad():
-            keys = self.teacher_head(self.teacher_backbone(views[0]))
-        queries = multicrop_forward(self.student_backbone, self.student_head, views[1:])
+        queries, keys = self.forward_networks(views)
         # A copy: enqueue below overwrites the queue that backward still needs (as MoCo's builder).
         loss, monitor = self.criterion(queries, keys, self.queue.clone().detach())
         self.enqueue(keys)
         return output(loss, monitor)
+
+    def forward_networks(self, views: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Queries: the query encoder on global 2 and the locals; keys: the key encoder on global 1."""
+        with torch.no_grad():
+            keys = self.teacher_head(self.teacher_backbone(views[0]))
+        return multicrop_forward(self.student_backbone, self.student_head, views[1:]), keys
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:

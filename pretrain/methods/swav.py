@@ -161,7 +161,7 @@ class SwAV(MultiCropMethod):
 
     def forward(self, views: Sequence[Tensor], epoch: int) -> MethodOutput:
         batch = check_views(views)
-        embeddings = multicrop_forward(self.student_backbone, self.projection_head, views)
+        embeddings, _ = self.forward_networks(views)
         scores = self.prototypes(embeddings)
         use_queue = epoch >= self.cfg.queue_start_epoch and self.queue.shape[1] > 0
         # SwAV prepends the queue once its oldest slot has been written (both queues fill together).
@@ -173,6 +173,11 @@ class SwAV(MultiCropMethod):
             codes.append(self.assign(scores[rows].detach(), embeddings[rows].detach(), queue, queue_full))
         loss, monitor = self.criterion(scores, codes)
         return output(loss, {**monitor, "queue_used": float(queue_full)})
+
+    def forward_networks(self, views: Sequence[Tensor]) -> tuple[Tensor, None]:
+        """Embeddings of every view (backbone + projection head); no teacher. The prototype scores,
+        one small matrix product, belong to the loss (as SwAV's clustering step)."""
+        return multicrop_forward(self.student_backbone, self.projection_head, views), None
 
     @torch.no_grad()
     def assign(self, scores: Tensor, embeddings: Tensor, queue: Tensor | None, queue_full: bool) -> Tensor:
