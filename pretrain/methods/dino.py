@@ -164,11 +164,14 @@ class DINOLoss(nn.Module):
             teacher_probs = F.softmax((teacher_output.float() - self.center) / temp, dim=-1).detach()
             # cross_entropy[t, s] = batch mean of -sum_k q_t log p_s, the loss of the pair (teacher
             # view t, student view s), for all pairs in one contraction.
-            cross_entropy = -torch.einsum(
-                "tbk,sbk->ts",
-                teacher_probs.view(NUM_GLOBAL_VIEWS, batch, -1),
-                student_log_probs.view(n_views, batch, -1),
-            ) / batch
+            cross_entropy = (
+                -torch.einsum(
+                    "tbk,sbk->ts",
+                    teacher_probs.view(NUM_GLOBAL_VIEWS, batch, -1),
+                    student_log_probs.view(n_views, batch, -1),
+                )
+                / batch
+            )
         global_pairs = cross_entropy[:, :NUM_GLOBAL_VIEWS]
         loss_gg = global_pairs.sum() - global_pairs.diagonal().sum()  # a view is not matched with itself
         loss_gl = cross_entropy[:, NUM_GLOBAL_VIEWS:].sum()
