@@ -302,7 +302,8 @@ class LARS(torch.optim.Optimizer):
                     group["trust_coefficient"] * param_norms / update_norms,
                     torch.ones_like(param_norms),
                 )
-                updates = torch._foreach_mul(updates, list(trust.unbind()))
+            else:
+                trust = torch.ones(len(params), device=params[0].device)
             momenta = []
             for p in params:
                 state = self.state[p]
@@ -310,7 +311,7 @@ class LARS(torch.optim.Optimizer):
                     state["mu"] = torch.zeros_like(p)
                 momenta.append(state["mu"])
             torch._foreach_mul_(momenta, group["momentum"])
-            torch._foreach_add_(momenta, updates)
+            torch._foreach_addcmul_(momenta, updates, list(trust.unbind()))  # mu += q * dp
             torch._foreach_add_(params, momenta, alpha=-group["lr"])
         return loss
 

@@ -136,8 +136,8 @@ class MultiCropMethod(nn.Module):
             student_params = [p.detach() for p in student.parameters()]
             if len(teacher_params) != len(student_params):
                 raise RuntimeError("teacher and student have different parameter lists")
-            torch._foreach_mul_(teacher_params, momentum)
-            torch._foreach_add_(teacher_params, student_params, alpha=1 - momentum)
+            # teacher + (1 - momentum) * (student - teacher): the same average in one pass over memory.
+            torch._foreach_lerp_(teacher_params, student_params, 1 - momentum)
 
     def normalize_prototypes(self) -> None:
         """Called before forward; only methods with prototypes (SwAV) override it."""
