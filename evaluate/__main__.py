@@ -9,7 +9,9 @@ Every result is appended to the results records (``results/runs/<run_id>.csv``, 
 checkpoint + arch + branch). The same evaluation again (same checkpoint sha256, protocol, branch,
 evaluation set, metric and config hash) is read back from the records and printed instead of
 recomputed, unless ``--no-cache``. ``--random-init`` evaluates the same backbone at its seeded random
-initialisation: the baseline every result is compared with. Run under torchrun for several processes.
+initialisation: the baseline every result is compared with; ``--raw-pixels`` the protocol's
+normalised centre crops themselves, flattened (the floor any feature should beat). Run under torchrun
+for several processes.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         source.add_argument(
             "--random-init", action="store_true", help="the backbone at random initialisation"
+        )
+        source.add_argument(
+            "--raw-pixels", action="store_true", help="no backbone: the flattened normalised crops"
         )
         sub.add_argument("--arch", choices=available(), help="backbone (required with --random-init)")
         sub.add_argument("--seed", type=int, default=0, help="--random-init: the initialisation seed")
@@ -127,7 +132,7 @@ class Subject:
     """The backbone under evaluation and where it came from."""
 
     model: nn.Module
-    arch: str
+    arch: str  # a registered backbone, or "pixels"
     branch: str
     checkpoint: str  # sha256 of the file, or random-init-seed<N>
     method: str
@@ -135,6 +140,8 @@ class Subject:
     pretrain_epochs: int
     format: str
     notes: list[str]
+    family: str = "cnn"
+    feature_dim: int = 0
 
     @property
     def identity(self) -> dict:
@@ -142,14 +149,26 @@ class Subject:
 
     @property
     def short_id(self) -> str:
-        return self.checkpoint if self.format == "random-init" else self.checkpoint[:12]
+        return self.checkpoint if self.format in ("random-init", "raw-pixels") else self.checkpoint[:12]
 
     @property
     def run_id(self) -> str:
         return f"eval-{self.short_id}-{self.arch}-{self.branch}"
 
 
-def load_subject(args) -> Subject:
+def load_subject(args, image_size: int) -> Subject:
+    if args.raw_pixels:
+        if args.arch is not None:
+            raise ConfigError("--raw-pixels evaluates the images themselves: drop --arch")
+        return Subject(nn.Flatten(), "pixels", "none", "raw-pixels", "raw-pixels", "none", 0, "raw-pixels",
+                       [f"normalised {image_size}-px centre crops, flattened"], "cnn", 3 * image_size**2)  # fmt: skip
+    subject = _load_backbone(args)
+    spec = get_spec(subject.arch)
+    subject.family, subject.feature_dim = spec.family, spec.feature_dim
+    return subject
+
+
+def _load_backbone(args) -> Subject:
     if args.random_init:
         if args.arch is None:
             raise ConfigError("--random-init needs --arch (the backbone to initialise)")
@@ -240,10 +259,9 @@ def evaluate(args) -> int:
         overrides += [f"temperature={args.temperature}"] if args.temperature is not None else []
     protocol = protocols.load_protocol(args.protocol, stage, overrides)
     ctx = distributed.init(args.device)
-    subject = load_subject(args)
-    spec = get_spec(subject.arch)
+    subject = load_subject(args, protocol.crop.image_size)
     if stage == "linear":
-        protocol = protocol.for_family(spec.family)
+        protocol = protocol.for_family(subject.family)
     train, evaluation, dataset = build_splits(args, protocol.crop.image_size)
     chash = config_hash({"protocol": to_dict(protocol), "dataset": dataset, "root": train.root})
 
@@ -261,7 +279,7 @@ def evaluate(args) -> int:
 
     if protocol.note and ctx.is_main:
         print(f"protocol {protocol.name}: {protocol.note}")
-    frozen = FrozenFeatures(subject.model, spec.family, spec.feature_dim,
+    frozen = FrozenFeatures(subject.model, subject.family, subject.feature_dim,
                             protocol.vit.last_blocks if stage == "linear" else 1).to(ctx.device)  # fmt: skip
     store = FeatureStore(frozen, subject.identity, ctx, protocol.eval_batch_size, args.workers,
                          args.cache_dir or args.output_dir / "feature-cache", refresh=args.no_cache)  # fmt: skip

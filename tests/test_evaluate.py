@@ -291,18 +291,38 @@ def test_random_init_baseline(tmp_path):
     assert sorted(set(rows.backbone)) == ["mobilenet_v2", "resnet18"]
 
 
+def test_raw_pixels_floor_is_the_flattened_crops(tmp_path, monkeypatch):
+    seen = {}
+    knn = cli.knn_evaluate
+
+    def spy(bank, *args, **kwargs):
+        seen["bank"] = bank
+        return knn(bank, *args, **kwargs)
+
+    monkeypatch.setattr(cli, "knn_evaluate", spy)
+    assert run(tmp_path, "knn", "--raw-pixels", "--protocol", "knn_tiny") == 0
+    assert seen["bank"].shape == (64, 3 * 32 * 32)  # knn_tiny's 32-px crops of the 64 training images
+    row = read_records(tmp_path / "records").iloc[0]
+    assert (row.run_id, row.method, row.backbone, row.checkpoint_sha256) == (
+        "eval-raw-pixels-pixels-none", "raw-pixels", "pixels", "raw-pixels"
+    )  # fmt: skip
+    assert run(tmp_path, "linear", "--raw-pixels", "--protocol", "fast_tiny", "epochs=2") == 0
+
+
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
     assert (
         run(tmp_path, "linear", "--checkpoint", str(tmp_path / "missing.pth"), "--protocol", "fast_tiny") == 2
     )
     assert run(tmp_path, "linear", "--random-init", "--protocol", "fast_tiny") == 2
     assert run(tmp_path, "linear", "--random-init", "--arch", "resnet18", "--protocol", "fsat") == 2
+    assert run(tmp_path, "knn", "--raw-pixels", "--arch", "resnet18", "--protocol", "knn_tiny") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert (
-        len(err) == 3
+        len(err) == 4
         and "does not exist" in err[0]
         and "--arch" in err[1]
         and "Did you mean 'fast'" in err[2]
+        and "drop --arch" in err[3]
     )
     with pytest.raises(SystemExit) as exit_info:
         run(tmp_path, "linear", "--protocol", "fast_tiny")
