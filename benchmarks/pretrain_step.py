@@ -86,13 +86,14 @@ def measure(method_name: str, backbone: str, args) -> dict:
             student_output, _ = method.forward_networks(views)
         student_output.float().square().mean().backward()
 
+    student_head = getattr(method, "student_head", None) or method.projection_head
+
     def student_step():
         method.zero_grad(set_to_none=True)
         with autocast():
             student_output = multicrop_forward(method.student_backbone, student_head, views)
         student_output.float().square().mean().backward()
 
-    student_head = getattr(method, "student_head", None) or method.projection_head
     times = _time_interleaved(
         {"full": full_step, "bare": bare_step, "student": student_step}, args.steps, args.warmup, device
     )
