@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import random
-import statistics
 import time
 
 import cv2
@@ -29,6 +27,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
+from benchmarks.report import show, summary, write
 from lowssl.config import from_dict
 from pretrain.views import MultiCropViews, ViewsConfig
 
@@ -121,10 +120,6 @@ def images_per_second(pipeline, files: list[bytes]) -> tuple[float, float]:
     return len(files) / (time.process_time() - cpu), len(files) / (time.perf_counter() - wall)
 
 
-def _summary(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "spread": max(values) - min(values), "runs": values}
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=100)
@@ -156,14 +151,12 @@ def main(argv=None) -> int:
         }
         for key in pipelines:
             for label, runs in ((f"{key}_images_per_s", cpu[key]), (f"{key}_wall_images_per_s", wall[key])):
-                result.update({f"{label}_{stat}": value for stat, value in _summary(runs).items()})
-        result.update({f"speedup_{stat}": value for stat, value in _summary(speedup).items()})
-        result.update({f"speedup_wall_{stat}": value for stat, value in _summary(speedup_wall).items()})
+                result.update({f"{label}_{stat}": value for stat, value in summary(runs).items()})
+        result.update({f"speedup_{stat}": value for stat, value in summary(speedup).items()})
+        result.update({f"speedup_wall_{stat}": value for stat, value in summary(speedup_wall).items()})
         results.append(result)
-        print(json.dumps(result), flush=True)
-    if args.out:
-        with open(args.out, "w") as file:
-            json.dump(results, file, indent=1)
+        show(result)
+    write(results, args.out)
     return 0
 
 

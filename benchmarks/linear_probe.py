@@ -10,15 +10,14 @@ wall time and top-1 are reported side by side.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.report import show, write
 from lowssl.records import read_records
 
 
@@ -51,9 +50,8 @@ def main(argv=None) -> int:
         probe("sslight_tiny", source, args.train_subset, [f"epochs={args.full_epochs}"]),
     ]
     for result in results:
-        print(json.dumps(result), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        show(result)
+    write(results, args.out)
     return 0
 
 

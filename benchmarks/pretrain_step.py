@@ -14,13 +14,13 @@ random tensors already on the device, so the data path is excluded (``benchmarks
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import time
 
 import torch
 
+from benchmarks.report import show, summary, write
 from lowssl.backbones import get_spec
 from pretrain.methods import MocoConfig, build_method, multicrop_forward
 from pretrain.optim import OptimConfig, build_optimizer
@@ -44,10 +44,6 @@ def _time_interleaved(steps: dict, repeats: int, warmup: int, device) -> dict[st
             if repeat >= warmup:
                 times[name].append(time.perf_counter() - start)
     return times
-
-
-def _median_spread(values: list[float]) -> tuple[float, float]:
-    return statistics.median(values), max(values) - min(values)
 
 
 def measure(method_name: str, backbone: str, args) -> dict:
@@ -109,8 +105,9 @@ def measure(method_name: str, backbone: str, args) -> dict:
         "images_per_s": args.batch / statistics.median(full), "bare_images_per_s": args.batch / statistics.median(bare),
     }  # fmt: skip
     # Step / limit per repeat (the steps take turns), then the median and spread of those ratios.
-    result["overhead_ratio"], result["overhead_ratio_spread"] = _median_spread(ratios)
-    result["student_only_ratio"], result["student_only_ratio_spread"] = _median_spread(student_ratios)
+    for key, values in (("overhead_ratio", ratios), ("student_only_ratio", student_ratios)):
+        stats = summary(values)
+        result[key], result[f"{key}_spread"] = stats["median"], stats["spread"]
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process so far
     if device.type == "cuda":
         result["peak_cuda_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -139,10 +136,8 @@ def main(argv=None) -> int:
         for method_name in args.methods:
             result = measure(method_name, backbone, args)
             results.append(result)
-            print(json.dumps(result), flush=True)
-    if args.out:
-        with open(args.out, "w") as file:
-            json.dump(results, file, indent=1)
+            show(result)
+    write(results, args.out)
     return 0
 
 
