@@ -28,14 +28,7 @@ MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
 STD = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The sampler runs in DataLoader workers, which use one thread; on tiny views a second thread
-    # only adds hand-off cost (16x slower on the shared 2-core test machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_config(**overrides) -> ViewsConfig:
