@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmd.add_argument("--output-dir", type=Path, help="default runs/detection/<config>-<arch>-<weights>")
     train_cmd.add_argument("--records-dir", type=Path, default=DEFAULT_RUNS_DIR)
     train_cmd.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint")
+    train_cmd.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="load --weights as a full pickle (Detectron2's own loading), which can run code: only files you trust",
+    )
     train_cmd.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                            help="Detectron2 config overrides, e.g. SOLVER.MAX_ITER 100")  # fmt: skip
 

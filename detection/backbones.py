@@ -44,10 +44,15 @@ class MobileNetV2(Backbone):
         self.freeze(freeze_at)
 
     def freeze(self, freeze_at: int) -> None:
-        """Detectron2's FREEZE_AT: 0 trains everything (the paper), k >= 1 freezes the first k stages."""
+        """Detectron2's FREEZE_AT: 0 trains everything (the paper), k >= 1 freezes the first k stages.
+
+        k past the last stage (5) freezes the whole network, as the authors' MobileNet backbone
+        (saic-fi/SSLight:detection/backbones/mobilenet.py) and Detectron2's ResNet do.
+        """
         if freeze_at <= 0:
             return
-        last_frozen = list(MOBILENET_V2_STAGES.values())[freeze_at - 1][0]
+        stages = list(MOBILENET_V2_STAGES.values())
+        last_frozen = stages[min(freeze_at, len(stages)) - 1][0]
         for index in range(last_frozen + 1):
             block = FrozenBatchNorm2d.convert_frozen_batchnorm(self.features[index])
             for parameter in block.parameters():

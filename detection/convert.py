@@ -72,7 +72,7 @@ def convert_checkpoint(
             f"keys of {adapted.arch}, which would keep their random initialisation: "
             f"{', '.join(adapted.missing[:10])}{' ...' if len(adapted.missing) > 10 else ''}"
         )
-    method, recipe, epochs = "unknown", "unknown", 0
+    method, recipe, epochs, seed = "unknown", "unknown", 0, None
     if adapted.format == "lowssl":  # lowssl files say what trained them (pretrain/checkpoint.py)
         saved = load_checkpoint(checkpoint, trust=trust)
         method, recipe, epochs = (
@@ -80,6 +80,7 @@ def convert_checkpoint(
             saved.get("recipe", recipe),
             int(saved.get("epoch", 0)),
         )
+        seed = (saved.get("config") or {}).get("seed")
     payload = {
         "model": {
             detectron2_name(adapted.arch, name): tensor.detach().cpu().numpy()
@@ -96,6 +97,7 @@ def convert_checkpoint(
             "method": method,
             "recipe": recipe,
             "pretrain_epochs": epochs,
+            "seed": seed,
         },
     }
     loaded = check_loads(payload, adapted.arch)
@@ -131,10 +133,3 @@ def check_loads(payload: dict, arch: str) -> int:
 
 def write_pickle(payload: dict, out: str | Path) -> Path:
     return atomic_write(out, lambda file: pickle.dump(payload, file, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-def read_pickle_metadata(path: str | Path) -> dict | None:
-    """The ``lowssl`` entry of a converted pickle; None for weights from elsewhere (model zoo files)."""
-    with open(path, "rb") as file:
-        data = pickle.load(file, encoding="latin1")  # the same load Detectron2 does on this file
-    return data.get("lowssl") if isinstance(data, dict) else None

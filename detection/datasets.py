@@ -1,5 +1,6 @@
 """Datasets by name for Detectron2: COCO 2017 from ``$COCO_ROOT`` and the embedded Fashion-MNIST set,
-and a check of COCO annotation files that names the offending image or annotation id.
+a check of COCO annotation files that names the offending image or annotation id, and one of their
+mask encoding against the config's INPUT.MASK_FORMAT.
 
 Detectron2 registers ``coco_2017_*`` itself, under ``$DETECTRON2_DATASETS``; lowssl's names
 (``lowssl_coco_2017_*``) read the standard COCO layout under ``$COCO_ROOT`` instead.
@@ -87,15 +88,21 @@ def _dataset_names(cfg: CfgNode) -> list[str]:
 
 def prepare_datasets(cfg: CfgNode) -> None:
     """Once per machine, before the training processes start: generate the embedded set if the config
-    uses it and it is absent, then check every annotation file (LOWSSL.VALIDATE_DATASETS)."""
+    uses it and it is absent, then check every annotation file (LOWSSL.VALIDATE_DATASETS) and, when
+    masks are trained as polygons, that the file stores polygons."""
     names = _dataset_names(cfg)
     if any(name in FMNIST_SPLITS for name in names):
         ensure_fmnist_det(cfg)
-    if cfg.LOWSSL.VALIDATE_DATASETS:
-        for name in names:
-            files = dataset_files(cfg, name)
-            if files is not None:
-                validate_coco_json(*files, need_masks=cfg.MODEL.MASK_ON)
+    check_masks = cfg.MODEL.MASK_ON and cfg.INPUT.MASK_FORMAT == "polygon"
+    for name in names:
+        files = dataset_files(cfg, name)
+        if files is None or not (cfg.LOWSSL.VALIDATE_DATASETS or check_masks):
+            continue
+        data = read_coco_json(files[0])
+        if cfg.LOWSSL.VALIDATE_DATASETS:
+            check_coco(data, *files, need_masks=cfg.MODEL.MASK_ON)
+        if check_masks:
+            check_polygon_masks(data, name, files[0])
 
 
 def register_datasets(cfg: CfgNode) -> None:
@@ -106,18 +113,28 @@ def register_datasets(cfg: CfgNode) -> None:
             register(name, *files)
 
 
+def read_coco_json(json_file: str | Path) -> dict:
+    json_file = Path(json_file)
+    try:
+        return json.loads(json_file.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DatasetError(f"cannot read COCO annotation file {json_file}: {error}") from error
+
+
 def validate_coco_json(json_file: str | Path, images: str | Path, need_masks: bool = True) -> None:
-    """Raise :class:`DatasetError` naming the first image / annotation id a COCO file gets wrong.
+    """Raise :class:`DatasetError` naming the first image / annotation id a COCO file gets wrong
+    (:func:`check_coco`)."""
+    check_coco(read_coco_json(json_file), json_file, images, need_masks)
+
+
+def check_coco(data: dict, json_file: str | Path, images: str | Path, need_masks: bool = True) -> None:
+    """Raise :class:`DatasetError` naming the first image / annotation id of ``data`` (read from
+    ``json_file``) that is wrong.
 
     Checked: every image file exists; every annotation names a known image and category, has a box
     of positive size inside its image (within :data:`BOX_TOLERANCE`) and, when masks are trained, a
     non-empty segmentation (a polygon of at least 3 points, or RLE of the image's size).
     """
-    json_file = Path(json_file)
-    try:
-        data = json.loads(json_file.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise DatasetError(f"cannot read COCO annotation file {json_file}: {error}") from error
     missing = [key for key in ("images", "annotations", "categories") if key not in data]
     if missing:
         raise DatasetError(f"{json_file} lacks {', '.join(missing)}: not a COCO instances file")
@@ -134,6 +151,21 @@ def validate_coco_json(json_file: str | Path, images: str | Path, need_masks: bo
             raise DatasetError(
                 f"{json_file}: annotation id {annotation.get('id')} (image id {annotation.get('image_id')}): "
                 f"{problem}"
+            )
+
+
+def check_polygon_masks(data: dict, name: str, json_file: str | Path) -> None:
+    """INPUT.MASK_FORMAT polygon takes polygon segmentations only: Detectron2 fails on the first RLE
+    one it meets in training (``Failed to use mask_format=='polygon'``); find it before training.
+
+    Crowd annotations are left out: Detectron2's DatasetMapper drops them before making masks.
+    """
+    for annotation in data.get("annotations", []):
+        if isinstance(annotation.get("segmentation"), dict) and not annotation.get("iscrowd", 0):
+            raise DatasetError(
+                f"dataset {name} ({json_file}) stores its masks as RLE (first at annotation id "
+                f"{annotation.get('id')}), but the config's INPUT.MASK_FORMAT is 'polygon', which takes "
+                "polygon segmentations only; add INPUT.MASK_FORMAT bitmask"
             )
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
+import weakref
 from pathlib import Path
 
 import torch
@@ -23,9 +25,10 @@ from detectron2.utils.logger import setup_logger
 
 from detection import compat
 from detection.config import config_arch, load_config
-from detection.convert import read_pickle_metadata
 from detection.datasets import prepare_datasets, register_datasets
-from lowssl.io import atomic_write_text, git_commit, sha256_file
+from detection.weights import WeightsOnlyCheckpointer, read_pickle_metadata
+from lowssl.config import derived_name
+from lowssl.io import atomic_write_text, git_commit, load_checkpoint, sha256_file
 from lowssl.records import Record, append_records
 
 METRICS = {("bbox", "AP"): "APbb", ("bbox", "AP50"): "APbb50", ("bbox", "AP75"): "APbb75",
@@ -36,6 +39,14 @@ logger = logging.getLogger(__name__)
 
 
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg: CfgNode, trust_weights: bool = False) -> None:
+        super().__init__(cfg)
+        # Loading (MODEL.WEIGHTS, --resume) goes through lowssl's safe loaders, never a full unpickle
+        # (detection/weights.py); the periodic-checkpoint hook keeps saving through Detectron2's.
+        self.checkpointer = WeightsOnlyCheckpointer(
+            self._trainer.model, cfg.OUTPUT_DIR, trust=trust_weights, trainer=weakref.proxy(self)
+        )
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or str(Path(cfg.OUTPUT_DIR) / "inference" / dataset_name)
@@ -46,8 +57,10 @@ class TrainError(ValueError):
     """The command line or the config asks for something this run cannot do."""
 
 
-def weights_source(weights: str, arch: str) -> dict:
-    """What the weights are, for the records; a converted checkpoint of another backbone is an error."""
+def weights_source(weights: str, arch: str, trust: bool = False) -> dict:
+    """What the weights are, for the records; a converted checkpoint of another backbone is an error.
+    The file is read here, before any process starts, so an unsafe or broken one stops the run in one
+    line (the same safe loaders as the trainer's, detection/weights.py)."""
     if weights == RANDOM_INIT:
         return {"method": "random-init", "recipe": "none", "pretrain_epochs": 0, "branch": "none",
                 "source_sha256": "", "weights_sha256": "", "tag": "random-init"}  # fmt: skip
@@ -55,7 +68,11 @@ def weights_source(weights: str, arch: str) -> dict:
     if not path.is_file():
         raise TrainError(f"--weights {weights} does not exist (make one with `python -m detection convert`)")
     weights_sha256 = sha256_file(path)
-    metadata = read_pickle_metadata(path) if path.suffix == ".pkl" else None
+    if path.suffix == ".pkl":
+        metadata = read_pickle_metadata(path, trust)
+    else:
+        load_checkpoint(path, trust=trust)
+        metadata = None
     if metadata is None:  # Detectron2 model zoo or other weights: load them, but they say nothing
         logger.warning(
             "%s was not written by `python -m detection convert`: its backbone is not checked", path
@@ -68,7 +85,7 @@ def weights_source(weights: str, arch: str) -> dict:
         )
     keys = ("method", "recipe", "pretrain_epochs", "branch", "source_sha256", "format", "source")
     return {**{key: metadata[key] for key in keys}, "weights_sha256": weights_sha256,
-            "tag": metadata["source_sha256"][:12]}  # fmt: skip
+            "seed": metadata.get("seed"), "tag": metadata["source_sha256"][:12]}  # fmt: skip
 
 
 def setup_logging(output_dir: str, rank: int) -> None:
@@ -100,7 +117,7 @@ def train_worker(args, source: dict) -> None:
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
     torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
     start = time.time()
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, trust_weights=args.trust_checkpoint)
     trainer.resume_or_load(resume=args.resume)
     trainer.train()
     wall_s = time.time() - start
@@ -109,8 +126,6 @@ def train_worker(args, source: dict) -> None:
     results = getattr(trainer, "_last_eval_results", None) or {}
     if comm.is_main_process():
         records = result_records(cfg, args, source, results, wall_s)
-        if not records:
-            raise TrainError(f"no box or mask AP to record: DATASETS.TEST is {cfg.DATASETS.TEST}")
         path = append_records(records, args.records_dir)
         logger.info("wall time %.1f s; results %s; records %s", wall_s, dict(results), path)
 
@@ -134,19 +149,62 @@ def result_records(cfg: CfgNode, args, source: dict, results: dict, wall_s: floa
         "compiled_ops": compat.has_compiled_ops(),
         "overrides": list(args.opts),
         "output_dir": cfg.OUTPUT_DIR,
+        "seed": cfg.SEED,
     }
+    changes = protocol_changes(args.config, args.opts)
+    details["paper_protocol"] = schedule in ("1x", "2x") and not changes
+    values = {
+        f"coco_{schedule}_{name}": results[task][key]
+        for (task, key), name in METRICS.items()
+        if task in results and key in results[task]
+    }
+    if not values:
+        raise TrainError(f"no box or mask AP to record: DATASETS.TEST is {cfg.DATASETS.TEST}")
+    # COCOeval gives NaN when there is nothing to score (no detections): not a number to record.
+    details["not_computed"] = sorted(metric for metric, value in values.items() if not math.isfinite(value))
+    if len(details["not_computed"]) == len(values):
+        raise TrainError(
+            f"no AP could be computed on {cfg.DATASETS.TEST[0]} (the model made no detections after "
+            f"{cfg.SOLVER.MAX_ITER} iterations): nothing is recorded; train longer (SOLVER.MAX_ITER)"
+        )
     common = dict(
         run_id=f"detection-{source['tag']}-{arch}-{source['branch']}", stage="detection",
         method=source["method"], recipe=source["recipe"], backbone=arch,
         pretrain_epochs=int(source["pretrain_epochs"]), dataset=cfg.DATASETS.TEST[0],
-        protocol=Path(args.config).stem, branch=source["branch"], checkpoint_sha256=source["source_sha256"],
-        config_hash=_config_hash(cfg), git_commit=git_commit(), details=details,
+        protocol=derived_name(Path(args.config).stem, changes), branch=source["branch"],
+        checkpoint_sha256=source["source_sha256"], config_hash=_config_hash(cfg), git_commit=git_commit(),
+        details=details, seed=source.get("seed"),
     )  # fmt: skip
     return [
-        Record(**common, metric=f"coco_{schedule}_{name}", value=results[task][key])
-        for (task, key), name in METRICS.items()
-        if task in results and key in results[task]
+        Record(**common, metric=metric, value=value)
+        for metric, value in values.items()
+        if metric not in details["not_computed"]
     ]
+
+
+#: Overrides that do not change what is measured: where things run and live, and the seed (a column).
+NOT_PROTOCOL = {
+    "MODEL.DEVICE",
+    "OUTPUT_DIR",
+    "SEED",
+    "DATALOADER.NUM_WORKERS",
+    "LOWSSL.FMNIST_DET.ROOT",
+    "LOWSSL.VALIDATE_DATASETS",
+}
+
+
+def protocol_changes(config: str | Path, opts: list[str]) -> dict:
+    """The ``KEY VALUE`` overrides that change the config's values: a run with any of them is another
+    protocol (lowssl.config.derived_name), never grouped with the paper's rows."""
+    own, overridden = load_config(config), load_config(config, opts)
+    keys = [key for key in opts[::2] if key not in NOT_PROTOCOL]
+    return {key: _lookup(overridden, key) for key in keys if _lookup(own, key) != _lookup(overridden, key)}
+
+
+def _lookup(cfg: CfgNode, dotted: str):
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return list(cfg) if isinstance(cfg, tuple) else cfg
 
 
 def _config_hash(cfg: CfgNode) -> str:
@@ -161,7 +219,7 @@ def train(args) -> int:
     if cfg.MODEL.DEVICE == "cpu" and args.num_gpus * args.num_machines > 1:
         raise TrainError("--num-gpus / --num-machines above 1 need MODEL.DEVICE cuda")
     arch = config_arch(cfg)
-    source = weights_source(args.weights, arch)
+    source = weights_source(args.weights, arch, args.trust_checkpoint)
     args.output_dir = Path(args.output_dir or default_output_dir(Path(args.config), arch, source))
     setup_logging(str(args.output_dir), args.machine_rank * args.num_gpus)
     prepare_datasets(cfg)

@@ -142,6 +142,7 @@ class Subject:
     notes: list[str]
     family: str = "cnn"
     feature_dim: int = 0
+    seed: int | None = None  # the pre-training (or initialisation) seed, where known
 
     @property
     def identity(self) -> dict:
@@ -174,11 +175,11 @@ def _load_backbone(args) -> Subject:
             raise ConfigError("--random-init needs --arch (the backbone to initialise)")
         torch.manual_seed(args.seed)
         return Subject(build_backbone(args.arch), args.arch, "none", f"random-init-seed{args.seed}", "random-init",
-                       "none", 0, "random-init", [f"random initialisation, torch seed {args.seed}"])  # fmt: skip
+                       "none", 0, "random-init", [f"random initialisation, torch seed {args.seed}"], seed=args.seed)  # fmt: skip
     model, adapted = build_pretrained_backbone(
         args.checkpoint, args.arch, args.fmt, args.branch, args.trust_checkpoint
     )
-    method, recipe, epochs = "unknown", "unknown", 0
+    method, recipe, epochs, seed = "unknown", "unknown", 0, None
     if adapted.format == "lowssl":  # lowssl files say what trained them (pretrain/checkpoint.py)
         saved = load_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
         method, recipe, epochs = (
@@ -186,9 +187,10 @@ def _load_backbone(args) -> Subject:
             saved.get("recipe", recipe),
             int(saved.get("epoch", 0)),
         )
+        seed = (saved.get("config") or {}).get("seed")
     notes = [*adapted.notes, f"{adapted.loaded} backbone keys loaded, {len(adapted.unexpected)} unexpected"]
     return Subject(model, adapted.arch, adapted.branch, adapted.checkpoint_sha256, method, recipe, epochs,
-                   adapted.format, notes)  # fmt: skip
+                   adapted.format, notes, seed=seed)  # fmt: skip
 
 
 # ---- which images -----------------------------------------------------------------------------------
@@ -293,7 +295,7 @@ def evaluate(args) -> int:
         common = dict(run_id=subject.run_id, stage=stage, method=subject.method, recipe=subject.recipe,
                       backbone=subject.arch, pretrain_epochs=subject.pretrain_epochs, dataset=dataset,
                       protocol=protocol.name, branch=subject.branch, checkpoint_sha256=subject.checkpoint,
-                      config_hash=chash, git_commit=git_commit(), details=details)  # fmt: skip
+                      config_hash=chash, git_commit=git_commit(), details=details, seed=subject.seed)  # fmt: skip
         path = append_records(
             [Record(**common, metric=m, value=v) for m, v in outcome.values.items()], args.records_dir
         )

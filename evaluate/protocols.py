@@ -6,7 +6,8 @@ carries the protocol's name and the hash of its resolved config. ``kind`` tells 
 (:class:`LinearProtocol`) from k-NN ones (:class:`KnnProtocol`).
 
 A protocol may say ``_base_: other.yaml`` and change a few values (the reduced-epoch Fashion-MNIST
-presets do); ``key=value`` overrides on the command line apply last.
+presets do); ``key=value`` overrides on the command line apply last, and a protocol whose values they
+change is another protocol: named after them (``sslight+epochs=1``), with ``paper_protocol`` false.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from lowssl.config import ConfigError, apply_overrides, from_dict, read_yaml, require
+from lowssl.config import (
+    ConfigError,
+    apply_overrides,
+    changed_values,
+    derived_name,
+    from_dict,
+    read_yaml,
+    require,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -166,4 +175,9 @@ def load_protocol(name: str, kind: str, overrides: list[str] | None = None):
     data = apply_overrides(read_yaml(path), overrides or [])
     if data.get("name") != name:
         raise ConfigError(f"config key 'name': protocol file {path.name} must keep name '{name}'")
-    return from_dict(_CLASSES[kind], data)
+    protocol = from_dict(_CLASSES[kind], data)
+    # Changed values make another protocol: recorded under a derived name, never as the paper's.
+    changes = changed_values(from_dict(_CLASSES[kind], read_yaml(path)), protocol)
+    if not changes:
+        return protocol
+    return dataclasses.replace(protocol, name=derived_name(name, changes), paper_protocol=False)

@@ -8,6 +8,7 @@ timm model (``strict=False`` for the dropped classifier) and vice versa.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import timm
 import torch
 import torchvision
+from timm.layers import DropPath
 from torch import nn
 
 
@@ -23,7 +25,7 @@ class BackboneSpec:
     name: str
     family: str  # "cnn" or "vit": selects LARS vs AdamW and the recipe variant (facts.md section 1)
     feature_dim: int
-    build: Callable[[], nn.Module]
+    build: Callable[..., nn.Module]  # drop_path_rate=0.0 -> a new model
     # Paper Table 3 (params in millions, GFLOPs at 224 px, one multiply-add = one FLOP).
     paper_params_m: float
     paper_gflops: float
@@ -49,13 +51,32 @@ def get_spec(name: str) -> BackboneSpec:
     return _REGISTRY[name]
 
 
-def build_backbone(name: str) -> nn.Module:
-    """A randomly initialised backbone whose forward returns (batch, feature_dim) features."""
-    return get_spec(name).build()
+def build_backbone(name: str, drop_path_rate: float = 0.0) -> nn.Module:
+    """A randomly initialised backbone whose forward returns (batch, feature_dim) features.
+
+    ``drop_path_rate`` is a ViT's stochastic depth: timm's (and DINO's) rule drops block ``i`` of ``d``
+    with probability ``drop_path_rate * i / (d - 1)``, so the first block never. CNNs take only 0.
+    """
+    return get_spec(name).build(drop_path_rate=drop_path_rate)
 
 
-def _torchvision_cnn(arch: str) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
+def without_drop_path(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose timm DropPath modules are the identity that timm builds at rate 0:
+    the same parameters under the same names, no stochastic depth (a DINO teacher of a ViT student)."""
+    model = copy.deepcopy(model)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, DropPath):
+                setattr(module, name, nn.Identity())
+    return model
+
+
+def _torchvision_cnn(arch: str) -> Callable[..., nn.Module]:
+    def build(drop_path_rate: float = 0.0) -> nn.Module:
+        if drop_path_rate:
+            raise ValueError(
+                f"{arch} has no stochastic depth; drop_path_rate {drop_path_rate} is for the ViTs"
+            )
         model = getattr(torchvision.models, arch)(weights=None)
         if hasattr(model, "fc"):
             model.fc = nn.Identity()
@@ -66,10 +87,12 @@ def _torchvision_cnn(arch: str) -> Callable[[], nn.Module]:
     return build
 
 
-def _timm_vit(arch: str) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
+def _timm_vit(arch: str) -> Callable[..., nn.Module]:
+    def build(drop_path_rate: float = 0.0) -> nn.Module:
         # dynamic_img_size interpolates the position embeddings for local crops (96/128 px).
-        return timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True)
+        return timm.create_model(
+            arch, pretrained=False, num_classes=0, dynamic_img_size=True, drop_path_rate=drop_path_rate
+        )
 
     return build
 

@@ -206,3 +206,23 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
     """Build ``cls`` from a YAML file (optional) and dotted overrides."""
     data = read_yaml(path) if path is not None else {}
     return from_dict(cls, apply_overrides(data, overrides or []))
+
+
+def changed_values(base: Any, changed: Any, prefix: str = "") -> dict[str, Any]:
+    """The dotted keys whose values differ between two configs (dataclasses or nested mappings),
+    with the values of ``changed``; an override that repeats a config's own value changes nothing."""
+    base, changed = to_dict(base), to_dict(changed)
+    if not (isinstance(base, dict) and isinstance(changed, dict)):
+        return {} if base == changed else {prefix: changed}
+    differences: dict[str, Any] = {}
+    for key in sorted(set(base) | set(changed)):
+        differences.update(changed_values(base.get(key), changed.get(key), _join(prefix, key)))
+    return differences
+
+
+def derived_name(name: str, changes: dict[str, Any]) -> str:
+    """The name a run of protocol ``name`` with ``changes`` is recorded under: never the protocol's own
+    name, so it is never grouped with the protocol's rows (``sslight+batch_size=16+epochs=1``)."""
+    return name + "".join(
+        f"+{key}={json.dumps(value, separators=(',', ':'))}" for key, value in sorted(changes.items())
+    )

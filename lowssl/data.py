@@ -243,11 +243,28 @@ def build_dataset(
     if name == "imagefolder":
         if root is None:
             raise DatasetError("dataset 'imagefolder' needs a root: the folder holding train/ and val/")
-        return ImageFolder(Path(root) / split, transform)
+        images = ImageFolder(Path(root) / split, transform)
+        if split == "val" and (Path(root) / "train").is_dir():
+            _check_same_classes(Path(root), images.classes)
+        return images
     if name == "synthetic":
         return SyntheticImages(64 if split == "train" else 32, image_size=image_size, seed=0 if split == "train" else 1,
                                transform=transform)  # fmt: skip
     raise DatasetError(f"unknown dataset '{name}'; allowed values: {', '.join(DATASETS)}")
+
+
+def _check_same_classes(root: Path, val_classes: list[str]) -> None:
+    """Labels are class-folder indices, so val/ must hold exactly train/'s classes: otherwise a val
+    class silently takes the label of whichever train class sorts at its place."""
+    train_classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+    if train_classes != val_classes:
+        only_train = sorted(set(train_classes) - set(val_classes))
+        only_val = sorted(set(val_classes) - set(train_classes))
+        raise DatasetError(
+            f"image folder {root}: val/ and train/ hold different classes (only in train/: "
+            f"{', '.join(only_train[:10]) or 'none'}; only in val/: {', '.join(only_val[:10]) or 'none'}), "
+            "so labels would not match; give val/ and train/ the same class folders"
+        )
 
 
 class IndexedImages(Dataset):

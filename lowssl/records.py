@@ -1,8 +1,14 @@
 """Results records: the one schema every stage appends to, one row per metric.
 
-Each run writes ``results/runs/<run_id>.csv`` (atomically, rewriting the whole file), so runs never
-contend for one file and a killed run never leaves a half-written row. :func:`read_records` reads
-every file back into one pandas DataFrame; the leaderboard is built from it.
+Each run writes ``results/runs/<run_id>.csv`` (atomically, rewriting the whole file), so a killed run
+never leaves a half-written row. Several processes may add to the same run at once (the evaluation
+jobs of one checkpoint finishing together on a cluster): every read-modify-write of a run's file holds
+an exclusive lock on ``<runs_dir>/.records.lock`` (POSIX ``lockf``, which NFS honours too), so none of
+their rows is lost. :func:`read_records` reads every file back into one pandas DataFrame; the
+leaderboard is built from it.
+
+A value is a number that was measured: a metric that could not be computed (NaN, no detections) is
+refused here, so it is never written as a blank that reads as a number.
 
 ``details`` holds, as JSON, the choices that make numbers comparable or not beyond the named columns
 (for example which LARS exclusion rule or alpha a run used, paper vs authors' code).
@@ -10,8 +16,12 @@ every file back into one pandas DataFrame; the leaderboard is built from it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import math
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +34,7 @@ from lowssl.io import atomic_write_text
 DEFAULT_RUNS_DIR = Path(__file__).resolve().parent.parent / "results" / "runs"
 
 STAGES = ("pretrain", "linear", "knn", "semisup", "detection")
+LOCK_NAME = ".records.lock"
 
 
 @dataclass
@@ -44,6 +55,9 @@ class Record:
     git_commit: str = ""
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     details: str = "{}"
+    # The seed of the run whose numbers these are (pre-training, or the random initialisation);
+    # None where it is not known (a third-party checkpoint).
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -53,6 +67,12 @@ class Record:
         if isinstance(self.details, dict):
             self.details = json.dumps(self.details, sort_keys=True)
         self.value = float(self.value)
+        if not math.isfinite(self.value):
+            raise ValueError(
+                f"metric '{self.metric}' of run '{self.run_id}' is {self.value}: it could not be computed, "
+                "so it is not recorded as a number"
+            )
+        self.seed = None if self.seed is None or self.seed == "" or pd.isna(self.seed) else int(self.seed)
 
 
 COLUMNS = [f.name for f in fields(Record)]
@@ -65,9 +85,31 @@ def write_records(records: list[Record], runs_dir: str | Path | None = None) -> 
     run_ids = {r.run_id for r in records}
     if len(run_ids) != 1:
         raise ValueError(f"records of one file must share one run_id, got {sorted(run_ids)}")
-    frame = pd.DataFrame([asdict(r) for r in records], columns=COLUMNS)
-    path = Path(runs_dir or DEFAULT_RUNS_DIR) / f"{run_ids.pop()}.csv"
-    return atomic_write_text(path, frame.to_csv(index=False))
+    frame = pd.DataFrame([asdict(r) for r in records], columns=COLUMNS).astype({"seed": "Int64"})
+    runs_dir = Path(runs_dir or DEFAULT_RUNS_DIR)
+    with _locked(runs_dir):
+        return atomic_write_text(runs_dir / f"{run_ids.pop()}.csv", frame.to_csv(index=False))
+
+
+@contextlib.contextmanager
+def _locked(runs_dir: Path) -> Iterator[None]:
+    """Hold the records folder's lock (re-entrant within a process through ``_held``)."""
+    key = str(runs_dir.resolve())
+    if key in _held:
+        yield
+        return
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    with open(runs_dir / LOCK_NAME, "a+") as lock:
+        fcntl.lockf(lock, fcntl.LOCK_EX)
+        _held.add(key)
+        try:
+            yield
+        finally:
+            _held.discard(key)
+            fcntl.lockf(lock, fcntl.LOCK_UN)
+
+
+_held: set[str] = set()
 
 
 def _result_key(record: Record) -> tuple[str, str, str, str, str]:
@@ -79,20 +121,24 @@ def append_records(records: list[Record], runs_dir: str | Path | None = None) ->
     dataset, metric), so e.g. a held-out result never overwrites the val result of the same checkpoint."""
     runs_dir = Path(runs_dir or DEFAULT_RUNS_DIR)
     path = runs_dir / f"{records[0].run_id}.csv"
-    if path.exists():
-        old = [Record(**row) for row in _read_csv(path).to_dict("records")]
-        new_keys = {_result_key(r) for r in records}
-        records = [r for r in old if _result_key(r) not in new_keys] + records
-    return write_records(records, runs_dir)
+    with _locked(runs_dir):  # the read and the write, as one step for every other writer
+        if path.exists():
+            old = [Record(**row) for row in _read_csv(path).to_dict("records")]
+            new_keys = {_result_key(r) for r in records}
+            records = [r for r in old if _result_key(r) not in new_keys] + records
+        return write_records(records, runs_dir)
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "seed" not in frame.columns:  # files of lowssl before the seed column: the seed is not known
+        frame["seed"] = ""
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"results file {path} lacks columns {missing}; it was not written by lowssl")
     frame["value"] = frame["value"].astype(float)
     frame["pretrain_epochs"] = frame["pretrain_epochs"].astype(int)
+    frame["seed"] = pd.to_numeric(frame["seed"].replace("", None)).astype("Int64")
     return frame[COLUMNS]
 
 

@@ -6,6 +6,8 @@ A checkpoint is a dict of tensors and plain data (loads with ``torch.load(weight
   (``teacher_backbone`` is None for SwAV, which has no teacher); the backbone the paper evaluates
   downstream is the student (facts.md section 1);
 - ``method_state``: the whole method (heads, teacher, DINO centre, SwAV / MoCo queues);
+- ``method_config``: the method's config as it trains (``method.cfg``: family defaults filled in,
+  SwAV's queue length shortened to whole global batches), with ``name``;
 - ``optimizer``, ``grad_scaler``, ``online_probe``: training state;
 - ``epoch``, ``step_in_epoch`` (the next batch to run), ``global_step``;
 - ``rng``: torch (CPU and CUDA) and Python RNG states;
@@ -22,7 +24,9 @@ from lowssl.io import atomic_torch_save, load_checkpoint
 
 FORMAT = "lowssl-pretrain-v1"
 # Changing any of these changes the model or the method: resuming across such a change is refused.
-MODEL_KEYS = ("backbone", "method", "views", "recipe")
+MODEL_KEYS = ("backbone", "drop_path_rate", "method", "views", "recipe")
+# Model keys added after checkpoints were first written, with the value those checkpoints trained with.
+ADDED_MODEL_KEYS = {"drop_path_rate": 0.0}
 
 
 def save(path: str | Path, payload: dict[str, Any]) -> Path:
@@ -48,7 +52,7 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def model_differences(saved_config: dict[str, Any], config: dict[str, Any]) -> list[str]:
     """Differences in the keys that define the model or the method, as 'key: saved -> now' lines."""
-    saved = _flatten({k: saved_config.get(k) for k in MODEL_KEYS})
+    saved = _flatten({k: saved_config.get(k, ADDED_MODEL_KEYS.get(k)) for k in MODEL_KEYS})
     now = _flatten({k: config.get(k) for k in MODEL_KEYS})
     return [
         f"{key}: {saved.get(key)!r} -> {now.get(key)!r}"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lowssl.backbones import available as available_backbones
+from lowssl.backbones import get_spec
 from lowssl.config import ConfigError, from_dict, require
 from pretrain.methods import METHODS
 from pretrain.optim import OptimConfig
@@ -68,6 +69,9 @@ class PretrainConfig:
     method: Any  # a DinoConfig / SwavConfig / MocoConfig, chosen by method.name
     views: ViewsConfig
     optim: OptimConfig
+    # Stochastic depth of the student ViT (timm's drop_path_rate, lowssl.backbones.build_backbone);
+    # teachers have none. CNNs: 0.
+    drop_path_rate: float = 0.0
     data: DataConfig = field(default_factory=DataConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -91,6 +95,14 @@ class PretrainConfig:
             self.backbone in available_backbones(),
             "backbone",
             f"unknown backbone '{self.backbone}'; allowed values: {', '.join(available_backbones())}",
+        )
+        require(
+            0 <= self.drop_path_rate < 1, "drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}"
+        )
+        require(
+            self.drop_path_rate == 0 or get_spec(self.backbone).family == "vit",
+            "drop_path_rate",
+            f"stochastic depth is for the ViT backbones; {self.backbone} takes 0, got {self.drop_path_rate}",
         )
         if isinstance(self.method, dict):
             self.method = method_config(self.method)

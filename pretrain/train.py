@@ -31,7 +31,7 @@ from pretrain import checkpoint as ckpt
 from pretrain.config import PretrainConfig
 from pretrain.gpu_views import CropViews, GpuViewAugment
 from pretrain.loader import build_loader
-from pretrain.methods import build_method
+from pretrain.methods import MultiCropMethod, RunLayout, build_method
 from pretrain.optim import build_optimizer, build_schedules, clip_gradients
 from pretrain.views import MultiCropViews
 
@@ -102,7 +102,12 @@ def train(cfg: PretrainConfig) -> dict:
     total_steps = cfg.epochs * steps_per_epoch
 
     # ---- method, optimiser, schedules -------------------------------------------------------------
-    method = build_method(cfg.method_name, cfg.backbone, cfg.method)
+    method = build_run_method(cfg, ctx.world_size)
+    if cfg.method_name == "swav" and method.cfg.queue_length != cfg.method.queue_length:
+        _say(ctx, f"method.queue_length {cfg.method.queue_length} -> {method.cfg.queue_length}: SwAV's queue "
+                  f"holds whole global batches of {cfg.batch_size} (SwAV's main_swav.py), "
+                  f"{method.queue.shape[1]} rows per process")  # fmt: skip
+    method_config = {"name": cfg.method_name, **to_dict(method.cfg)}
     if cfg.channels_last:
         method = method.to(memory_format=torch.channels_last)
     if ctx.distributed and cfg.sync_bn and ctx.device.type == "cuda":
@@ -150,7 +155,7 @@ def train(cfg: PretrainConfig) -> dict:
         return ckpt.save(path, {
             "student_backbone": _cpu_state(method.student_backbone),
             "teacher_backbone": _cpu_state(teacher) if teacher is not None else None,
-            "method_state": _cpu_state(method),
+            "method_state": _cpu_state(method), "method_config": method_config,
             "optimizer": optimizer.state_dict(),
             "grad_scaler": scaler.state_dict(),
             "online_probe": probe.state_dict() if probe is not None else None,
@@ -237,12 +242,19 @@ def train(cfg: PretrainConfig) -> dict:
             break
 
     logger.close()
-    if ctx.is_main and "knn_top1_heldout" in metrics:
+    if ctx.is_main and metrics.keys() & {"knn_top1_heldout", "online_linear_top1"}:
         _write_records(cfg, provenance, metrics, run_dir)
     return metrics
 
 
 # ---- pieces the loop uses ---------------------------------------------------------------------------
+
+
+def build_run_method(cfg: PretrainConfig, n_processes: int) -> MultiCropMethod:
+    """The method as a run of ``n_processes`` processes trains it: the config's student stochastic
+    depth, per-process state (SwAV's queue) sized for the global batch."""
+    return build_method(cfg.method_name, cfg.backbone, cfg.method, drop_path_rate=cfg.drop_path_rate,
+                        layout=RunLayout(cfg.batch_size, n_processes))  # fmt: skip
 
 
 def _resume_path(cfg: PretrainConfig, run_dir: Path) -> Path | None:
@@ -405,10 +417,18 @@ def _write_records(cfg: PretrainConfig, provenance: dict, metrics: dict, run_dir
         "run_dir": str(run_dir),
     }
     common = dict(
-        run_id=f"pretrain-{cfg.experiment}", stage="pretrain", method=cfg.method_name, recipe=cfg.recipe,
-        backbone=cfg.backbone, pretrain_epochs=metrics["epoch"], dataset=cfg.data.dataset, branch="student",
-        config_hash=provenance["config_hash"], git_commit=provenance["git_commit"], details=details,
+        run_id=pretrain_run_id(cfg, provenance["config_hash"]), stage="pretrain", method=cfg.method_name,
+        recipe=cfg.recipe, backbone=cfg.backbone, pretrain_epochs=metrics["epoch"], dataset=cfg.data.dataset,
+        branch="student", config_hash=provenance["config_hash"], git_commit=provenance["git_commit"],
+        details=details, seed=cfg.seed,
     )  # fmt: skip
-    rows = [Record(**common, protocol="online-knn20-heldout", metric="knn_top1_heldout",
-                   value=metrics["knn_top1_heldout"])]  # fmt: skip
+    monitors = {"knn_top1_heldout": "online-knn20-heldout", "online_linear_top1": "online-linear-global1"}
+    rows = [Record(**common, protocol=monitors[metric], metric=metric, value=metrics[metric])
+            for metric in monitors if metric in metrics]  # fmt: skip
     append_records(rows, cfg.records_dir)
+
+
+def pretrain_run_id(cfg: PretrainConfig, config_hash: str) -> str:
+    """One run, one records file: the experiment, its seed and the hash of its resolved config (which
+    holds the output folder), so another seed or folder never replaces this run's rows."""
+    return f"pretrain-{cfg.experiment}-seed{cfg.seed}-{config_hash[:8]}"

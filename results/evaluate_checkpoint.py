@@ -14,7 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from evaluate.adapters import load_pretrained
+from evaluate.adapters import AdapterError, load_pretrained
+from lowssl.io import CheckpointError
 from results.stages import report_failure, run
 from semisup.model import HeadError, dino_head_layout
 
@@ -84,6 +85,9 @@ def main(argv=None) -> int:
         evaluate_checkpoint(args.checkpoint, fmt, stages, args.work_dir, args.runs_dir)
     except subprocess.CalledProcessError as error:
         return report_failure(error)
+    except (AdapterError, CheckpointError) as error:  # the file itself: one line, as the stages print
+        print("error: " + " ".join(str(error).split()), file=sys.stderr)
+        return 2
     return 0
 
 

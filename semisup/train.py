@@ -32,7 +32,7 @@ from tqdm import tqdm
 from evaluate.adapters import SAFE_GLOBALS, Adapted, build_pretrained_backbone
 from lowssl import distributed
 from lowssl.backbones import build_backbone
-from lowssl.config import ConfigError, config_hash, to_dict
+from lowssl.config import ConfigError, config_hash, derived_name, to_dict
 from lowssl.data import IndexedImages, build_dataset
 from lowssl.distributed import Context
 from lowssl.io import atomic_torch_save, git_commit, load_checkpoint
@@ -90,7 +90,7 @@ class FinetuneArgs:
             raise ConfigError("--random-init needs --arch (e.g. resnet18)")
 
     def overrides(self) -> dict:
-        """The protocol values and smoke limits this run changes (its records say '+custom')."""
+        """The protocol values and smoke limits this run sets (its records name those it changes)."""
         names = ("epochs", "batch_size", "image_size", "max_steps", "max_eval_images")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
@@ -290,21 +290,26 @@ def _say(ctx: Context, message: str) -> None:
         tqdm.write(message, file=sys.stderr)
 
 
-def _pretraining(args: FinetuneArgs, adapted: Adapted | None) -> dict:
+def _pretraining(args: FinetuneArgs, adapted: Adapted | None, init_seed: int) -> dict:
     """Method, recipe and pre-training epochs the checkpoint records (lowssl files record all three)."""
     if adapted is None:
-        return {"method": "random-init", "recipe": "none", "pretrain_epochs": 0}
+        return {"method": "random-init", "recipe": "none", "pretrain_epochs": 0, "seed": init_seed}
     checkpoint = load_checkpoint(args.checkpoint, trust=args.trust_checkpoint, safe_globals=SAFE_GLOBALS)
     epoch = checkpoint.get("epoch")
+    seed = (checkpoint.get("config") or {}).get("seed") if adapted.format == "lowssl" else None
     return {"method": str(checkpoint.get("method", adapted.format)), "recipe": str(checkpoint.get("recipe", "unknown")),
-            "pretrain_epochs": epoch if isinstance(epoch, int) else 0}  # fmt: skip
+            "pretrain_epochs": epoch if isinstance(epoch, int) else 0, "seed": seed}  # fmt: skip
 
 
 def _write_records(args: FinetuneArgs, protocol: SemisupProtocol, subset: LabelSubset, adapted: Adapted | None,
                    identity: dict, result: dict, history: list[dict], ctx: Context) -> None:  # fmt: skip
     overrides = args.overrides()
+    # Values that differ from the protocol's own make another protocol (lowssl.config.derived_name).
+    base = load_protocol(args.protocol)
+    own = {"epochs": base.epochs(subset.label), "batch_size": base.batch_size, "image_size": base.image_size}
+    changes = {key: value for key, value in overrides.items() if own.get(key) != value}
     details = {
-        "protocol_source": protocol.source, "paper_protocol": protocol.paper_protocol, "network": protocol.network,
+        "protocol_source": protocol.source, "paper_protocol": protocol.paper_protocol and not changes, "network": protocol.network,
         "head_source": identity["head_source"], "epochs": identity["epochs"], "batch_size": protocol.batch_size,
         "peak_lr": protocol.peak_lr(), "image_size": protocol.image_size, "report": protocol.report,
         "reported_epoch": result["reported_epoch"], "last_top1": result["last_top1"],
@@ -313,9 +318,9 @@ def _write_records(args: FinetuneArgs, protocol: SemisupProtocol, subset: LabelS
     }  # fmt: skip
     common = dict(
         run_id=f"semisup-{Path(result['run_dir']).name}", stage="semisup", backbone=identity["arch"],
-        dataset=args.dataset, protocol=protocol.name + ("+custom" if overrides else ""),
+        dataset=args.dataset, protocol=derived_name(protocol.name, changes),
         branch=adapted.branch if adapted else "none", checkpoint_sha256=identity["checkpoint_sha256"],
-        config_hash=config_hash(identity), git_commit=git_commit(), details=details, **_pretraining(args, adapted),
+        config_hash=config_hash(identity), git_commit=git_commit(), details=details, **_pretraining(args, adapted, protocol.seed),
     )  # fmt: skip
     rows = [Record(**common, metric=f"semi_{subset.label}_{k}", value=result[k]) for k in ("top1", "top5")]
     append_records(rows, args.records_dir)

@@ -111,3 +111,32 @@ def test_synthetic_images_are_deterministic():
 def test_unknown_dataset_lists_allowed_values():
     with pytest.raises(DatasetError, match="fashion-mnist, imagefolder, synthetic"):
         build_dataset("imagenet21k", "train")
+
+
+def test_val_classes_must_match_train_by_name(tmp_path, capsys):
+    """train a,b / val a,c: c would silently take b's label; refused, naming both differences."""
+    _tree(tmp_path / "train", {"a": 2, "b": 2})
+    _tree(tmp_path / "val", {"a": 2, "c": 2})
+    with pytest.raises(DatasetError, match="only in train/: b; only in val/: c"):
+        build_dataset("imagefolder", "val", root=tmp_path)
+    from evaluate.__main__ import main as evaluate_main
+
+    argv = [
+        "linear",
+        "--random-init",
+        "--arch",
+        "resnet18",
+        "--protocol",
+        "fast_tiny",
+        "--dataset",
+        "imagefolder",
+        "--data-root",
+        str(tmp_path),
+        "--records-dir",
+        str(tmp_path / "runs"),
+        "--output-dir",
+        str(tmp_path / "out"),
+    ]
+    assert evaluate_main(argv) == 2
+    assert "val/ and train/ hold different classes" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

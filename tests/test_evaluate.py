@@ -202,7 +202,8 @@ def test_fast_protocol_end_to_end_writes_records(tmp_path, checkpoint, capsys):
         "resnet18",
         3,
     )
-    assert (row.dataset, row.protocol, row.branch) == ("synthetic", "fast_tiny", "student")
+    # epochs=30 changes fast_tiny's epochs: another protocol, named after the change
+    assert (row.dataset, row.protocol, row.branch) == ("synthetic", "fast_tiny+epochs=30", "student")
     assert '"paper_protocol": false' in row.details and "not a paper protocol" in row.details
     assert '"best_epoch_selection": false' in row.details and "architecture resnet18" in row.details
     assert 0 <= row.value <= 100 and len(glob.glob(str(tmp_path / "out/feature-cache/*.pt"))) == 2
@@ -246,7 +247,9 @@ def test_stored_result_is_printed_instead_of_recomputed(tmp_path, checkpoint, mo
     monkeypatch.undo()
     assert run(tmp_path, *args, "--k", "5") == 0  # another k is another evaluation: computed, not read back
     rows = read_records(tmp_path / "records")
-    assert len(rows) == 2 and set(rows.config_hash) != set(first.config_hash)  # k=5 replaced k=20 in the file
+    # k=5 is another protocol: its rows sit beside k=20's, under the derived name
+    assert len(rows) == 4 and sorted(set(rows.protocol)) == ["knn_tiny", "knn_tiny+k=5"]
+    assert rows[rows.protocol == "knn_tiny+k=5"].config_hash.iloc[0] not in set(first.config_hash)
 
 
 def test_sslight_tiny_runs_end_to_end_with_best_epoch_selection(tmp_path, checkpoint):
@@ -254,9 +257,11 @@ def test_sslight_tiny_runs_end_to_end_with_best_epoch_selection(tmp_path, checkp
     assert run(tmp_path, "linear", *args) == 0
     rows = read_records(tmp_path / "records")
     row = rows[rows.metric == "linear_top1"].iloc[0]
-    assert row.protocol == "sslight_tiny" and '"best_epoch_selection": true' in row.details
+    assert row.protocol == "sslight_tiny+batch_size=32" and '"best_epoch_selection": true' in row.details
     assert '"optimizer": "lars"' in row.details and '"train_input": "augmented"' in row.details
-    head = torch.load(next((tmp_path / "out").glob("eval-*/linear-sslight_tiny-synthetic-head.pth")))
+    head = torch.load(
+        next((tmp_path / "out").glob("eval-*/linear-sslight_tiny+batch_size=32-synthetic-head.pth"))
+    )
     assert head["linear.weight"].shape == (4, 512)
 
 

@@ -1,7 +1,9 @@
+import multiprocessing
+
 import pandas as pd
 import pytest
 
-from lowssl.records import COLUMNS, Record, append_records, read_records, write_records
+from lowssl.records import COLUMNS, LOCK_NAME, Record, append_records, read_records, write_records
 
 
 def _record(**overrides):
@@ -56,7 +58,7 @@ def test_append_keeps_the_same_metric_on_another_dataset(runs_dir):
 
 def test_no_temp_files_left_behind(runs_dir):
     write_records([_record()], runs_dir)
-    assert [p.name for p in runs_dir.iterdir()] == ["dino-mnv2-ours.csv"]
+    assert sorted(p.name for p in runs_dir.iterdir()) == [LOCK_NAME, "dino-mnv2-ours.csv"]  # the lock stays
 
 
 def test_empty_runs_dir_gives_empty_frame(tmp_path):
@@ -72,3 +74,38 @@ def test_bad_rows_are_refused(runs_dir):
     pd.DataFrame({"x": [1]}).to_csv(runs_dir / "foreign.csv", index=False)
     with pytest.raises(ValueError, match="not written by lowssl"):
         read_records(runs_dir)
+
+
+def _append_many(runs_dir: str, writer: int, count: int) -> None:
+    for index in range(count):
+        append_records([_record(metric=f"m{writer}_{index}", value=index)], runs_dir)
+
+
+def test_concurrent_writers_lose_no_row(runs_dir):
+    """4 real processes, each appending 40 results to the same run at once: all 160 rows stay."""
+    context = multiprocessing.get_context("spawn")  # fresh interpreters, as separate cluster jobs
+    writers = [context.Process(target=_append_many, args=(str(runs_dir), w, 40)) for w in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+    assert [writer.exitcode for writer in writers] == [0] * 4
+    frame = read_records(runs_dir)
+    assert len(frame) == 160 and frame.metric.nunique() == 160
+
+
+def test_a_value_that_could_not_be_computed_is_refused():
+    for missing in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="could not be computed"):
+            _record(value=missing)
+
+
+def test_seed_round_trips_and_old_files_read_as_unknown(runs_dir):
+    write_records([_record(seed=3), _record(metric="linear_top5", value=90.0)], runs_dir)
+    assert read_records(runs_dir).seed.tolist() == [3, pd.NA]
+    assert [Record(**row).seed for row in read_records(runs_dir).to_dict("records")] == [3, None]
+    old = runs_dir / "old.csv"
+    pd.read_csv(runs_dir / "dino-mnv2-ours.csv").drop(columns="seed").assign(run_id="old").to_csv(
+        old, index=False
+    )
+    assert read_records(runs_dir).query("run_id == 'old'").seed.isna().all()

@@ -104,8 +104,9 @@ def test_two_step_finetune_runs_for_both_subsets(tmp_path, dino_checkpoint):
         assert set(records.metric) == {f"semi_{subset}_top1", f"semi_{subset}_top5"}
         row = records.iloc[0]
         assert (row.stage, row.protocol, row.method, row.recipe, row.branch) == (
-            "semisup", "tiny+custom", "dino", "ours", "student")  # fmt: skip
+            "semisup", "tiny+batch_size=8+max_eval_images=16+max_steps=2", "dino", "ours", "student")  # fmt: skip
         details = json.loads(row.details)
+        assert details["paper_protocol"] is False
         assert details["subset_sha256"] == sha256_file(details["subset_file"])
         assert (details["epochs"], details["head_source"], details["labelled_images"]) == (
             epochs,

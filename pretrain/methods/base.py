@@ -36,6 +36,15 @@ class MethodOutput:
     terms: dict[str, float]
 
 
+@dataclass(frozen=True)
+class RunLayout:
+    """How one optimiser step's batch is spread over the processes; a method sizes its per-process
+    state from it (SwAV's queue)."""
+
+    global_batch: int | None = None  # images per step over all processes; None = not known
+    n_processes: int = 1
+
+
 def multicrop_forward(backbone: nn.Module, head: nn.Module, views: Sequence[Tensor]) -> Tensor:
     """Head outputs of all views, concatenated along the batch in view order.
 
@@ -102,10 +111,11 @@ class MultiCropMethod(nn.Module):
     name: str
     config_class: type
 
-    def __init__(self, backbone: nn.Module, cfg) -> None:
+    def __init__(self, backbone: nn.Module, cfg, layout: RunLayout | None = None) -> None:
         super().__init__()
         self.student_backbone = backbone
         self.cfg = cfg
+        self.layout = layout if layout is not None else RunLayout(n_processes=world_size())
 
     def forward(self, views: Sequence[Tensor], epoch: int) -> MethodOutput:
         raise NotImplementedError

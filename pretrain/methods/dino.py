@@ -17,12 +17,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from lowssl.backbones import without_drop_path
 from lowssl.config import require
 
 from .base import (
     NUM_GLOBAL_VIEWS,
     MethodOutput,
     MultiCropMethod,
+    RunLayout,
     all_reduce_sum,
     check_views,
     freeze_in_first_epochs,
@@ -197,9 +199,16 @@ class DINO(MultiCropMethod):
     name = "dino"
     config_class = DinoConfig
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, family: str, cfg: DinoConfig) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        family: str,
+        cfg: DinoConfig,
+        layout: RunLayout | None = None,
+    ) -> None:
         cfg = cfg.for_family(family)
-        super().__init__(backbone, cfg)
+        super().__init__(backbone, cfg, layout)
         self.student_head = DINOHead(
             feature_dim,
             cfg.out_dim,
@@ -208,8 +217,10 @@ class DINO(MultiCropMethod):
             cfg.hidden_dim,
             cfg.bottleneck_dim,
         )
-        # The teacher starts as an exact copy of the student and only moves by EMA.
-        self.teacher_backbone = copy.deepcopy(backbone).requires_grad_(False)
+        # The teacher starts as an exact copy of the student and only moves by EMA. It has no stochastic
+        # depth: facebookresearch/dino:main_dino.py and saic-fi/SSLight:src/sslight/model/dino.py build
+        # it without drop_path_rate.
+        self.teacher_backbone = without_drop_path(backbone).requires_grad_(False)
         self.teacher_head = copy.deepcopy(self.student_head).requires_grad_(False)
         self.criterion = DINOLoss(cfg)
 

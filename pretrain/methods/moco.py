@@ -16,7 +16,15 @@ from torch import Tensor, nn
 
 from lowssl.config import require
 
-from .base import MethodOutput, MultiCropMethod, all_gather_cat, check_views, multicrop_forward, output
+from .base import (
+    MethodOutput,
+    MultiCropMethod,
+    RunLayout,
+    all_gather_cat,
+    check_views,
+    multicrop_forward,
+    output,
+)
 from .rebalance import check_alpha, effective_alpha, rebalance
 
 
@@ -91,8 +99,15 @@ class MoCo(MultiCropMethod):
     name = "moco"
     config_class = MocoConfig
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, family: str, cfg: MocoConfig) -> None:
-        super().__init__(backbone, cfg)
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        family: str,
+        cfg: MocoConfig,
+        layout: RunLayout | None = None,
+    ) -> None:
+        super().__init__(backbone, cfg, layout)
         self.student_head = MoCoHead(feature_dim, cfg.hidden_dim, cfg.out_dim)
         # Key encoder: starts as a copy of the query encoder, then moves by EMA only.
         self.teacher_backbone = copy.deepcopy(backbone).requires_grad_(False)

@@ -6,6 +6,7 @@ configs (facts.md section 1).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,12 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lowssl.config import require
+from lowssl.config import ConfigError, require
 
 from .base import (
     NUM_GLOBAL_VIEWS,
     MethodOutput,
     MultiCropMethod,
+    RunLayout,
     all_reduce_sum,
     check_views,
     freeze_in_first_epochs,
@@ -39,7 +41,9 @@ class SwavConfig:
     temperature: float = 0.1  # facts.md section 1
     epsilon: float = 0.05  # Sinkhorn-Knopp entropy regularisation (facts.md section 1)
     sinkhorn_iterations: int = 3  # facts.md section 1
-    queue_length: int = 3840  # over all processes; 0 disables the queue (facts.md section 1)
+    # Over all processes, shortened to whole global batches (effective_queue_length); 0 disables the
+    # queue (facts.md section 1).
+    queue_length: int = 3840
     queue_start_epoch: int = 15  # "queue 3840 from epoch 15" (facts.md section 1)
     freeze_prototypes_epochs: int = 1  # "frozen during epoch 1" (facts.md section 1)
 
@@ -127,6 +131,16 @@ class SwAVLoss(nn.Module):
         }
 
 
+def effective_queue_length(queue_length: int, global_batch: int | None) -> int:
+    """The queue SwAV trains with: ``facebookresearch/swav:main_swav.py`` (and the authors'
+    ``saic-fi/SSLight:src/sslight/engine/trainer.py``) shortens the configured length to whole global
+    batches, ``queue_length -= queue_length % (batch_size * world_size)``, before each process takes
+    ``queue_length // world_size`` rows. Unchanged while the batch is not known."""
+    if global_batch is None:
+        return queue_length
+    return queue_length - queue_length % global_batch
+
+
 def _init_linear(module: nn.Module) -> None:
     # Linear layers N(0, 0.01), zero bias (facts.md section 1, SwAV head).
     if isinstance(module, nn.Linear):
@@ -139,8 +153,26 @@ class SwAV(MultiCropMethod):
     name = "swav"
     config_class = SwavConfig
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, family: str, cfg: SwavConfig) -> None:
-        super().__init__(backbone, cfg)
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        family: str,
+        cfg: SwavConfig,
+        layout: RunLayout | None = None,
+    ) -> None:
+        super().__init__(backbone, cfg, layout)
+        global_batch = self.layout.global_batch
+        queue_length = effective_queue_length(cfg.queue_length, global_batch)
+        if cfg.queue_length and not queue_length:
+            raise ConfigError(
+                f"config key 'method.queue_length': {cfg.queue_length} is shorter than the global batch "
+                f"{global_batch}, and SwAV keeps whole global batches, so no queue would be left; set 0 "
+                f"(no queue) or at least {global_batch}"
+            )
+        # method.cfg is the config the method trains with (as DINO's family defaults): the queue as
+        # shortened, which the training loop logs and records in its checkpoints.
+        self.cfg = dataclasses.replace(cfg, queue_length=queue_length)
         self.projection_head = SwAVHead(feature_dim, cfg.hidden_dim, cfg.out_dim)
         self.prototypes = nn.Linear(cfg.out_dim, cfg.n_prototypes, bias=False)
         self.projection_head.apply(_init_linear)
@@ -148,7 +180,7 @@ class SwAV(MultiCropMethod):
         self.criterion = SwAVLoss(cfg.temperature, cfg.alpha)
         # Per-process queue of the globals' embeddings, newest first, as SwAV (queue_length // world size).
         self.register_buffer(
-            "queue", torch.zeros(NUM_GLOBAL_VIEWS, cfg.queue_length // world_size(), cfg.out_dim)
+            "queue", torch.zeros(NUM_GLOBAL_VIEWS, queue_length // self.layout.n_processes, cfg.out_dim)
         )
 
     def pair_counts(self, n_local: int) -> tuple[int, int]:
