@@ -36,12 +36,12 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 # Table 5 at a chosen scale: SCALE=tiny (default without IMAGENET: Fashion-MNIST, 2 CPU cores) or
-# SCALE=paper IMAGENET=/path/to/imagenet [GPUS=8] (the paper's configs through torchrun).
+# SCALE=paper IMAGENET=/path/to/imagenet [GPUS=8] (the paper's configs through torchrun); SEEDS=N (default 3 tiny, 1 paper).
 IMAGENET ?=
 GPUS     ?= 8
 SCALE    ?= $(if $(IMAGENET),paper,tiny)
 reproduce-table5: install
-	$(PY) -m results.reproduce table5 --scale $(SCALE) --gpus $(GPUS) $(if $(IMAGENET),--imagenet $(IMAGENET))
+	$(PY) -m results.reproduce table5 --scale $(SCALE) --gpus $(GPUS) $(if $(IMAGENET),--imagenet $(IMAGENET)) $(if $(SEEDS),--seeds $(SEEDS))
 
 # The view-sampling sweeps of Figs. 1-3 (PNG + CSV under results/figures/<scale>/).
 figures: install

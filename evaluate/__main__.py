@@ -28,7 +28,7 @@ from torch import nn
 
 from evaluate import protocols
 from evaluate.adapters import AdapterError, build_pretrained_backbone, formats
-from evaluate.features import FeatureStore, FrozenFeatures, Split
+from evaluate.features import BN_RECALIBRATION_IMAGES, FeatureStore, FrozenFeatures, Split, recalibrate_bn
 from evaluate.knn import knn_evaluate
 from evaluate.linear import DivergedError, augmented_batches, feature_batches, train_linear, train_transform
 from lowssl import distributed
@@ -36,7 +36,7 @@ from lowssl.backbones import available, build_backbone, get_spec
 from lowssl.config import ConfigError, config_hash, to_dict
 from lowssl.data import DATASETS, DatasetError, build_dataset, held_out_split
 from lowssl.io import CheckpointError, atomic_torch_save, atomic_write_text, git_commit, load_checkpoint
-from lowssl.records import DEFAULT_RUNS_DIR, Record, append_records, read_records
+from lowssl.records import DEFAULT_RUNS_DIR, Record, append_records, pretrain_budget, read_records
 
 PAPER_HELD_OUT_PER_CLASS = 50  # the paper's ablations: 50 images per class held out of train (Sec. 3.2)
 SUBSET_SEED = 0  # --train-subset / --eval-subset: a fixed random choice, the same on every run
@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--arch", choices=available(), help="backbone (required with --random-init)")
         sub.add_argument("--seed", type=int, default=0, help="--random-init: the initialisation seed")
+        sub.add_argument(
+            "--recalibrate-bn",
+            action="store_true",
+            help=f"--random-init: re-estimate BN statistics on {BN_RECALIBRATION_IMAGES} training images first "
+            "(weights unchanged): the floor without the init's mean-0 / variance-1 statistics",
+        )
         sub.add_argument("--format", dest="fmt", choices=[f.name for f in formats()], help="force a layout")
         sub.add_argument("--branch", help="student / teacher / query ... (default: the format's default)")
         sub.add_argument("--trust-checkpoint", action="store_true",
@@ -143,6 +149,7 @@ class Subject:
     family: str = "cnn"
     feature_dim: int = 0
     seed: int | None = None  # the pre-training (or initialisation) seed, where known
+    budget: str = ""  # lowssl.records.pretrain_budget; "" where not known
 
     @property
     def identity(self) -> dict:
@@ -170,16 +177,21 @@ def load_subject(args, image_size: int) -> Subject:
 
 
 def _load_backbone(args) -> Subject:
+    if args.recalibrate_bn and not args.random_init:
+        raise ConfigError("--recalibrate-bn is for --random-init (a trained backbone has its own statistics)")
     if args.random_init:
         if args.arch is None:
             raise ConfigError("--random-init needs --arch (the backbone to initialise)")
         torch.manual_seed(args.seed)
-        return Subject(build_backbone(args.arch), args.arch, "none", f"random-init-seed{args.seed}", "random-init",
-                       "none", 0, "random-init", [f"random initialisation, torch seed {args.seed}"], seed=args.seed)  # fmt: skip
+        # The floor with re-estimated BN statistics is another subject: its own id, method and cache.
+        bn = f"-bn{BN_RECALIBRATION_IMAGES}" if args.recalibrate_bn else ""
+        return Subject(build_backbone(args.arch), args.arch, "none", f"random-init-seed{args.seed}{bn}",
+                       f"random-init{'-bn' if bn else ''}", "none", 0, "random-init",
+                       [f"random initialisation, torch seed {args.seed}"], seed=args.seed, budget="none")  # fmt: skip
     model, adapted = build_pretrained_backbone(
         args.checkpoint, args.arch, args.fmt, args.branch, args.trust_checkpoint
     )
-    method, recipe, epochs, seed = "unknown", "unknown", 0, None
+    method, recipe, epochs, seed, budget = "unknown", "unknown", 0, None, ""
     if adapted.format == "lowssl":  # lowssl files say what trained them (pretrain/checkpoint.py)
         saved = load_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
         method, recipe, epochs = (
@@ -187,10 +199,10 @@ def _load_backbone(args) -> Subject:
             saved.get("recipe", recipe),
             int(saved.get("epoch", 0)),
         )
-        seed = (saved.get("config") or {}).get("seed")
+        seed, budget = (saved.get("config") or {}).get("seed"), pretrain_budget(saved.get("config") or {})
     notes = [*adapted.notes, f"{adapted.loaded} backbone keys loaded, {len(adapted.unexpected)} unexpected"]
     return Subject(model, adapted.arch, adapted.branch, adapted.checkpoint_sha256, method, recipe, epochs,
-                   adapted.format, notes, seed=seed)  # fmt: skip
+                   adapted.format, notes, seed=seed, budget=budget)  # fmt: skip
 
 
 # ---- which images -----------------------------------------------------------------------------------
@@ -281,6 +293,9 @@ def evaluate(args) -> int:
 
     if protocol.note and ctx.is_main:
         print(f"protocol {protocol.name}: {protocol.note}")
+    if args.recalibrate_bn:
+        used = recalibrate_bn(subject.model, train, protocol.crop, ctx.device)
+        subject.notes.append(f"BN statistics re-estimated on {used} training images (fvcore precise BN)")
     frozen = FrozenFeatures(subject.model, subject.family, subject.feature_dim,
                             protocol.vit.last_blocks if stage == "linear" else 1).to(ctx.device)  # fmt: skip
     store = FeatureStore(frozen, subject.identity, ctx, protocol.eval_batch_size, args.workers,
@@ -289,6 +304,7 @@ def evaluate(args) -> int:
     outcome = run(protocol, store, train, evaluation, ctx, args.workers)
     if ctx.is_main:
         details = {"protocol": to_dict(protocol), "paper_protocol": protocol.paper_protocol, "note": protocol.note,
+                   "pretrain_budget": subject.budget,
                    "checkpoint_format": subject.format, "adapter_notes": subject.notes, "feature": frozen.kind,
                    "train_images": len(train), "eval_images": len(evaluation), "world_size": ctx.world_size,
                    "eval_set": "held-out of train" if args.held_out else "val", **outcome.summary}  # fmt: skip

@@ -49,6 +49,32 @@ def centre_crop_transform(crop: CentreCrop):
     ])  # fmt: skip
 
 
+#: Training images the BN-recalibrated floor re-estimates its statistics on (in batches of 250).
+BN_RECALIBRATION_IMAGES = 2000
+
+
+def recalibrate_bn(
+    backbone: nn.Module,
+    train: Split,
+    crop: CentreCrop,
+    device: torch.device,
+    images: int = BN_RECALIBRATION_IMAGES,
+    batch_size: int = 250,
+) -> int:
+    """Re-estimate every BatchNorm's running statistics of ``backbone`` on the first ``images``
+    training images (centre crops), weights unchanged: fvcore's precise BN (the true average of the
+    per-batch statistics). A random-init backbone otherwise keeps BN at mean 0 / variance 1, i.e. no
+    normalisation at all, which measures BN statistics as much as features. Returns the images used."""
+    from fvcore.nn.precise_bn import update_bn_stats
+
+    subset = Split(train.dataset, train.root, train.split, train.images, train.indices[:images])
+    loader = DataLoader(subset.with_transform(centre_crop_transform(crop)), batch_size=batch_size)
+    backbone.to(device).train()
+    update_bn_stats(backbone, (batch.to(device) for batch, _ in loader), num_iters=len(loader))
+    backbone.eval()
+    return len(subset)
+
+
 class FrozenFeatures(nn.Module):
     """The frozen backbone as a feature function: eval mode, no gradient, fixed BN statistics."""
 

@@ -78,6 +78,14 @@ class Record:
 COLUMNS = [f.name for f in fields(Record)]
 
 
+def pretrain_budget(config: dict) -> str:
+    """What a pre-training run cost, from its resolved config (a checkpoint's ``config``), as records'
+    ``details.pretrain_budget``: numbers from different budgets are never pooled or compared."""
+    data = config.get("data") or {}
+    images = data.get("subset") or "all"
+    return f"{images} {data.get('dataset', '?')} images x {config.get('epochs', '?')} epochs, batch {config.get('batch_size', '?')}"
+
+
 def write_records(records: list[Record], runs_dir: str | Path | None = None) -> Path:
     """Write (or replace) the records of one run as ``<runs_dir>/<run_id>.csv``."""
     if not records:

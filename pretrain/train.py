@@ -25,7 +25,7 @@ from lowssl.config import ConfigError, config_hash, load, to_dict
 from lowssl.data import DatasetError, IndexedImages, build_dataset, eval_transform, held_out_split
 from lowssl.io import git_commit
 from lowssl.knn import knn_top1
-from lowssl.records import Record, append_records
+from lowssl.records import Record, append_records, pretrain_budget
 from lowssl.rng import rng_state, set_rng_state
 from pretrain import checkpoint as ckpt
 from pretrain.config import PretrainConfig
@@ -415,6 +415,7 @@ def _write_records(cfg: PretrainConfig, provenance: dict, metrics: dict, run_dir
         "exclusion_rule": cfg.optim.exclusion_rule,
         "views": provenance["config"]["views"],
         "run_dir": str(run_dir),
+        "pretrain_budget": pretrain_budget(provenance["config"]),
     }
     common = dict(
         run_id=pretrain_run_id(cfg, provenance["config_hash"]), stage="pretrain", method=cfg.method_name,

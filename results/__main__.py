@@ -36,7 +36,7 @@ def leaderboard(args: argparse.Namespace) -> None:
 def table5(args: argparse.Namespace) -> None:
     markdown, frame = render_table5(
         read_paper_tables(), read_records(args.runs_dir), scale=args.scale, dataset=args.dataset,
-        protocol=args.protocol, hardware=args.hardware or this_machine(),
+        protocol=args.protocol, hardware=args.hardware or this_machine(), budget=args.budget or "",
     )  # fmt: skip
     print(markdown, end="")
     for path, text in ((args.out_md, markdown), (args.out_csv, frame.to_csv(index=False))):
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     t5.add_argument("--dataset", required=True, help="dataset of this run's records, e.g. fashion-mnist")
     t5.add_argument("--protocol", required=True, help="linear protocol of this run's records, e.g. fast")
     t5.add_argument("--hardware", help="what the runs ran on (default: a description of this machine)")
+    t5.add_argument("--budget", help="the pre-training budget of each run, for the header")
     t5.add_argument("--runs-dir", help="results records folder (default results/runs)")
     t5.add_argument("--out-md", help="write the markdown here, e.g. results/table5.md")
     t5.add_argument("--out-csv", help="write the table as CSV here, e.g. results/table5.csv")

@@ -5,14 +5,19 @@ a user would run them by hand; this module only chains them and prints each comm
 
 Scales:
 
-- ``tiny`` (default without ImageNet): the tiny presets (Fashion-MNIST, 2 CPU cores) with a
-  Table-5 budget (5,000 images, 1 epoch), evaluated with the ``fast_tiny`` linear probe on 10,000
-  training images; numbers that show the pipeline works end to end, not ImageNet accuracies.
+- ``tiny`` (default without ImageNet): the tiny presets (Fashion-MNIST, 2 CPU cores), the paper's
+  recipe and the baseline recipe on each backbone at one small budget (:data:`TINY_IMAGES` images,
+  one epoch), ``--seeds`` seeds (default 3), evaluated with the ``fast_tiny`` linear probe on 10,000
+  training images, beside the two floors (random init, and random init with re-estimated BN
+  statistics). The science at this scale is the paired difference ours - baseline at the same
+  budget; the absolute numbers show the pipeline, not ImageNet accuracies.
 - ``paper``: the paper's configs (200 and 400 epochs, batch 1024) through torchrun on ImageNet, and
   the authors' ``sslight`` linear protocol.
 
-A finished run (``last.pth`` at its last epoch) is reused; an unfinished one resumes (``resume=auto``);
-an evaluation already in the records is not recomputed (evaluate's records cache).
+Seeds run one after another, each seed all its runs, and the table is rewritten after every finished
+seed (a first table with n=1, then n=2, ...), with the time spent so far. A finished run (``last.pth``
+at its last epoch) is reused; an unfinished one resumes (``resume=auto``); an evaluation already in
+the records is not recomputed (evaluate's records cache).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +35,10 @@ import torch
 from results.stages import finished_run, report_failure, run
 
 BACKBONES = {"mobilenet_v2": "mobilenet_v2", "resnet18": "resnet18", "resnet34": "resnet34"}
+#: The tiny budget of one pre-training run: this many Fashion-MNIST images, one epoch. Chosen so that
+#: 3 seeds of 6 runs (2 recipes x 3 backbones) and their evaluations fit in 30 min on 2 CPU cores
+#: (README, "make reproduce-table5").
+TINY_IMAGES = 2000
 
 
 @dataclass(frozen=True)
@@ -37,8 +47,11 @@ class Scale:
     protocol: str
     experiments: tuple[str, ...]  # config stems under pretrain/configs[/tiny]
     config_dir: str
+    budget: str  # each run's pre-training budget, for the table's header
+    seeds: int  # default number of seeds
     pretrain_overrides: tuple[str, ...] = ()
     eval_args: tuple[str, ...] = ()
+    floors: tuple[tuple[str, ...], ...] = (("--random-init",),)  # evaluate options of each floor
     launcher: tuple[str, ...] = field(default_factory=lambda: (sys.executable, "-m"))
 
 
@@ -47,16 +60,21 @@ def scales(imagenet: str | None, gpus: int) -> dict[str, Scale]:
         "tiny": Scale(
             dataset="fashion-mnist/train10000",
             protocol="fast_tiny",
-            experiments=tuple(f"dino_{b}_ours" for b in BACKBONES),
+            experiments=tuple(f"dino_{b}_{recipe}" for b in BACKBONES for recipe in ("baseline", "ours")),
             config_dir="pretrain/configs/tiny",
-            pretrain_overrides=("data.subset=5000", "epochs=1", "monitor.knn_bank_size=2000"),
+            budget=f"{TINY_IMAGES:,} Fashion-MNIST images x 1 epoch, batch 64",
+            seeds=3,
+            pretrain_overrides=(f"data.subset={TINY_IMAGES}", "epochs=1", "monitor.knn_bank_size=2000"),
             eval_args=("--dataset", "fashion-mnist", "--train-subset", "10000"),
+            floors=(("--random-init",), ("--random-init", "--recalibrate-bn")),
         ),
         "paper": Scale(
             dataset=f"imagefolder:{Path(imagenet).name}" if imagenet else "imagefolder",
             protocol="sslight",
             experiments=tuple(f"dino_{b}_ours{s}" for b in BACKBONES for s in ("", "_400ep")),
             config_dir="pretrain/configs",
+            budget="the paper's: 200 / 400 epochs of ImageNet-1k, batch 1024",
+            seeds=1,
             pretrain_overrides=(f"data.root={imagenet}", "amp=bf16", "channels_last=true"),
             eval_args=("--dataset", "imagefolder", "--data-root", str(imagenet)),
             launcher=(sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", "-m"),
@@ -69,29 +87,51 @@ def arch_of(experiment: str) -> str:
 
 
 def reproduce(
-    scale_name: str, imagenet: str | None, gpus: int, work_dir: Path, runs_dir: Path, out: Path
+    scale_name: str,
+    imagenet: str | None,
+    gpus: int,
+    work_dir: Path,
+    runs_dir: Path,
+    out: Path,
+    seeds: int | None = None,
 ) -> None:
     scale = scales(imagenet, gpus)[scale_name]
+    seeds = scale.seeds if seeds is None else seeds
     evaluate = [sys.executable, "-m", "evaluate", "linear", "--protocol", scale.protocol, *scale.eval_args,
                 "--output-dir", str(work_dir / "evaluate"), "--records-dir", str(runs_dir)]  # fmt: skip
-    for experiment in scale.experiments:
-        run_dir = work_dir / experiment
-        checkpoint = run_dir / "last.pth"
-        if finished_run(checkpoint) is not None:
-            print(f"= {experiment}: finished run found in {run_dir}, reused", flush=True)
-        else:
-            run([*scale.launcher, "pretrain", "--config", f"{scale.config_dir}/{experiment}.yaml",
-                 *scale.pretrain_overrides, f"output_dir={run_dir}", f"records_dir={runs_dir}"])  # fmt: skip
-        run([*evaluate, "--checkpoint", str(checkpoint)])
-    for arch in dict.fromkeys(arch_of(e) for e in scale.experiments):
-        run([*evaluate, "--random-init", "--arch", arch])
     hardware = (
         f"{gpus} x {torch.cuda.get_device_name()}" if scale_name == "paper" and torch.cuda.is_available()
         else f"{os.cpu_count()} CPU cores"
     )  # fmt: skip
-    run([sys.executable, "-m", "results", "table5", "--scale", scale_name, "--dataset", scale.dataset,
-         "--protocol", scale.protocol, "--hardware", hardware, "--runs-dir", str(runs_dir),
-         "--out-md", str(out / "table5.md"), "--out-csv", str(out / "table5.csv")])  # fmt: skip
+    start = time.perf_counter()
+    for seed in range(seeds):
+        for experiment in scale.experiments:
+            run_dir = work_dir / f"{experiment}-seed{seed}"
+            checkpoint = run_dir / "last.pth"
+            if finished_run(checkpoint) is not None:
+                print(f"= {experiment} seed {seed}: finished run found in {run_dir}, reused", flush=True)
+            else:
+                run([*scale.launcher, "pretrain", "--config", f"{scale.config_dir}/{experiment}.yaml",
+                     *scale.pretrain_overrides, f"seed={seed}", f"output_dir={run_dir}", f"records_dir={runs_dir}"])  # fmt: skip
+            run([*evaluate, "--checkpoint", str(checkpoint)])
+        for arch in dict.fromkeys(arch_of(e) for e in scale.experiments):
+            for floor in scale.floors:
+                run([*evaluate, *floor, "--arch", arch, "--seed", str(seed)])
+        elapsed = time.perf_counter() - start
+        run([sys.executable, "-m", "results", "table5", "--scale", scale_name, "--dataset", scale.dataset,
+             "--protocol", scale.protocol, "--hardware", hardware, "--runs-dir", str(runs_dir),
+             "--budget", f"{scale.budget}; seeds 0-{seed} of {seeds} done after {elapsed / 60:.1f} min",
+             "--out-md", str(out / "table5.md"), "--out-csv", str(out / "table5.csv")])  # fmt: skip
+        print(f"= seed {seed} done: {seed + 1} of {seeds} seeds in {elapsed / 60:.1f} min", flush=True)
+
+
+def seed_count(text: str) -> int:
+    count = int(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError(
+            f"--seeds {count}: a table needs at least 1 seed (3 give an interval)"
+        )
+    return count
 
 
 def main(argv=None) -> int:
@@ -102,6 +142,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--imagenet", help="ImageNet folder holding train/ and val/ (paper scale)")
     parser.add_argument("--gpus", type=int, default=8, help="processes per node at paper scale")
+    parser.add_argument("--seeds", type=seed_count, help="seeds 0..N-1 (default: 3 tiny, 1 paper)")
     parser.add_argument("--work-dir", type=Path, help="runs go here (default runs/table5-<scale>)")
     parser.add_argument("--runs-dir", type=Path, help="results records (default results/runs)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="folder for table5.md and .csv")
@@ -115,7 +156,7 @@ def main(argv=None) -> int:
 
     try:
         reproduce(scale, args.imagenet, args.gpus, args.work_dir or Path(f"runs/table5-{scale}"),
-                  args.runs_dir or DEFAULT_RUNS_DIR, args.out)  # fmt: skip
+                  args.runs_dir or DEFAULT_RUNS_DIR, args.out, args.seeds)  # fmt: skip
     except subprocess.CalledProcessError as error:
         return report_failure(error)
     return 0

@@ -5,9 +5,13 @@ them: an "Ours" row against the best distillation baseline of the same column, w
 baseline's epochs (``results/paper/README.md`` shows this reproduces every printed gain).
 
 "This run" rows come from the results records: method ``dino`` (both recipes) and ``random-init``, under
-one dataset and protocol, one row per (method, recipe, pre-training epochs, branch). When several runs
-recorded the same cell, the latest record wins, so a rerun replaces an earlier one. An ``ours`` row's gain
-is against this run's ``baseline`` row of the same method, epochs and branch, where there is one.
+one dataset and protocol, one row per (method, recipe, pre-training epochs, branch). A cell is the mean
+over the seeds that ran it with its 95 % Student-t interval and n (results/stats.py); within one seed the
+latest record wins, so a rerun replaces an earlier one. An ``ours`` row's gain is the paired difference
+against this run's ``baseline`` row of the same method, epochs and branch (ours - baseline per seed, over
+the seeds both ran), summarised the same way. Records of one cell must share one pre-training budget
+(evaluate records it as ``pretrain_budget``), and so must the two sides of a gain: otherwise an
+:class:`~results.stats.AggregationError` names the mismatch.
 
 The header says scale, dataset, protocol and hardware, and every row names its source, so tiny-scale
 numbers are never read as ImageNet ones.
@@ -15,20 +19,21 @@ numbers are never read as ImageNet ones.
 
 from __future__ import annotations
 
-import math
+import json
 
 import pandas as pd
 
 from results.paper_tables import KD_METHODS
+from results.stats import AggregationError, paired_difference, summarise
 
 BACKBONES = {"mobilenet_v2": "MobileNetV2", "resnet18": "ResNet18", "resnet34": "ResNet34"}
 METRICS = {"linear_top1": "top-1", "linear_top5": "top-5"}
-RUN_METHODS = ("random-init", "dino")  # in the order their rows are shown
+RUN_METHODS = ("random-init", "random-init-bn", "dino")  # in the order their rows are shown
 RECIPE_ORDER = {"baseline": 0, "ours": 1}  # any other recipe (random-init's) first
 METHOD_LABELS = {
     "supervised": "Supervised", "shi2022": "Shi et al. (2022)", "ressl": "ReSSL", "compress": "CompRess",
     "simreg": "SimReg", "seed": "SEED", "disco": "DisCo", "bingo": "BINGO", "dino": "DINO",
-    "random-init": "Random init",
+    "random-init": "Random init", "random-init-bn": "Random init, BN statistics re-estimated",
 }  # fmt: skip
 TEACHER_LABELS = {
     "moco_v2_resnet50": "MoCo-v2 R50",
@@ -53,61 +58,123 @@ def paper_long(paper: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(gain=(rows["value"] - reference).where(rows["recipe"] == "ours"))
 
 
+CELL = ["method", "recipe", "pretrain_epochs", "branch", "backbone", "metric"]
+UNKNOWN_SEED = -1  # a record without a seed counts as one seed of its own
+
+
+def _budget(details: str) -> str:
+    return str(json.loads(details or "{}").get("pretrain_budget", ""))
+
+
 def run_long(records: pd.DataFrame, dataset: str, protocol: str) -> pd.DataFrame:
-    """This run's numbers, one per row, with ``gain`` on ``ours`` rows that have a baseline."""
+    """This run's numbers, one per cell (mean over seeds, ``ci`` half-width, ``n``), with the paired
+    ``gain`` (and its ``gain_ci``, ``gain_n``) on ``ours`` cells that have a baseline."""
     rows = records[
         (records["dataset"] == dataset) & (records["protocol"] == protocol) & records["method"].isin(RUN_METHODS)
         & records["backbone"].isin(list(BACKBONES)) & records["metric"].isin(list(METRICS))
     ]  # fmt: skip
-    rows = rows.sort_values("created_at", kind="stable").drop_duplicates(
-        ["method", "recipe", "pretrain_epochs", "branch", "backbone", "metric"], keep="last"
+    rows = rows.assign(
+        budget=rows["details"].map(_budget), seed=rows["seed"].fillna(UNKNOWN_SEED).astype(int)
     )
-    rows = rows.assign(source="this run", teacher="", teacher_epochs=pd.NA,
-                       method_order=rows["method"].map(RUN_METHODS.index),
-                       recipe_order=rows["recipe"].map(RECIPE_ORDER).fillna(-1))  # fmt: skip
-    rows = rows.sort_values(["method_order", "recipe_order", "pretrain_epochs", "branch"], kind="stable")
-    baseline = rows[rows["recipe"] == "baseline"].set_index(
-        ["method", "pretrain_epochs", "branch", "backbone", "metric"]
-    )
-    reference = baseline["value"].reindex(pd.MultiIndex.from_frame(rows[baseline.index.names])).to_numpy()
-    return rows.assign(gain=(rows["value"] - reference).where(rows["recipe"] == "ours"))
+    rows = rows.sort_values("created_at", kind="stable").drop_duplicates([*CELL, "seed"], keep="last")
+    cells = {}
+    for key, group in rows.groupby(CELL, sort=False):
+        budgets = sorted(set(group["budget"]))
+        if len(budgets) > 1:
+            raise AggregationError(
+                f"records of one cell ({', '.join(map(str, key))}) come from different pre-training budgets "
+                f"({'; '.join(budgets)}): give each budget its own records folder or epochs"
+            )
+        cells[key] = (dict(zip(group["seed"], group["value"], strict=True)), budgets[0])
+    long = []
+    for key, (values, budget) in cells.items():
+        summary = summarise([values[seed] for seed in sorted(values)])
+        row = dict(zip(CELL, key, strict=True), value=summary.mean, ci=summary.half_width, n=summary.n)
+        method, recipe, epochs, branch, backbone, metric = key
+        reference = cells.get((method, "baseline", epochs, branch, backbone, metric))
+        if recipe == "ours" and reference is not None:
+            row.update(_gain(key, values, budget, *reference))
+        long.append(row)
+    frame = pd.DataFrame(long, columns=[*CELL, "value", "ci", "n", "gain", "gain_ci", "gain_n"])
+    frame = frame.assign(source="this run", teacher="", teacher_epochs=pd.NA,
+                         method_order=frame["method"].map(RUN_METHODS.index),
+                         recipe_order=frame["recipe"].map(RECIPE_ORDER).fillna(-1))  # fmt: skip
+    return frame.sort_values(["method_order", "recipe_order", "pretrain_epochs", "branch"], kind="stable")
+
+
+def _gain(key: tuple, ours: dict, budget: str, baseline: dict, baseline_budget: str) -> dict:
+    if budget != baseline_budget:
+        raise AggregationError(
+            f"the gain of {', '.join(map(str, key))} would compare different pre-training budgets: ours "
+            f"{budget or 'unrecorded'}, baseline {baseline_budget or 'unrecorded'}; run both at one budget"
+        )
+    seeds = sorted(set(ours) & set(baseline))  # over the seeds both recipes ran (paired)
+    if not seeds:
+        return {}
+    gain = paired_difference({s: ours[s] for s in seeds}, {s: baseline[s] for s in seeds})
+    return {"gain": gain.mean, "gain_ci": gain.half_width, "gain_n": gain.n}
+
+
+#: Per value column of the wide table: the value, then these suffixes (this run's rows fill them all).
+SUFFIXES = ("ci", "n", "gain", "gain_ci", "gain_n")
 
 
 def wide(long: pd.DataFrame) -> list[dict]:
-    """One dict per table row: the row key, ``{backbone}_{top1,top5}`` and their ``..._gain``."""
+    """One dict per table row: the row key, ``{backbone}_{top1,top5}`` and their ``..._<suffix>``."""
     rows = []
     for key, group in long.groupby(ROW_KEY, dropna=False, sort=False):
         row = dict(zip(ROW_KEY, key, strict=True))
-        for backbone, metric, value, gain in zip(
-            group["backbone"], group["metric"], group["value"], group["gain"], strict=True
-        ):
-            column = f"{backbone}_{metric.removeprefix('linear_')}"
-            row[column] = value
-            row[f"{column}_gain"] = round(gain, 2) + 0.0  # + 0.0 turns -0.0 into 0.0
+        for record in group.to_dict("records"):
+            column = f"{record['backbone']}_{record['metric'].removeprefix('linear_')}"
+            row[column] = record["value"]
+            for suffix in SUFFIXES:
+                value = record.get(suffix)
+                row[f"{column}_{suffix}"] = None if value is None or pd.isna(value) else value
+            if row[f"{column}_gain"] is not None:
+                row[f"{column}_gain"] = round(row[f"{column}_gain"], 2) + 0.0  # + 0.0 turns -0.0 into 0.0
         rows.append(row)
     return rows
 
 
 def table5_frame(paper: pd.DataFrame, records: pd.DataFrame, dataset: str, protocol: str) -> pd.DataFrame:
     """The table as data: paper rows, then this run's, with values, gains and what the gains are against."""
-    columns = ROW_KEY + [c for column in VALUE_COLUMNS for c in (column, f"{column}_gain")]
+    columns = ROW_KEY + [
+        c for column in VALUE_COLUMNS for c in (column, *(f"{column}_{s}" for s in SUFFIXES))
+    ]
     rows = wide(paper_long(paper)) + wide(run_long(records, dataset, protocol))
+    counts = {f"{column}_{s}": "Int64" for column in VALUE_COLUMNS for s in ("n", "gain_n")}
     frame = pd.DataFrame(rows, columns=columns).astype(
-        {"teacher_epochs": "Int64", "pretrain_epochs": "Int64"}
+        {"teacher_epochs": "Int64", "pretrain_epochs": "Int64", **counts}
     )
+    frame[[c for c in columns if c.endswith("_gain") or c.endswith("_ci")]] = frame[
+        [c for c in columns if c.endswith("_gain") or c.endswith("_ci")]
+    ].astype(float)
     has_gain = frame.filter(like="_gain").notna().any(axis=1)
     return frame.assign(gain_reference=frame["source"].map(GAIN_REFERENCE).where(has_gain, ""))
 
 
-def cell(value: float, gain: float, decimals: int) -> str:
-    if math.isnan(value):
+def cell(row: pd.Series, column: str, decimals: int) -> str:
+    """A paper cell as the paper prints it; this run's with its interval and n (``n=1``: no interval)."""
+    value, gain = row[column], row[f"{column}_gain"]
+    if pd.isna(value):
         return "-"
-    return f"{value:.{decimals}f}" + ("" if math.isnan(gain) else f" ({gain:+.{decimals}f})")
+    if pd.isna(row[f"{column}_n"]):  # the paper's number
+        return f"{value:.{decimals}f}" + ("" if pd.isna(gain) else f" ({gain:+.{decimals}f})")
+    text = _with_interval(value, row[f"{column}_ci"], row[f"{column}_n"], decimals, "")
+    if pd.isna(gain):
+        return text
+    return f"{text}; gain {_with_interval(gain, row[f'{column}_gain_ci'], row[f'{column}_gain_n'], decimals, '+')}"
+
+
+def _with_interval(value: float, half_width: float, n: int, decimals: int, sign: str) -> str:
+    if pd.isna(half_width):
+        return f"{value:{sign}.{decimals}f} (n={n})"
+    return f"{value:{sign}.{decimals}f} ± {half_width:.{decimals}f} (n={n})"
 
 
 def method_label(method: str, recipe: str, branch: str) -> str:
     label = METHOD_LABELS.get(method, method)
-    if recipe and method != "random-init":  # a random-init backbone had no pre-training recipe
+    if recipe and not method.startswith("random-init"):  # a random-init backbone had no pre-training recipe
         label += f", {recipe} recipe"
     return label + (" (teacher branch)" if branch == "teacher" else "")
 
@@ -128,13 +195,19 @@ def markdown_table(frame: pd.DataFrame, dataset: str, scale: str) -> str:
         backbone, metric = column.rsplit("_", 1)
         heading = f"{BACKBONES[backbone]} {METRICS['linear_' + metric]}"
         shown[heading] = [
-            cell(*numbers) for numbers in zip(frame[column], frame[f"{column}_gain"], decimals, strict=True)
+            cell(row, column, places) for (_, row), places in zip(frame.iterrows(), decimals, strict=True)
         ]
     return shown.to_markdown(index=False, disable_numparse=True)
 
 
 def render_table5(
-    paper: pd.DataFrame, records: pd.DataFrame, scale: str, dataset: str, protocol: str, hardware: str
+    paper: pd.DataFrame,
+    records: pd.DataFrame,
+    scale: str,
+    dataset: str,
+    protocol: str,
+    hardware: str,
+    budget: str = "",
 ) -> tuple[str, pd.DataFrame]:
     """Markdown (header block + table) and the table as a DataFrame (also what the CSV holds)."""
     frame = table5_frame(paper, records, dataset, protocol)
@@ -146,12 +219,14 @@ def render_table5(
         f"| scale | {scale} | paper |\n"
         f"| dataset | {dataset} | ImageNet-1k |\n"
         f"| protocol | {protocol} | the paper's linear probe (distillation baselines: their own papers') |\n"
-        f"| hardware | {hardware} | 8 GPUs, batch 1024 (pre-training) |",
+        f"| hardware | {hardware} | 8 GPUs, batch 1024 (pre-training) |"
+        + (f"\n| budget per run | {budget} | 200 / 400 epochs of ImageNet-1k |" if budget else ""),
         f"This run's rows are {dataset} numbers at scale {scale} under protocol {protocol}; the paper's rows are\n"
         "ImageNet-1k numbers under the paper's protocols. Compare rows only within one source.\n"
         'Gains: paper "ours recipe" rows vs the best distillation baseline (CompRess, SimReg, SEED, DisCo,\n'
         'BINGO) of the column, whatever its epochs, as the paper prints them; this run\'s "ours recipe" rows vs\n'
-        "this run's baseline recipe at the same epochs and branch.",
+        "this run's baseline recipe at the same epochs and branch, paired by seed. This run's cells: mean over\n"
+        "n seeds ± the 95 % Student-t interval (n=1: one seed, no interval).",
     ]
     if not ran:
         blocks.append(f"No records of this run match dataset {dataset} and protocol {protocol}.")

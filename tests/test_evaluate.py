@@ -354,3 +354,41 @@ def test_two_processes_extract_the_same_features_in_order(tmp_path, checkpoint):
         assert ddp["key"] == one["key"] and len(ddp["features"]) == (63 if split == "train" else 31)
         assert torch.allclose(ddp["features"], one["features"], atol=1e-5)
     assert len(read_records(tmp_path / "r")) == 2
+
+
+def test_bn_recalibrated_floor_re_estimates_statistics_and_keeps_weights(tmp_path, monkeypatch):
+    from evaluate.features import recalibrate_bn
+
+    seen = {}
+    original = recalibrate_bn
+
+    def spy(backbone, train, crop, device, **kwargs):
+        before = {k: v.clone() for k, v in backbone.state_dict().items()}
+        used = original(backbone, train, crop, device, **kwargs)
+        after = backbone.state_dict()
+        seen["weights_same"] = all(
+            torch.equal(before[k], after[k]) for k in before if "running" not in k and "num_batches" not in k
+        )
+        seen["stats_moved"] = not torch.equal(before["bn1.running_var"], after["bn1.running_var"])
+        seen["used"] = used
+        return used
+
+    monkeypatch.setattr(cli, "recalibrate_bn", spy)
+    args = ("knn", "--random-init", "--arch", "resnet18", "--protocol", "knn_tiny", "--seed", "2")
+    assert run(tmp_path, *args, "--recalibrate-bn") == 0 and run(tmp_path, *args) == 0
+    assert seen == {"weights_same": True, "stats_moved": True, "used": 64}  # all 64 synthetic training images
+    rows = read_records(tmp_path / "records").query("metric == 'knn_top1'").set_index("method")
+    assert rows.loc["random-init-bn", "checkpoint_sha256"] == "random-init-seed2-bn2000"
+    assert rows.loc["random-init", "checkpoint_sha256"] == "random-init-seed2" and rows.seed.tolist() == [
+        2,
+        2,
+    ]
+    assert "BN statistics re-estimated on 64 training images" in rows.loc["random-init-bn", "details"]
+
+
+def test_recalibrate_bn_is_only_for_random_init(tmp_path, checkpoint, capsys):
+    assert (
+        run(tmp_path, "knn", "--checkpoint", str(checkpoint), "--protocol", "knn_tiny", "--recalibrate-bn")
+        == 2
+    )
+    assert "--recalibrate-bn is for --random-init" in capsys.readouterr().err

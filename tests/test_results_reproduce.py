@@ -42,3 +42,35 @@ def test_evaluate_checkpoint_refuses_unknown_stages(capsys):
         "unknown protocol(s) segmentation; allowed values: linear, knn, semisup, detection"
         in capsys.readouterr().err
     )
+
+
+def test_seeds_are_first_class_and_the_table_is_rewritten_after_each(tmp_path, monkeypatch):
+    import results.reproduce as reproduce
+
+    commands = []
+    monkeypatch.setattr(reproduce, "run", lambda command: commands.append(command))
+    reproduce.reproduce("tiny", None, 8, tmp_path / "work", tmp_path / "runs", tmp_path, seeds=2)
+    pretrain = [c for c in commands if "pretrain" in c]
+    assert len(pretrain) == 2 * 6  # 2 seeds x 3 backbones x (baseline, ours)
+    assert {c[c.index("--config") + 1].rsplit("_", 1)[1] for c in pretrain} == {"baseline.yaml", "ours.yaml"}
+    assert sorted({arg for c in pretrain for arg in c if arg.startswith("seed=")}) == ["seed=0", "seed=1"]
+    assert all(f"data.subset={reproduce.TINY_IMAGES}" in c for c in pretrain)
+    floors = [c for c in commands if "--random-init" in c]
+    assert len(floors) == 2 * 3 * 2 and sum("--recalibrate-bn" in c for c in floors) == 6
+    tables = [i for i, c in enumerate(commands) if "table5" in c]
+    assert len(tables) == 2 and tables[0] < commands.index(
+        pretrain[6]
+    )  # the first table before seed 1 starts
+    budget = commands[tables[1]][commands[tables[1]].index("--budget") + 1]
+    assert (
+        budget.startswith(f"{reproduce.TINY_IMAGES:,} Fashion-MNIST images x 1 epoch")
+        and "seeds 0-1 of 2" in budget
+    )
+
+
+def test_zero_seeds_are_refused(capsys):
+    from results.reproduce import main
+
+    with pytest.raises(SystemExit):
+        main(["table5", "--seeds", "0"])
+    assert "--seeds 0: a table needs at least 1 seed" in capsys.readouterr().err

@@ -3,12 +3,15 @@ that says which is which. The golden file was written once from this code and ch
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from lowssl.records import Record, read_records, write_records
 from results.__main__ import main
 from results.paper_tables import read_paper_tables, read_printed_gains
+from results.stats import AggregationError
 from results.table5 import render_table5
 
 GOLDEN = Path(__file__).parent / "golden" / "table5_tiny.md"
@@ -27,9 +30,14 @@ def run(run_id, backbone, top1, top5=None, created="2026-01-02T00:00:00+00:00", 
 def records(runs_dir):
     for rows in [
         run("r18-random", "resnet18", 81.8, method="random-init", recipe="none", branch="none", pretrain_epochs=0),
-        run("r18-baseline", "resnet18", 83.02, 99.41, recipe="baseline"),
-        run("r18-ours-first", "resnet18", 80.0, 99.0, created="2026-01-01T00:00:00+00:00"),  # replaced by the rerun
-        run("r18-ours-rerun", "resnet18", 84.31, 99.52),
+        # ResNet18 over three seeds; seed 0 of ours ran twice, its rerun replaces the first record.
+        run("r18-baseline-s0", "resnet18", 83.02, 99.41, recipe="baseline", seed=0),
+        run("r18-baseline-s1", "resnet18", 82.50, 99.30, recipe="baseline", seed=1),
+        run("r18-baseline-s2", "resnet18", 83.40, 99.45, recipe="baseline", seed=2),
+        run("r18-ours-first", "resnet18", 80.0, 99.0, created="2026-01-01T00:00:00+00:00", seed=0),
+        run("r18-ours-rerun", "resnet18", 84.31, 99.52, seed=0),
+        run("r18-ours-s1", "resnet18", 83.90, 99.50, seed=1),
+        run("r18-ours-s2", "resnet18", 84.60, 99.61, seed=2),
         run("mnv2-baseline", "mobilenet_v2", 60.25, 95.1, recipe="baseline"),
         run("mnv2-ours", "mobilenet_v2", 63.5, 96.0),
         run("mnv2-ours-teacher", "mobilenet_v2", 64.0, 96.4, branch="teacher"),  # no teacher baseline: no gain
@@ -71,8 +79,14 @@ def test_this_run_rows_latest_record_wins_and_gains_are_vs_this_runs_baseline(re
         ["dino", "ours", "teacher"],
     ]  # fmt: skip
     ours = this_run[(this_run["recipe"] == "ours") & (this_run["branch"] == "student")].iloc[0]
-    assert ours["resnet18_top1"] == 84.31 and ours["resnet18_top1_gain"] == pytest.approx(1.29)
-    assert ours["mobilenet_v2_top5_gain"] == pytest.approx(0.9)
+    seeds_ours, seeds_baseline = [84.31, 83.90, 84.60], [83.02, 82.50, 83.40]
+    assert ours["resnet18_top1"] == pytest.approx(np.mean(seeds_ours)) and ours["resnet18_top1_n"] == 3
+    assert ours["resnet18_top1_ci"] == pytest.approx(stats.t.ppf(0.975, 2) * stats.sem(seeds_ours))
+    differences = np.subtract(seeds_ours, seeds_baseline)  # paired by seed
+    assert ours["resnet18_top1_gain"] == pytest.approx(round(differences.mean(), 2))
+    assert ours["resnet18_top1_gain_ci"] == pytest.approx(stats.t.ppf(0.975, 2) * stats.sem(differences))
+    assert ours["mobilenet_v2_top5_gain"] == pytest.approx(0.9) and ours["mobilenet_v2_top5_gain_n"] == 1
+    assert pd.isna(ours["mobilenet_v2_top5_gain_ci"])  # one seed: no interval
     assert pd.isna(ours["resnet34_top1_gain"])
     assert ours["gain_reference"] == "this run's baseline recipe"
 
@@ -90,3 +104,19 @@ def test_without_matching_records_the_table_says_so(tmp_path):
     markdown, frame = render_table5(read_paper_tables(), read_records(tmp_path), **SETTING)
     assert "No records of this run match dataset fashion-mnist and protocol fast." in markdown
     assert (frame["source"] == "paper").all()
+
+
+def test_one_cell_never_pools_budgets_and_a_gain_never_compares_two(runs_dir):
+    def budget(text):
+        return {"details": {"pretrain_budget": text}}
+
+    write_records(run("a", "resnet18", 80.0, seed=0, **budget("5000 images x 1 epoch")), runs_dir)
+    write_records(run("b", "resnet18", 81.0, seed=1, **budget("2500 images x 1 epoch")), runs_dir)
+    with pytest.raises(AggregationError, match="different pre-training budgets .*2500 images.*5000 images"):
+        render_table5(read_paper_tables(), read_records(runs_dir), **SETTING)
+    (runs_dir / "b.csv").unlink()
+    write_records(
+        run("c", "resnet18", 79.0, seed=0, recipe="baseline", **budget("2500 images x 1 epoch")), runs_dir
+    )
+    with pytest.raises(AggregationError, match="gain .* different pre-training budgets: ours 5000"):
+        render_table5(read_paper_tables(), read_records(runs_dir), **SETTING)
