@@ -9,7 +9,7 @@ import sys
 
 from lowssl.io import atomic_write_text
 from lowssl.records import read_records
-from results.leaderboard import load_leaderboard, select
+from results.leaderboard import load_leaderboard, select, summarise_leaderboard
 from results.paper_tables import read_paper_tables
 from results.table5 import render_table5
 
@@ -26,8 +26,15 @@ def leaderboard(args: argparse.Namespace) -> None:
     frame = select(
         load_leaderboard(args.runs_dir), backbone=args.backbone, metric=args.metric, dataset=args.dataset
     )
+    if not args.flat:
+        frame = summarise_leaderboard(frame)
     printable = frame.astype(object).where(frame.notna(), None)  # tabulate shows None (not pd.NA) as blank
-    print(printable.to_markdown(index=False, floatfmt=".2f"))
+    shown = printable if args.flat else printable.drop(columns="comparable_group")
+    print(shown.to_markdown(index=False, floatfmt=".2f"))
+    if not args.flat:
+        print("\nRows are comparable only within one group:")
+        for group, name in dict(zip(frame["group"], frame["comparable_group"], strict=True)).items():
+            print(f"  {group}: {name.replace('|', ', ')}")
     if args.out:
         atomic_write_text(args.out, frame.to_csv(index=False))
         print(f"wrote {len(frame)} rows to {args.out}", file=sys.stderr)
@@ -58,6 +65,11 @@ def main(argv: list[str] | None = None) -> None:
         "--dataset", nargs="+", help="keep only these datasets (e.g. imagenet-1k fashion-mnist)"
     )
     board.add_argument("--runs-dir", help="results records folder (default results/runs)")
+    board.add_argument(
+        "--flat",
+        action="store_true",
+        help="every paper number and record as it is, one per row (all columns)",
+    )
     board.add_argument(
         "--out", help="also write the (filtered) leaderboard as CSV, e.g. results/leaderboard.csv"
     )

@@ -28,11 +28,25 @@ import pandas as pd
 
 from lowssl.records import read_records
 from results.paper_tables import read_paper_tables
+from results.stats import summarise
 
 COLUMNS = [
     "dataset", "protocol", "branch", "backbone", "method", "recipe", "pretrain_epochs", "teacher",
-    "teacher_epochs", "metric", "value", "source", "origin", "comparable_group",
+    "teacher_epochs", "metric", "value", "seed", "source", "origin", "comparable_group",
 ]  # fmt: skip
+#: One row of the default view: what a comparison varies, then the number over seeds and where it holds.
+ENTRY = ["source", "method", "recipe", "teacher", "teacher_epochs", "pretrain_epochs", "branch"]
+SUMMARY_COLUMNS = [
+    "metric",
+    "backbone",
+    "group",
+    *ENTRY,
+    "value",
+    "n",
+    "protocol",
+    "dataset",
+    "comparable_group",
+]
 ARCHITECTURE_METRICS = ("params_M", "GFLOPs")
 
 
@@ -74,6 +88,40 @@ def build_leaderboard(paper: pd.DataFrame, records: pd.DataFrame) -> pd.DataFram
         ["comparable_group", "backbone", "value"], ascending=[True, True, False], kind="stable"
     )
     return frame[COLUMNS].reset_index(drop=True)
+
+
+def summarise_leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
+    """The default view, per metric and backbone: one row per method / recipe / teacher / epochs /
+    branch within a comparable group, the value as mean ± 95 % CI over seeds with n (results/stats.py;
+    the paper's numbers as printed), and ``group``: rows with the same group are comparable.
+    Architecture rows (params, GFLOPs) describe no training and are left out."""
+    frame = frame[~frame["metric"].isin(ARCHITECTURE_METRICS)]
+    # One number per seed: a record without a seed (a third-party checkpoint, a paper row) is its own.
+    seed = frame["seed"].astype("string").fillna(frame["origin"])
+    frame = frame.assign(seed_key=seed).drop_duplicates(
+        [*ENTRY, "metric", "backbone", "comparable_group", "seed_key"]
+    )
+    keys = ["metric", "backbone", "comparable_group", *ENTRY, "protocol", "dataset"]
+    rows = []
+    for key, group in frame.groupby(keys, dropna=False, sort=False):
+        row = dict(zip(keys, key, strict=True))
+        if row["source"] == "paper":
+            row["value"], row["n"] = f"{group['value'].iloc[0]:.1f}", ""
+        else:
+            summary = summarise(group["value"].tolist())
+            row["value"], row["n"] = summary.format().rsplit(" (", 1)[0], summary.n
+        row["mean"] = group["value"].mean()
+        rows.append(row)
+    summary_frame = pd.DataFrame(rows, columns=[*keys, "value", "n", "mean"])
+    summary_frame = summary_frame.sort_values(
+        ["metric", "backbone", "comparable_group", "mean"], ascending=[True, True, True, False], kind="stable"
+    )
+    groups = {
+        name: f"G{index + 1}" for index, name in enumerate(dict.fromkeys(summary_frame["comparable_group"]))
+    }
+    return summary_frame.assign(group=summary_frame["comparable_group"].map(groups))[
+        SUMMARY_COLUMNS
+    ].reset_index(drop=True)
 
 
 def load_leaderboard(runs_dir: str | Path | None = None) -> pd.DataFrame:

@@ -1,6 +1,8 @@
 """The leaderboard: paper rows + results records, comparable only within one dataset, protocol, metric
 (and teacher branch)."""
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -86,10 +88,25 @@ def test_cli_filters_prints_and_writes_csv(runs_dir, tmp_path, capsys):
     write_records([record("ours")], runs_dir)
     write_records([record("r34", backbone="resnet34")], runs_dir)
     out = tmp_path / "leaderboard.csv"
-    main(["leaderboard", "--runs-dir", str(runs_dir), "--backbone", "resnet18", "--metric", "linear_top1",
+    main(["leaderboard", "--flat", "--runs-dir", str(runs_dir), "--backbone", "resnet18", "--metric", "linear_top1",
           "--dataset", "fashion-mnist", "imagenet-1k", "--out", str(out)])  # fmt: skip
     written = pd.read_csv(out, keep_default_na=False)
     assert set(written["backbone"]) == {"resnet18"} and set(written["metric"]) == {"linear_top1"}
     assert written["origin"].tolist()[0] == "ours"  # fashion-mnist group sorts first
     assert (written["source"] == "paper").sum() == len(written) - 1
     assert "| fashion-mnist |" in capsys.readouterr().out
+
+
+def test_default_view_answers_how_x_compares_per_metric_and_backbone(runs_dir, capsys):
+    """ResNet18 linear top-1: our three seeds as one row with mean ± CI and n, the KD baselines as
+    the paper prints them, architecture rows left out, and a group legend saying what compares."""
+    for seed, value in enumerate([84.0, 85.0, 86.0]):
+        write_records([record(f"ours-s{seed}", seed=seed, value=value)], runs_dir)
+    write_records([record("r34", backbone="resnet34")], runs_dir)
+    main(["leaderboard", "--runs-dir", str(runs_dir), "--backbone", "resnet18", "--metric", "linear_top1",
+          "params_M"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert re.search(r"\| 85\.00 ± 2\.48 \|\s+3 \|", out)  # t(0.975, 2) * sd 1 / sqrt(3) = 2.48
+    assert re.search(r"\| bingo .*\| 65\.9 ", out)  # the paper's KD rows, as printed
+    assert "params_M" not in out
+    assert "G1: fashion-mnist, fast, linear_top1" in out and "imagenet-1k, bingo-linear, linear_top1" in out
