@@ -97,12 +97,24 @@ def reproduce(
 ) -> None:
     scale = scales(imagenet, gpus)[scale_name]
     seeds = scale.seeds if seeds is None else seeds
-    evaluate = [sys.executable, "-m", "evaluate", "linear", "--protocol", scale.protocol, *scale.eval_args,
-                "--output-dir", str(work_dir / "evaluate"), "--records-dir", str(runs_dir)]  # fmt: skip
+    evaluate = [
+        sys.executable,
+        "-m",
+        "evaluate",
+        "linear",
+        "--protocol",
+        scale.protocol,
+        *scale.eval_args,
+        "--output-dir",
+        str(work_dir / "evaluate"),
+        "--records-dir",
+        str(runs_dir),
+    ]
     hardware = (
-        f"{gpus} x {torch.cuda.get_device_name()}" if scale_name == "paper" and torch.cuda.is_available()
+        f"{gpus} x {torch.cuda.get_device_name()}"
+        if scale_name == "paper" and torch.cuda.is_available()
         else f"{os.cpu_count()} CPU cores"
-    )  # fmt: skip
+    )
     start = time.perf_counter()
     for seed in range(seeds):
         for experiment in scale.experiments:
@@ -111,17 +123,47 @@ def reproduce(
             if finished_run(checkpoint) is not None:
                 print(f"= {experiment} seed {seed}: finished run found in {run_dir}, reused", flush=True)
             else:
-                run([*scale.launcher, "pretrain", "--config", f"{scale.config_dir}/{experiment}.yaml",
-                     *scale.pretrain_overrides, f"seed={seed}", f"output_dir={run_dir}", f"records_dir={runs_dir}"])  # fmt: skip
+                run(
+                    [
+                        *scale.launcher,
+                        "pretrain",
+                        "--config",
+                        f"{scale.config_dir}/{experiment}.yaml",
+                        *scale.pretrain_overrides,
+                        f"seed={seed}",
+                        f"output_dir={run_dir}",
+                        f"records_dir={runs_dir}",
+                    ]
+                )
             run([*evaluate, "--checkpoint", str(checkpoint)])
         for arch in dict.fromkeys(arch_of(e) for e in scale.experiments):
             for floor in scale.floors:
                 run([*evaluate, *floor, "--arch", arch, "--seed", str(seed)])
         elapsed = time.perf_counter() - start
-        run([sys.executable, "-m", "results", "table5", "--scale", scale_name, "--dataset", scale.dataset,
-             "--protocol", scale.protocol, "--hardware", hardware, "--runs-dir", str(runs_dir),
-             "--budget", f"{scale.budget}; seeds 0-{seed} of {seeds} done after {elapsed / 60:.1f} min",
-             "--out-md", str(out / "table5.md"), "--out-csv", str(out / "table5.csv")])  # fmt: skip
+        run(
+            [
+                sys.executable,
+                "-m",
+                "results",
+                "table5",
+                "--scale",
+                scale_name,
+                "--dataset",
+                scale.dataset,
+                "--protocol",
+                scale.protocol,
+                "--hardware",
+                hardware,
+                "--runs-dir",
+                str(runs_dir),
+                "--budget",
+                f"{scale.budget}; seeds 0-{seed} of {seeds} done after {elapsed / 60:.1f} min",
+                "--out-md",
+                str(out / "table5.md"),
+                "--out-csv",
+                str(out / "table5.csv"),
+            ]
+        )
         print(f"= seed {seed} done: {seed + 1} of {seeds} seeds in {elapsed / 60:.1f} min", flush=True)
 
 
@@ -155,8 +197,15 @@ def main(argv=None) -> int:
     from lowssl.records import DEFAULT_RUNS_DIR
 
     try:
-        reproduce(scale, args.imagenet, args.gpus, args.work_dir or Path(f"runs/table5-{scale}"),
-                  args.runs_dir or DEFAULT_RUNS_DIR, args.out, args.seeds)  # fmt: skip
+        reproduce(
+            scale,
+            args.imagenet,
+            args.gpus,
+            args.work_dir or Path(f"runs/table5-{scale}"),
+            args.runs_dir or DEFAULT_RUNS_DIR,
+            args.out,
+            args.seeds,
+        )
     except subprocess.CalledProcessError as error:
         return report_failure(error)
     return 0

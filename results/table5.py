@@ -31,10 +31,18 @@ METRICS = {"linear_top1": "top-1", "linear_top5": "top-5"}
 RUN_METHODS = ("random-init", "random-init-bn", "dino")  # in the order their rows are shown
 RECIPE_ORDER = {"baseline": 0, "ours": 1}  # any other recipe (random-init's) first
 METHOD_LABELS = {
-    "supervised": "Supervised", "shi2022": "Shi et al. (2022)", "ressl": "ReSSL", "compress": "CompRess",
-    "simreg": "SimReg", "seed": "SEED", "disco": "DisCo", "bingo": "BINGO", "dino": "DINO",
-    "random-init": "Random init", "random-init-bn": "Random init, BN statistics re-estimated",
-}  # fmt: skip
+    "supervised": "Supervised",
+    "shi2022": "Shi et al. (2022)",
+    "ressl": "ReSSL",
+    "compress": "CompRess",
+    "simreg": "SimReg",
+    "seed": "SEED",
+    "disco": "DisCo",
+    "bingo": "BINGO",
+    "dino": "DINO",
+    "random-init": "Random init",
+    "random-init-bn": "Random init, BN statistics re-estimated",
+}
 TEACHER_LABELS = {
     "moco_v2_resnet50": "MoCo-v2 R50",
     "moco_v2_resnet152": "MoCo-v2 R152",
@@ -70,9 +78,12 @@ def run_long(records: pd.DataFrame, dataset: str, protocol: str) -> pd.DataFrame
     """This run's numbers, one per cell (mean over seeds, ``ci`` half-width, ``n``), with the paired
     ``gain`` (and its ``gain_ci``, ``gain_n``) on ``ours`` cells that have a baseline."""
     rows = records[
-        (records["dataset"] == dataset) & (records["protocol"] == protocol) & records["method"].isin(RUN_METHODS)
-        & records["backbone"].isin(list(BACKBONES)) & records["metric"].isin(list(METRICS))
-    ]  # fmt: skip
+        (records["dataset"] == dataset)
+        & (records["protocol"] == protocol)
+        & records["method"].isin(RUN_METHODS)
+        & records["backbone"].isin(list(BACKBONES))
+        & records["metric"].isin(list(METRICS))
+    ]
     rows = rows.assign(
         budget=rows["details"].map(_budget), seed=rows["seed"].fillna(UNKNOWN_SEED).astype(int)
     )
@@ -96,9 +107,13 @@ def run_long(records: pd.DataFrame, dataset: str, protocol: str) -> pd.DataFrame
             row.update(_gain(key, values, budget, *reference))
         long.append(row)
     frame = pd.DataFrame(long, columns=[*CELL, "value", "ci", "n", "gain", "gain_ci", "gain_n"])
-    frame = frame.assign(source="this run", teacher="", teacher_epochs=pd.NA,
-                         method_order=frame["method"].map(RUN_METHODS.index),
-                         recipe_order=frame["recipe"].map(RECIPE_ORDER).fillna(-1))  # fmt: skip
+    frame = frame.assign(
+        source="this run",
+        teacher="",
+        teacher_epochs=pd.NA,
+        method_order=frame["method"].map(RUN_METHODS.index),
+        recipe_order=frame["recipe"].map(RECIPE_ORDER).fillna(-1),
+    )
     return frame.sort_values(["method_order", "recipe_order", "pretrain_epochs", "branch"], kind="stable")
 
 
@@ -184,13 +199,17 @@ def markdown_table(frame: pd.DataFrame, dataset: str, scale: str) -> str:
     # The paper prints one decimal; records keep two (0.01% is one image in 10,000), and rounding them
     # would show gains that do not match the shown values.
     decimals = frame["source"].map({"paper": 1, "this run": 2})
-    shown = pd.DataFrame({
-        "Source": frame["source"].map(sources),
-        "Method": frame.apply(lambda row: method_label(row["method"], row["recipe"], row["branch"]), axis=1),
-        "Teacher": frame["teacher"].map(lambda t: TEACHER_LABELS.get(t, t) or "-"),
-        "Teacher epochs": frame["teacher_epochs"].map(lambda e: "-" if pd.isna(e) else str(e)),
-        "Pre-train epochs": frame["pretrain_epochs"].map(lambda e: "-" if pd.isna(e) else str(e)),
-    })  # fmt: skip
+    shown = pd.DataFrame(
+        {
+            "Source": frame["source"].map(sources),
+            "Method": frame.apply(
+                lambda row: method_label(row["method"], row["recipe"], row["branch"]), axis=1
+            ),
+            "Teacher": frame["teacher"].map(lambda t: TEACHER_LABELS.get(t, t) or "-"),
+            "Teacher epochs": frame["teacher_epochs"].map(lambda e: "-" if pd.isna(e) else str(e)),
+            "Pre-train epochs": frame["pretrain_epochs"].map(lambda e: "-" if pd.isna(e) else str(e)),
+        }
+    )
     for column in VALUE_COLUMNS:
         backbone, metric = column.rsplit("_", 1)
         heading = f"{BACKBONES[backbone]} {METRICS['linear_' + metric]}"

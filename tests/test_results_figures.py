@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from scipy import stats
 
 from lowssl.config import load
 from pretrain.config import PretrainConfig
@@ -27,11 +28,37 @@ def test_every_sweep_point_is_a_valid_config(scale):
 def test_plots_and_csvs_are_written(tmp_path):
     frame = pd.DataFrame([
         {"figure": "fig3_alpha", "series": "S = 0.14", "x": a, "swept_value": a, "knn_top1_heldout": 50 + a,
-         "run_dir": "r"} for a in (0.143, 0.3, 0.5)
+         "ci95": 1.0, "n": 2} for a in (0.143, 0.3, 0.5)
     ] + [{"figure": "fig2_pixel_scale", "series": "S = 0.3", "x": r, "swept_value": 18, "knn_top1_heldout": 40,
-          "run_dir": "r"} for r in (0.8, 1.2)])  # fmt: skip
+          "ci95": None, "n": 1} for r in (0.8, 1.2)])  # fmt: skip
     written = plot(frame, tmp_path, "tiny")
     assert sorted(p.name for p in written) == ["fig2_pixel_scale.csv", "fig2_pixel_scale.png",
                                                "fig3_alpha.csv", "fig3_alpha.png"]  # fmt: skip
     assert pd.read_csv(tmp_path / "fig3_alpha.csv")["knn_top1_heldout"].tolist() == [50.143, 50.3, 50.5]
     assert (tmp_path / "fig3_alpha.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_each_point_is_the_mean_over_seeds_with_its_interval(tmp_path, monkeypatch):
+    import results.figures as figures
+
+    commands, values = [], {}
+
+    def fake_run(command):
+        commands.append(command)
+        run_dir = next(arg.split("=", 1)[1] for arg in command if arg.startswith("output_dir="))
+        seed = int(next(arg.split("=", 1)[1] for arg in command if arg.startswith("seed=")))
+        values[run_dir] = 60.0 + seed + (0.5 if "alpha=0.5" in " ".join(command) else 0.0)
+
+    monkeypatch.setattr(figures, "run", fake_run)
+    monkeypatch.setattr(figures, "finished_accuracy", lambda checkpoint: values.get(str(checkpoint.parent)))
+    frame = figures.sweep("tiny", None, 8, tmp_path, ["fig3_alpha"], seeds=3)
+    assert len(commands) == 5 * 3 and all("monitor.held_out_per_class=250" in c for c in commands)
+    first_seed = [c for c in commands[:5]]
+    assert all("seed=0" in c for c in first_seed)  # every point's seed 0 before any seed 1
+    row = frame.set_index("x").loc[0.5]
+    assert row["knn_top1_heldout"] == pytest.approx(61.5) and row["n"] == 3
+    assert row["ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * 1.0 / 3**0.5)
+    assert (
+        row["run_standard_error"] == pytest.approx(100 * (0.615 * 0.385 / 2500) ** 0.5)
+        and row["run_standard_error"] < 1
+    )
