@@ -34,7 +34,7 @@ from evaluate.linear import DivergedError, augmented_batches, feature_batches, t
 from lowssl import distributed
 from lowssl.backbones import available, build_backbone, get_spec
 from lowssl.config import ConfigError, config_hash, to_dict
-from lowssl.data import DATASETS, DatasetError, build_dataset, held_out_split
+from lowssl.data import DATASETS, DatasetError, build_dataset, default_workers, held_out_split
 from lowssl.io import CheckpointError, atomic_torch_save, atomic_write_text, git_commit, load_checkpoint
 from lowssl.records import DEFAULT_RUNS_DIR, Record, append_records, pretrain_budget, read_records
 
@@ -93,7 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--records-dir", type=Path, default=DEFAULT_RUNS_DIR)
         sub.add_argument("--cache-dir", type=Path, help="feature cache (default: OUTPUT_DIR/feature-cache)")
         sub.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-        sub.add_argument("--workers", type=int, default=4, help="data-loading processes per process")
+        sub.add_argument(
+            "--workers",
+            type=int,
+            default=default_workers(),
+            help="data-loading processes per process (default: 4, at most the CPUs available)",
+        )
         if name == "linear":
             sub.add_argument(
                 "--protocol", required=True, help=f"one of: {', '.join(protocols.available('linear'))}"

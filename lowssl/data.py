@@ -228,6 +228,17 @@ def held_out_split(targets, per_class: int = 50, seed: int = 0) -> tuple[np.ndar
 DATASETS = ("fashion-mnist", "imagefolder", "synthetic")
 
 
+def default_workers(wanted: int = 4) -> int:
+    """Data-loading processes per process: ``wanted``, at most the CPUs this process may use
+    (more only makes PyTorch's DataLoader warn and the processes contend)."""
+    return max(
+        0,
+        min(
+            wanted, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        ),
+    )
+
+
 def build_dataset(
     name: str,
     split: str,

@@ -19,7 +19,7 @@ import sys
 from evaluate.adapters import AdapterError
 from lowssl import distributed
 from lowssl.config import ConfigError
-from lowssl.data import DATASETS, DatasetError, build_dataset
+from lowssl.data import DATASETS, DatasetError, build_dataset, default_workers
 from lowssl.io import CheckpointError
 from semisup.model import HeadError
 from semisup.protocols import available
@@ -90,7 +90,12 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--resume", default="auto", help="auto (from <output-dir>/last.pth), never, or a path")
     tune.add_argument("--max-steps", type=int, help="smoke runs: stop after N steps")
     tune.add_argument("--max-eval-images", type=int, help="smoke runs: evaluate on the first N images")
-    tune.add_argument("--workers", type=int, default=4, help="data-loading processes per process")
+    tune.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="data-loading processes per process (default: 4, at most the CPUs available)",
+    )
     tune.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     return main
 

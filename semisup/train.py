@@ -18,7 +18,7 @@ import math
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,7 +33,7 @@ from evaluate.adapters import SAFE_GLOBALS, Adapted, build_pretrained_backbone
 from lowssl import distributed
 from lowssl.backbones import build_backbone
 from lowssl.config import ConfigError, config_hash, derived_name, to_dict
-from lowssl.data import IndexedImages, build_dataset
+from lowssl.data import IndexedImages, build_dataset, default_workers
 from lowssl.distributed import Context
 from lowssl.io import atomic_torch_save, git_commit, load_checkpoint
 from lowssl.records import Record, append_records
@@ -80,7 +80,7 @@ class FinetuneArgs:
     resume: str = "auto"  # "auto", "never" or a path
     max_steps: int | None = None  # smoke runs: stop after this many optimiser steps in total
     max_eval_images: int | None = None  # smoke runs: evaluate on the first N evaluation images only
-    workers: int = 4
+    workers: int = field(default_factory=default_workers)
     device: str = "auto"
 
     def __post_init__(self) -> None:
