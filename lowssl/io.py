@@ -44,6 +44,16 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     return path
 
 
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temp files :func:`atomic_write` leaves in ``folder`` when its process is killed
+    mid-write (``.<name>.<random>.tmp``; the file they were for is whole). Call it only where no other
+    process is writing into ``folder``: a run's own folder when the run (re)starts."""
+    stale = sorted(Path(folder).glob(".*.tmp")) if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda file: file.write(text.encode()))
 

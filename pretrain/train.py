@@ -23,7 +23,7 @@ from lowssl import distributed
 from lowssl.backbones import get_spec
 from lowssl.config import ConfigError, config_hash, load, to_dict
 from lowssl.data import DatasetError, IndexedImages, build_dataset, eval_transform, held_out_split
-from lowssl.io import git_commit
+from lowssl.io import git_commit, remove_stale_temp_files
 from lowssl.knn import knn_top1
 from lowssl.records import Record, append_records, pretrain_budget
 from lowssl.rng import rng_state, set_rng_state
@@ -129,6 +129,9 @@ def train(cfg: PretrainConfig) -> dict:
     # ---- resume -------------------------------------------------------------------------------------
     start_epoch, start_batch, global_step = 0, 0, 0
     resume_path = _resume_path(cfg, run_dir)
+    if ctx.is_main:  # a kill mid-save leaves a partial temp file beside the whole checkpoint
+        for stale in remove_stale_temp_files(run_dir):
+            _say(ctx, f"removed {stale.name}, left by a run killed while saving")
     if resume_path is not None:
         state = ckpt.load(resume_path)
         differences = ckpt.model_differences(state["config"], plain_config)
