@@ -31,7 +31,7 @@ from benchmarks.report import show, summary, write
 from lowssl.config import from_dict
 from pretrain.views import MultiCropViews, ViewsConfig
 
-RECIPES = {  # facts.md section 1
+RECIPES = {  # docs/recipes.md, "Baseline and ours"
     "baseline": {"global_scale": [0.14, 1.0], "local_scale": [0.05, 0.14], "local_size": 96},
     "ours": {"global_scale": [0.3, 1.0], "local_scale": [0.05, 0.3], "local_size": 128},
 }
@@ -69,7 +69,8 @@ class _PILSolarize:  # DINO's utils.Solarization
         return ImageOps.solarize(image) if random.random() < self.p else image
 
 
-# facts.md section 1: colour jitter strengths, blur p (global 1, global 2, local), solarize p on global 2.
+# docs/recipes.md, "Per-view augmentation": colour jitter strengths, blur p (global 1, global 2, local),
+# solarize p on global 2.
 REFERENCE_AUGMENTATION = {
     "dino": {"jitter": (0.4, 0.4, 0.2, 0.1), "blur_p": (1.0, 0.1, 0.5), "solarize_p": 0.2},
     "swav": {"jitter": (0.8, 0.8, 0.8, 0.2), "blur_p": (0.5, 0.5, 0.5), "solarize_p": 0.0},

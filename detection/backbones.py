@@ -2,9 +2,10 @@
 
 The bottom-up network is torchvision's ``mobilenet_v2().features`` itself, kept as one module, so its
 parameters are named ``features.N...`` exactly as in torchvision and in every MobileNetV2 checkpoint
-(facts.md section 4): converting a checkpoint is a prefix change that Detectron2's name matching does.
-Stages are cut after the last block of each stride (facts.md section 3) and are named by their
-stride; the FPN names its outputs ``p<log2 stride>`` from those strides.
+(docs/checkpoints.md, "Name mapping"): converting a checkpoint is a prefix change that Detectron2's
+name matching does. Stages are cut after the last block of each stride (docs/detection.md,
+"MobileNetV2 backbone and FPN") and are named by their stride; the FPN names its outputs
+``p<log2 stride>`` from those strides.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from torch import nn
 
 # Stage name -> (index in ``features`` of its last block, stride, channels). A new stage starts at each
 # stride-2 block: features[2] (stride 4), [4] (8), [7] (16), [14] (32); features[11..13] widen 64 -> 96
-# at stride 16 and features[18] is the final 1x1 conv to 1280 channels (facts.md section 3).
+# at stride 16 and features[18] is the final 1x1 conv to 1280 channels (docs/detection.md,
+# "MobileNetV2 backbone and FPN").
 MOBILENET_V2_STAGES: dict[str, tuple[int, int, int]] = {
     "stride2": (1, 2, 16),
     "stride4": (3, 4, 24),
@@ -79,8 +81,9 @@ def build_mobilenet_v2_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
 def build_mobilenet_v2_fpn_backbone(cfg, input_shape: ShapeSpec) -> nn.Module:
     """FPN on the stages in MODEL.FPN.IN_FEATURES plus a max-pooled level on top.
 
-    The authors' design (the configs' default, facts.md section 3) is ["stride16", "stride32"] ->
-    P4, P5 and a max-pooled P6; ["stride4", "stride8", "stride16", "stride32"] gives the usual P2-P6.
+    The authors' design (the configs' default; docs/detection.md, "MobileNetV2 backbone and FPN") is
+    ["stride16", "stride32"] -> P4, P5 and a max-pooled P6; ["stride4", "stride8", "stride16",
+    "stride32"] gives the usual P2-P6.
     """
     return FPN(
         bottom_up=build_mobilenet_v2_backbone(cfg, input_shape),

@@ -36,8 +36,8 @@ def add_lowssl_config(cfg: CfgNode) -> None:
 def load_config(path: str | Path, opts: list[str] | tuple[str, ...] = ()) -> CfgNode:
     """The config at ``path`` (its ``_BASE_`` chain merged) with ``KEY VALUE`` overrides applied.
 
-    On the CPU every SyncBN becomes BN: there is nothing to synchronise with (facts.md section 3,
-    "BN on one device").
+    On the CPU every SyncBN becomes BN: there is nothing to synchronise with (docs/detection.md,
+    "Base config").
     """
     path = Path(path)
     if not path.is_file():

@@ -1,8 +1,8 @@
 """``python -m detection convert``: any checkpoint evaluate/ can read -> Detectron2's weight pickle.
 
 The pickle is what Detectron2 loads with name-matching heuristics: ``{"model": {name: numpy array},
-"__author__": "lowssl", "matching_heuristics": True}`` (facts.md section 3, MoCo's
-convert-pretrain-to-detectron2 convention), plus ``"lowssl"``: where the weights came from.
+"__author__": "lowssl", "matching_heuristics": True}`` (MoCo's convert-pretrain-to-detectron2
+convention; docs/detection.md, "Converting checkpoints"), plus ``"lowssl"``: where the weights came from.
 Names are backbone names without a model prefix; Detectron2 matches each to the model key it is a
 suffix of (``res2.0.conv1.weight`` -> ``backbone.bottom_up.res2.0.conv1.weight``).
 

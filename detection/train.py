@@ -1,9 +1,10 @@
 """``python -m detection train``: Mask R-CNN FPN through Detectron2's DefaultTrainer and ``launch``.
 
 One process per GPU (``--num-gpus``) on each of ``--num-machines`` machines, as Detectron2's own
-tools/train_net.py. Training ends with COCO evaluation on DATASETS.TEST (pycocotools' COCOeval, the
-Python one where the compiled ops are absent) and the main process appends the box and mask AP,
-AP50, AP75 to the results records as metrics ``coco_<schedule>_APbb`` ... ``coco_<schedule>_APmk75``.
+``facebookresearch/detectron2@v0.6:tools/train_net.py``. Training ends with COCO evaluation on
+DATASETS.TEST (pycocotools' COCOeval, the Python one where the compiled ops are absent) and the main
+process appends the box and mask AP, AP50, AP75 to the results records as metrics
+``coco_<schedule>_APbb`` ... ``coco_<schedule>_APmk75``.
 """
 
 from __future__ import annotations

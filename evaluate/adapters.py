@@ -1,13 +1,14 @@
 """Checkpoint adapters: a pre-training checkpoint of any supported layout in, a backbone state dict
-under torchvision / timm names out (layouts: facts.md section 4).
+under torchvision / timm names out (layouts: docs/checkpoints.md).
 
 Each layout is a small declarative :class:`CheckpointFormat`: which top-level key holds the state
 dict, the key prefix of the backbone in each branch (student / teacher, query encoder ...), and the
 key prefixes it knows are not backbone (heads, queues, other encoders). Keys are mapped by NAME, never
 by position: the authors' own loaders zip file keys with model keys in order, which silently loads
-the wrong tensors when the order differs (facts.md section 4). Every key of the file is accounted for:
-loaded, unexpected (a backbone key the model does not have, or has with another shape), or dropped
-(with the rule that dropped it); every backbone key the model has and the file lacks is missing.
+the wrong tensors when the order differs (docs/checkpoints.md, "Reading a checkpoint"). Every key of
+the file is accounted for: loaded, unexpected (a backbone key the model does not have, or has with
+another shape), or dropped (with the rule that dropped it); every backbone key the model has and the
+file lacks is missing.
 
 Detection (when no format is forced): every format reads the file. A format *fits* when the keys
 under its backbone prefix are mostly names (and shapes) of a registered backbone. Among the fitting
@@ -45,7 +46,8 @@ class AdapterError(ValueError):
     """The layout, branch or architecture of a checkpoint could not be determined, or keys are missing."""
 
 
-# The non-tensor classes that known formats pickle (facts.md section 4), allowed under weights_only:
+# The non-tensor classes that known formats pickle (docs/checkpoints.md, "Safe loading"), allowed
+# under weights_only:
 # - argparse.Namespace: SimReg / CompRess ``opt`` and DINO ``args``; torch rebuilds it with
 #   ``Namespace.__new__`` and fills ``__dict__``, so no code of the file runs.
 # - yacs CfgNode: SSLight ``config``. Allow-listing the class itself is not enough: CfgNode subclasses
@@ -101,7 +103,8 @@ def get_format(name: str) -> CheckpointFormat:
     return _FORMATS[name]
 
 
-# SSLight's ResNet encoder is nn.Sequential(*torchvision_resnet.children()[:-2]) (facts.md section 4):
+# SSLight's ResNet encoder is nn.Sequential(*torchvision_resnet.children()[:-2]) (docs/checkpoints.md,
+# "Name mapping"):
 # children conv1, bn1, relu, maxpool, layer1..layer4, so only these indices hold parameters.
 SSLIGHT_RESNET_CHILDREN = {
     "0": "conv1",
@@ -134,7 +137,8 @@ def _sslight_to_torchvision(keys: list[str]) -> dict[str, str]:
 
 _CNN_AND_VIT = ("cnn", "vit")
 
-# One entry per row of facts.md section 4, plus lowssl's own format and plain torchvision / timm files.
+# One entry per third-party layout of docs/checkpoints.md, plus lowssl's own format and plain
+# torchvision / timm files.
 # Registration order is tie order: specific layouts first, then the MoCo family led by plain MoCo,
 # then flat files led by torchvision / timm (DINO's backbone-only files are the same layout).
 register_format(
@@ -152,7 +156,8 @@ register_format(
         default_branch="student",
         families=_CNN_AND_VIT,
         arch_field=("backbone",),
-        remark="default branch student: the paper evaluates the student downstream (facts.md section 1)",
+        remark="default branch student: the paper evaluates the student downstream "
+        "(docs/recipes.md, 'Paper vs SSLight')",
     )
 )
 register_format(
@@ -275,7 +280,7 @@ register_format(
 register_format(
     CheckpointFormat(
         name="bingo",
-        source="BINGO distillation (no released files; layout per facts.md section 4)",
+        source="BINGO distillation (no released files; layout: docs/checkpoints.md, 'BINGO')",
         branches={
             "query": Branch("state_dict", ("module.encoder_q.",)),
             "teacher": Branch("state_dict", ("module.encoder_k.",)),
@@ -505,7 +510,7 @@ def detect_format(checkpoint: Mapping) -> tuple[CheckpointFormat, list[str], lis
         notes.append(
             f"the keys fit {', '.join(others)} as well as {chosen.name}: they read the same tensors "
             f"under the same names, so the first registered, {chosen.name}, is reported "
-            "(shared layouts: facts.md section 4)"
+            "(shared layouts: docs/checkpoints.md, 'Reading a checkpoint')"
         )
     return chosen, [chosen.name, *others], notes
 

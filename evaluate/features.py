@@ -1,8 +1,9 @@
 """Frozen-backbone features: what the probe reads, extracted sharded over processes, cached on disk.
 
-Features are what the backbone returns in eval mode (BN statistics fixed, facts.md section 2): the
-pooled feature of a CNN, and for a ViT the CLS token after the final norm, or the CLS tokens of
-the last N blocks concatenated where a protocol asks for them (the authors' ViT probe, N = 4).
+Features are what the backbone returns in eval mode (BN statistics fixed; docs/protocols.md,
+"Linear probe: SSLight"): the pooled feature of a CNN, and for a ViT the CLS token after the final
+norm, or the CLS tokens of the last N blocks concatenated where a protocol asks for them (the
+authors' ViT probe, N = 4).
 
 Under torchrun each process extracts every world_size-th image (DistributedSampler without
 shuffling); the parts are gathered in chunks (bounded device memory), put back in dataset order, and
@@ -37,7 +38,7 @@ GATHER_ROWS = 8192  # rows per all_gather: keeps device memory bounded for Image
 
 
 def centre_crop_transform(crop: CentreCrop):
-    """Resize(image_size * 256/224) + CenterCrop(image_size) + normalise (facts.md section 2)."""
+    """Resize(image_size * 256/224) + CenterCrop(image_size) + normalise (docs/protocols.md)."""
     from torchvision.transforms import v2
 
     return v2.Compose([

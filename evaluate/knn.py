@@ -1,9 +1,10 @@
 """k-NN classification of evaluation features against a bank of training features.
 
-DINO's weighted k-NN (facts.md section 2; the same rule as ``lowssl.knn``): cosine similarity to
-every training feature, the k most similar vote for their class with weight exp(similarity / T);
-k 20, T 0.07. 1-NN, the figure SimReg and CompRess report (facts.md section 2), is the label of the
-single most similar training feature and comes out of the same search.
+DINO's weighted k-NN (docs/protocols.md, "k-NN"; the same rule as ``lowssl.knn``): cosine similarity
+to every training feature, the k most similar vote for their class with weight exp(similarity / T);
+k 20, T 0.07. 1-NN, the figure SimReg and CompRess report (docs/protocols.md, "Linear probe: SimReg
+and CompRess"), is the label of the single most similar training feature and comes out of the same
+search.
 
 Unlike ``lowssl.knn`` (one similarity matrix per query chunk against the whole bank, normalised
 as a whole), the bank is walked in chunks, each normalised and moved to the device on its own: an

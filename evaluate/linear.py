@@ -1,7 +1,8 @@
 """The linear probe: a linear classifier on a frozen backbone, trained under a named protocol.
 
-The backbone never trains and stays in eval mode (facts.md section 2); only the classifier does,
-with DDP under torchrun (each process feeds its share of every batch; gradients are averaged).
+The backbone never trains and stays in eval mode (docs/protocols.md, "Linear probe: SSLight"); only
+the classifier does, with DDP under torchrun (each process feeds its share of every batch; gradients
+are averaged).
 
 Training input, per protocol:
 - ``augmented``: every epoch, random crops (RandomResizedCrop + flip) go through the frozen backbone;
@@ -48,7 +49,7 @@ STANDARDISE_EPS = 1e-5  # added to the variance, as SimReg / CompRess's FullBatc
 
 
 def train_transform(protocol: LinearProtocol):
-    """RandomResizedCrop(image_size) + horizontal flip + normalise (facts.md section 2)."""
+    """RandomResizedCrop(image_size) + horizontal flip + normalise (docs/protocols.md)."""
     from torchvision.transforms import v2
 
     crop = protocol.crop

@@ -1,9 +1,9 @@
 """Named evaluation protocols: one YAML per protocol under ``evaluate/configs/``, strict and typed.
 
-Numbers of a linear probe are comparable only under the same protocol (facts.md section 2), so every
-value that changes them lives in the protocol's YAML, with where it comes from, and every record
-carries the protocol's name and the hash of its resolved config. ``kind`` tells linear protocols
-(:class:`LinearProtocol`) from k-NN ones (:class:`KnnProtocol`).
+Numbers of a linear probe are comparable only under the same protocol (docs/protocols.md, "Named
+protocols"), so every value that changes them lives in the protocol's YAML, with where it comes from,
+and every record carries the protocol's name and the hash of its resolved config. ``kind`` tells
+linear protocols (:class:`LinearProtocol`) from k-NN ones (:class:`KnnProtocol`).
 
 A protocol may say ``_base_: other.yaml`` and change a few values (the reduced-epoch Fashion-MNIST
 presets do); ``key=value`` overrides on the command line apply last, and a protocol whose values they
@@ -88,7 +88,8 @@ class LinearProtocol:
     train_crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop (+ flip) for "augmented"
     train_interpolation: Interpolation = "bicubic"
     # "l2_standardise": L2-normalise, then standardise with mean / variance of the (L2-normalised)
-    # centre-crop features of the training set, as SimReg / CompRess do (facts.md section 2).
+    # centre-crop features of the training set, as SimReg / CompRess do (docs/protocols.md,
+    # "Linear probe: SimReg and CompRess").
     feature_normalisation: Literal["none", "l2_standardise"] = "none"
     init_std: float | None = 0.01  # weights N(0, init_std), bias 0; null: torch's default init
     lr_batch_scaling: bool = True  # lr = base_lr * batch_size / 256

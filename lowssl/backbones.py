@@ -23,7 +23,7 @@ from torch import nn
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
-    family: str  # "cnn" or "vit": selects LARS vs AdamW and the recipe variant (facts.md section 1)
+    family: str  # "cnn" or "vit": selects LARS vs AdamW and the recipe variant (docs/recipes.md, "Backbones")
     feature_dim: int
     build: Callable[..., nn.Module]  # drop_path_rate=0.0 -> a new model
     # Paper Table 3 (params in millions, GFLOPs at 224 px, one multiply-add = one FLOP).

@@ -300,7 +300,7 @@ class IndexedImages(Dataset):
 
 
 def eval_transform(size: int, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> Callable:
-    """The evaluation transform of the protocols (facts.md section 2): Resize(size * 256 / 224),
+    """The evaluation transform of the protocols (docs/protocols.md): Resize(size * 256 / 224),
     CenterCrop(size), normalise; at 224 px that is the usual Resize 256 + CenterCrop 224."""
     from torchvision.transforms import v2
 

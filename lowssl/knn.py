@@ -1,8 +1,9 @@
 """Weighted k-nearest-neighbour classification on L2-normalised features.
 
 The protocol of DINO (Caron et al. 2021) that the authors also use as their online monitor
-(facts.md sections 1 and 2): cosine similarity to every training feature, the k most similar vote
-for their class with weight exp(similarity / T); k = 20, T = 0.07.
+(docs/protocols.md, "k-NN"; docs/recipes.md, "Monitoring during training"): cosine similarity to
+every training feature, the k most similar vote for their class with weight exp(similarity / T);
+k = 20, T = 0.07.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A checkpoint is a dict of tensors and plain data (loads with ``torch.load(weight
 
 - ``student_backbone`` / ``teacher_backbone``: backbone state dicts under torchvision/timm names
   (``teacher_backbone`` is None for SwAV, which has no teacher); the backbone the paper evaluates
-  downstream is the student (facts.md section 1);
+  downstream is the student (docs/checkpoints.md, "lowssl");
 - ``method_state``: the whole method (heads, teacher, DINO centre, SwAV / MoCo queues);
 - ``method_config``: the method's config as it trains (``method.cfg``: family defaults filled in,
   SwAV's queue length shortened to whole global batches), with ``name``;

@@ -38,14 +38,16 @@ class DataConfig:
 
 @dataclass
 class MonitorConfig:
-    # The authors' online monitor (facts.md section 1): weighted 20-NN, T 0.07, on a held-out split
-    # of 50 images per class from the training set (paper Sec. 3.2, "Setting").
+    # The authors' online monitor (docs/recipes.md, "Monitoring during training"): weighted 20-NN,
+    # T 0.07, on a held-out split of 50 images per class from the training set (paper Sec. 3.2,
+    # "Setting").
     knn_every_epochs: int = 1  # 0 = off
     knn_k: int = 20
     knn_temperature: float = 0.07
     held_out_per_class: int = 50
     knn_bank_size: int | None = 10_000  # training images in the kNN bank; null = all
-    # Online linear probe on detached student features of global 1 (facts.md section 1).
+    # Online linear probe on detached student features of global 1 (docs/recipes.md, "Monitoring
+    # during training").
     online_linear: bool = True
 
     def __post_init__(self) -> None:
@@ -62,7 +64,8 @@ class CheckpointConfig:
 @dataclass
 class PretrainConfig:
     backbone: str
-    # "baseline" and "ours" are the paper's two recipes (facts.md section 1); "custom" anything else.
+    # "baseline" and "ours" are the paper's two recipes (docs/recipes.md, "Baseline and ours");
+    # "custom" anything else.
     recipe: Literal["baseline", "ours", "custom"]
     epochs: int
     batch_size: int  # global batch over all processes (paper: 1024 = 8 GPUs x 128, Sec. 4.1)
@@ -82,7 +85,7 @@ class PretrainConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["none", "bf16", "fp16"] = "none"
-    sync_bn: bool = True  # SyncBN on the whole model, as the paper's setup (facts.md section 1)
+    sync_bn: bool = True  # SyncBN on the whole model, as the paper's setup (docs/recipes.md, "Optimisation")
     channels_last: bool = False
     # Colour augmentation on the device (pretrain/gpu_views.py): the loader only decodes, crops and
     # resizes; for hosts whose CPUs cannot feed the GPUs.

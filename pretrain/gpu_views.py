@@ -3,10 +3,11 @@
 The loader does only what needs the full image: decode, crop and resize (:class:`CropViews`, the same
 crop sampling and resize as :class:`pretrain.views.MultiCropViews`), giving uint8 views at their final
 size. The device then applies everything else to whole batches (:class:`GpuViewAugment`) with
-per-sample random parameters and the probabilities of facts.md section 1: horizontal flip, colour jitter
-(p 0.8; brightness, contrast, saturation and hue factors per sample, the four operations in a random
-order per sample, as torchvision's ColorJitter), greyscale, Gaussian blur with a per-sample sigma
-(one depthwise convolution per direction) and solarize, then normalisation::
+per-sample random parameters and the probabilities of docs/recipes.md, "Per-view augmentation":
+horizontal flip, colour jitter (p 0.8; brightness, contrast, saturation and hue factors per sample,
+the four operations in a random order per sample, as torchvision's ColorJitter), greyscale, Gaussian
+blur with a per-sample sigma (one depthwise convolution per direction) and solarize, then
+normalisation::
 
     crops = CropViews(cfg)                      # in the Dataset, instead of MultiCropViews
     augment = GpuViewAugment(cfg)               # in the training loop
@@ -82,8 +83,9 @@ class GpuViewAugment:
     """The device's half: uint8 views (one (B, 3, S, S) tensor per view, in view order) -> normalised
     float views, each sample with its own random flip, jitter, greyscale, blur and solarize.
 
-    Probabilities default to the config's recipe (facts.md section 1); each can be overridden, the
-    blur and solarize ones per view kind (global 1, global 2, local) or with one value for all.
+    Probabilities default to the config's recipe (docs/recipes.md, "Per-view augmentation"); each can
+    be overridden, the blur and solarize ones per view kind (global 1, global 2, local) or with one
+    value for all.
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """Optimisers, parameter groups and per-step schedules for pre-training.
 
-Paper Sec. 4.1 and facts.md section 1 ("Optimisation"): CNNs use LARS (trust coefficient 0.001,
+Paper Sec. 4.1 and docs/recipes.md, "Optimisation": CNNs use LARS (trust coefficient 0.001,
 momentum 0.9, weight decay 1e-6 constant), ViTs use AdamW (weight decay cosine 0.04 -> 0.4); the LR
 warms up linearly over 10 epochs to ``base_lr x batch/256`` and then follows a cosine to ``min_lr``;
 every schedule is evaluated per step (DINO's ``utils.cosine_scheduler``).
@@ -42,12 +42,14 @@ reading: biases *and* the other 1-D parameters (norm weights) are excluded from 
 weight decay, exactly as DINO's LARS does for every 1-D parameter; depth-wise weights are excluded
 from LARS scaling only and keep weight decay, because the paper names only the LR scaling and DINO
 decays every weight with ``ndim > 1``. (At wd = 1e-6 the depth-wise decay hardly matters either way.)
-``authors``: facts.md section 1 (SSLight ``get_params``: WD_FACTOR_FOR_DW 0, LARS_EXCLUDE_DW False,
-LARS_EXCLUDE_BIAS True). AdamW uses the same groups; only their weight-decay switch applies to it.
+``authors``: docs/recipes.md, "Paper vs SSLight" (SSLight ``get_params``,
+``saic-fi/SSLight@0b94aeb:src/sslight/utils/param_utils.py``: WD_FACTOR_FOR_DW 0, LARS_EXCLUDE_DW
+False, LARS_EXCLUDE_BIAS True). AdamW uses the same groups; only their weight-decay switch applies to it.
 Caveat, not reproduced: in SSLight's trainer as stored (src/sslight/engine/dino_trainer.py, commit
 557e54a) the per-step loop writes the weight decay only into group 0 and the depth-wise group, so the
 1-D group keeps its optimizer's constructor default (LARS: SOLVER.WEIGHT_DECAY, 1e-6; AdamW: torch's
-0.01) and WD_FACTOR_FOR_BIAS (0) is never applied. lowssl gives that group no decay, as facts.md says.
+0.01) and WD_FACTOR_FOR_BIAS (0) is never applied. lowssl gives that group no decay, as ``get_params``
+intends (docs/recipes.md, "Paper vs SSLight").
 
 Why not timm (checked with timm 1.0.31, see tests/test_optim.py::test_timm_*):
 
@@ -100,18 +102,19 @@ class OptimConfig:
     """The ``optim:`` section of a pre-training config. Defaults: the paper's CNN (LARS) recipe."""
 
     name: OptimizerName = "lars"  # paper Sec. 4.1: LARS for CNNs, AdamW for ViTs
-    base_lr: float = 0.48  # x batch/256; Sec. 4.1 (CNN); ViT 0.0005; SwAV 0.3 (facts.md 1)
-    min_lr: float = 0.0048  # absolute (not scaled); facts.md 1: LARS recipes 0.0048, ViT 1e-5
+    base_lr: float = 0.48  # x batch/256; Sec. 4.1 (CNN); ViT 0.0005; SwAV 0.3 (docs/recipes.md)
+    min_lr: float = 0.0048  # absolute (not scaled); docs/recipes.md: LARS recipes 0.0048, ViT 1e-5
     warmup_epochs: int = 10  # Sec. 4.1: "linear learning rate warm-up in the first 10 epochs"
-    warmup_start_lr: float = 0.0  # absolute; DINO 0; SwAV 0.075 (facts.md 1; SSLight START_WARMUP, unscaled)
-    weight_decay: float = 1e-6  # facts.md 1: CNN 1e-6 constant; ViT 0.04
-    weight_decay_end: float = 1e-6  # facts.md 1: CNN 1e-6 (constant); ViT 0.4 (cosine)
-    momentum: float = 0.9  # LARS momentum, facts.md 1 (unused by AdamW, which keeps betas (0.9, 0.999))
-    trust_coefficient: float = 0.001  # LARS eta, facts.md 1 (unused by AdamW)
-    exclusion_rule: ExclusionRule = "paper"  # Sec. 4.1 text; "authors" = SSLight code (facts.md 1)
-    # Per-parameter gradient clipping as DINO's utils.clip_gradients; None disables. Not in the paper
-    # or facts.md: the authors' released configs set SOLVER.CLIP_GRAD 0.0 (off) for CNN and ViT
-    # (DINO's own default is 3.0).
+    # absolute, as SSLight's START_WARMUP (not scaled by the batch); docs/recipes.md, "SwAV"
+    warmup_start_lr: float = 0.0  # DINO 0; SwAV 0.075
+    weight_decay: float = 1e-6  # docs/recipes.md: CNN 1e-6 constant; ViT 0.04
+    weight_decay_end: float = 1e-6  # docs/recipes.md: CNN 1e-6 (constant); ViT 0.4 (cosine)
+    momentum: float = 0.9  # LARS momentum, docs/recipes.md (unused by AdamW, which keeps betas (0.9, 0.999))
+    trust_coefficient: float = 0.001  # LARS eta, docs/recipes.md (unused by AdamW)
+    exclusion_rule: ExclusionRule = "paper"  # Sec. 4.1 text; "authors" = SSLight code (docs/recipes.md)
+    # Per-parameter gradient clipping as DINO's utils.clip_gradients; None disables. Not in the paper:
+    # the authors' released configs set SOLVER.CLIP_GRAD 0.0 (off) for CNN and ViT (DINO's own default
+    # is 3.0).
     clip_grad: float | None = None
     lr_reference_batch_size: int = 256  # linear scaling rule "x batchsize/256", Sec. 4.1
 
@@ -147,17 +150,17 @@ class OptimConfig:
 
     @classmethod
     def paper_cnn(cls) -> OptimConfig:
-        """DINO / MoCo-v2* on CNNs (facts.md 1): LARS 0.48, min 0.0048, wd 1e-6 constant."""
+        """DINO / MoCo-v2* on CNNs (docs/recipes.md, "Optimisation"): LARS 0.48, min 0.0048, wd 1e-6."""
         return cls()
 
     @classmethod
     def paper_swav(cls) -> OptimConfig:
-        """SwAV on CNNs (facts.md 1; SSLight swav_cnn_*.yaml): LARS 0.3, warm-up from 0.075."""
+        """SwAV on CNNs (docs/recipes.md, "SwAV"; SSLight swav_cnn_*.yaml): LARS 0.3, warm-up from 0.075."""
         return cls(base_lr=0.3, warmup_start_lr=0.075)
 
     @classmethod
     def paper_vit(cls) -> OptimConfig:
-        """DINO on ViTs (facts.md 1): AdamW 0.0005, min 1e-5, wd cosine 0.04 -> 0.4."""
+        """DINO on ViTs (docs/recipes.md, "Optimisation"): AdamW 0.0005, min 1e-5, wd cosine 0.04 -> 0.4."""
         return cls(name="adamw", base_lr=0.0005, min_lr=1e-5, weight_decay=0.04, weight_decay_end=0.4)
 
     def peak_lr(self, batch_size: int) -> float:
@@ -438,7 +441,7 @@ def build_schedules(
     ``batch_size`` (all processes together): LR warm-up + cosine to ``cfg.min_lr`` (peak
     ``cfg.peak_lr(batch_size)``); weight decay cosine ``weight_decay -> weight_decay_end`` (constant
     when they are equal); EMA momentum cosine ``ema_momentum_start -> ema_momentum_end`` without
-    warm-up (DINO teacher: 0.996 -> 1.0, facts.md 1) when ``ema_momentum_start`` is given."""
+    warm-up (DINO teacher: 0.996 -> 1.0, docs/recipes.md) when ``ema_momentum_start`` is given."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     lr = cosine_schedule(

@@ -189,7 +189,7 @@ def train(cfg: PretrainConfig) -> dict:
             if cfg.channels_last:
                 batch_views = [v.contiguous(memory_format=torch.channels_last) for v in batch_views]
 
-            method.normalize_prototypes()  # SwAV: L2-normalised prototypes every step (facts.md 1)
+            method.normalize_prototypes()  # SwAV: L2-normalised prototypes every step (docs/recipes.md)
             with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 out = model(batch_views, epoch)
             if not math.isfinite(out.loss.item()):
@@ -337,7 +337,8 @@ def monitor_knn(cfg: PretrainConfig, backbone, images, train_index, held_index, 
 
 
 class OnlineProbe:
-    """A linear classifier trained on detached student features of global 1 (facts.md section 1):
+    """A linear classifier trained on detached student features of global 1 (docs/recipes.md,
+    "Monitoring during training"):
     a cheap running signal of representation quality, never back-propagated into the backbone."""
 
     def __init__(self, feature_dim: int, num_classes: int, device) -> None:

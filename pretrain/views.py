@@ -1,11 +1,12 @@
 """Multi-crop views for DINO, SwAV and MoCo-v2*, and the pixel-scale tool of the paper's Sec. 3.2.2.
 
-:class:`MultiCropViews` maps one image to ``[global 1, global 2, local 1, ..., local L]`` (facts.md
-section 1, "View order"), each a normalised CHW float tensor, with the per-view augmentation of
-facts.md section 1, drawn exactly as DINO's reference pipeline draws it (torchvision v1 transforms on
-PIL images): the same random calls in the same order, so a seed gives the same crop boxes, flips,
-jitter factors and order, greyscale, blur and solarize decisions as that pipeline (whose blur and
-solarize coins come from Python's ``random``; here every draw is from torch's RNG).
+:class:`MultiCropViews` maps one image to ``[global 1, global 2, local 1, ..., local L]``
+(docs/recipes.md, "View sampling"), each a normalised CHW float tensor, with the per-view augmentation
+of docs/recipes.md, "Per-view augmentation", drawn exactly as DINO's reference pipeline draws it
+(torchvision v1 transforms on PIL images): the same random calls in the same order, so a seed gives
+the same crop boxes, flips, jitter factors and order, greyscale, blur and solarize decisions as that
+pipeline (whose blur and solarize coins come from Python's ``random``; here every draw is from
+torch's RNG).
 
 Speed (3.3-4.6x the reference per CPU core, ``python -m benchmarks.augmentation``): the image is
 converted to a uint8 array once; each view is one crop-and-resize straight into a uint8 HWC array
@@ -66,8 +67,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # DINO draws the blur as PIL's ImageFilter.GaussianBlur(radius=U(0.1, 2.0)); Pillow's "radius" is the
-# Gaussian's standard deviation, so sigma ~ U(0.1, 2.0) here (facts.md section 1). The kernel spans
-# +-3 sigma (13 taps at the largest sigma), in output pixels: the blur runs after the resize.
+# Gaussian's standard deviation, so sigma ~ U(0.1, 2.0) here (docs/recipes.md, "Per-view augmentation").
+# The kernel spans +-3 sigma (13 taps at the largest sigma), in output pixels: the blur runs after the
+# resize.
 BLUR_SIGMA = (0.1, 2.0)
 BLUR_KERNEL = 2 * math.ceil(3 * BLUR_SIGMA[1]) + 1
 
@@ -78,7 +80,8 @@ PIXEL_SCALE_SEED = 0
 
 @dataclass(frozen=True, kw_only=True)
 class ViewsConfig:
-    """The ``views:`` section of a pre-training config (facts.md section 1 gives the recipes).
+    """The ``views:`` section of a pre-training config (docs/recipes.md, "Baseline and ours", gives the
+    recipes).
 
     Scales are fractions of the image area: global crops from ``global_scale`` = (S_g, 1.0), local
     crops from ``local_scale`` = (s_min, S_l) (paper Sec. 3.2.1). ``local_size: auto`` picks the LC
@@ -94,8 +97,9 @@ class ViewsConfig:
     augmentation: Literal["dino", "swav"] = "dino"  # MoCo-v2* uses the dino variant
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
-    # Gaussian blur sigma range in output pixels (facts.md section 1: U(0.1, 2.0) at 224 px). Presets
-    # with smaller crops scale it with the crop size, as they scale the crop sizes themselves.
+    # Gaussian blur sigma range in output pixels (U(0.1, 2.0) at 224 px: docs/recipes.md, "Per-view
+    # augmentation"). Presets with smaller crops scale it with the crop size, as they scale the crop
+    # sizes themselves.
     blur_sigma: tuple[float, float] = BLUR_SIGMA
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -151,7 +155,8 @@ class _Recipe(NamedTuple):
     solarize_p: tuple[float, float, float]
 
 
-# facts.md section 1 (authors' configs, following DINO and SwAV), as are the constants below.
+# docs/recipes.md, "Per-view augmentation" (authors' configs, following DINO and SwAV), as are the
+# constants below.
 RECIPES = {
     "dino": _Recipe(jitter=(0.4, 0.4, 0.2, 0.1), blur_p=(1.0, 0.1, 0.5), solarize_p=(0.0, 0.2, 0.0)),
     "swav": _Recipe(jitter=(0.8, 0.8, 0.8, 0.2), blur_p=(0.5, 0.5, 0.5), solarize_p=(0.0, 0.0, 0.0)),

@@ -65,7 +65,8 @@ def comparable_group(frame: pd.DataFrame) -> pd.Series:
 
 
 def paper_rows(paper: pd.DataFrame) -> pd.DataFrame:
-    # The paper evaluates the student of its own and of the distillation runs (facts.md section 1);
+    # The paper evaluates the student of its own and of the distillation runs (docs/recipes.md,
+    # "Paper vs SSLight");
     # a supervised model or an architecture has no branch.
     trained = ~paper["method"].isin(["", "supervised"])
     return paper.assign(

@@ -2,7 +2,7 @@
 
 Paper App. A: "we apply the classifier on the second layer of the MLP head" (as SimCLR and PAWS do):
 the first two layers of the pre-trained DINO head, Linear-BN-GELU-Linear-BN-GELU (no BN for ViTs,
-facts.md section 1), keep their weights and BN statistics; the bottleneck Linear and the
+docs/recipes.md, "DINO"), keep their weights and BN statistics; the bottleneck Linear and the
 weight-normalised last layer are dropped; a new Linear maps the hidden width to the classes. The
 authors' code does the same (SSLight ``load_dino_cnn``: ``student.head.mlp.{0,1,3,4}``).
 
@@ -90,7 +90,7 @@ def build_head(arch: str, head_source: str, adapted: Adapted | None, checkpoint:
     if head_source == "checkpoint":
         head = pretrained_projection(adapted, checkpoint)
         return head, head[0].out_features
-    # facts.md section 1: BN in the DINO head for CNNs, none for ViTs
+    # docs/recipes.md, "DINO": BN in the DINO head for CNNs, none for ViTs
     return projection_mlp(spec.feature_dim, new_head_hidden_dim, spec.family == "cnn"), new_head_hidden_dim
 
 

@@ -1,13 +1,14 @@
 """Semi-supervised protocols: one YAML per protocol under ``semisup/configs/``, strict and typed.
 
-Numbers are comparable only under the same protocol (facts.md section 2), so every value that changes
-them lives in the protocol's YAML with where it comes from, and every record carries the protocol's
-name and the hash of its resolved values. ``network`` says what is trained:
+Numbers are comparable only under the same protocol (docs/protocols.md, "Named protocols"), so every
+value that changes them lives in the protocol's YAML with where it comes from, and every record
+carries the protocol's name and the hash of its resolved values. ``network`` says what is trained:
 
 - ``projection-mlp``: the paper's protocol (App. A): backbone -> the first two layers of the
   pre-trained DINO projection head (Linear-BN-GELU-Linear-BN-GELU) -> a new Linear, all fine-tuned;
-- ``frozen-linear``: DisCo's "semi-supervised" protocol (its Table 7 numbers, facts.md section 2):
-  the backbone frozen in eval mode, a Linear on its pooled feature.
+- ``frozen-linear``: DisCo's "semi-supervised" protocol (its Table 7 numbers; docs/protocols.md,
+  "Semi-supervised: DisCo frozen linear"): the backbone frozen in eval mode, a Linear on its pooled
+  feature.
 """
 
 from __future__ import annotations

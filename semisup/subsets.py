@@ -1,7 +1,7 @@
 """Labelled subsets for 1% / 10% semi-supervised fine-tuning: read, check against a dataset, generate.
 
-The paper fine-tunes on SimCLR's ImageNet 1% / 10% lists (App. A; facts.md section 2). Two list
-formats are read:
+The paper fine-tunes on SimCLR's ImageNet 1% / 10% lists (App. A; docs/protocols.md, "Semi-supervised:
+subset lists"). Two list formats are read:
 
 - **image ids**, one per line: SimCLR's lists (``n01440764_10026.JPEG``: an ImageFolder file name) and
   the lists lowssl writes. An id is the image's file name for an ImageFolder tree and its training-set

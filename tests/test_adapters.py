@@ -1,5 +1,6 @@
-"""Checkpoint adapters: every registered format, written the way its repository saves it (facts.md
-section 4) from a randomly initialised backbone, is detected, mapped by name and loads bit-identically.
+"""Checkpoint adapters: every registered format, written the way its repository saves it
+(docs/checkpoints.md) from a randomly initialised backbone, is detected, mapped by name and loads
+bit-identically.
 
 The other branch (teacher, key encoder ...) is a "decoy": every tensor a single value expanded to the
 right shape, so files stay small (torch.save keeps the one-element storage) and reading the wrong

@@ -1,5 +1,5 @@
 """Detection stage: registered backbones inside Mask R-CNN FPN, configs, checkpoint conversion, the
-embedded Fashion-MNIST set, COCO evaluation and the train command (facts.md section 3)."""
+embedded Fashion-MNIST set, COCO evaluation and the train command (docs/detection.md)."""
 
 from __future__ import annotations
 

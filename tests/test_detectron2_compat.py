@@ -18,7 +18,7 @@ def _mask_rcnn_r18_fpn():
     cfg.merge_from_file(get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
-    # facts.md section 3: Detectron2's ResNet at depth 18.
+    # docs/detection.md, "ResNet18 and ResNet34": Detectron2's ResNet at depth 18.
     cfg.MODEL.RESNETS.DEPTH = 18
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
     cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False

@@ -52,7 +52,7 @@ def test_every_linear_protocol_loads(name):
     assert protocol.name == name and protocol.epochs > 0 and protocol.source
 
 
-def test_protocols_carry_the_values_of_facts_md_section_2():
+def test_protocols_carry_their_documented_values():
     sslight = load_protocol("sslight", "linear")
     assert (sslight.batch_size, sslight.base_lr, sslight.epochs, sslight.optimizer) == (
         4096,
@@ -87,10 +87,17 @@ def test_protocols_carry_the_values_of_facts_md_section_2():
     assert (knn.k, knn.temperature) == (20, 0.07)
 
 
-def test_tiny_preset_keeps_the_lr_rule_and_changes_size_and_epochs():
-    tiny = load_protocol("sslight_tiny", "linear")
-    assert (tiny.batch_size, tiny.crop.image_size, tiny.epochs) == (256, 32, 2)
-    assert tiny.peak_lr() == pytest.approx(0.05) and tiny.optimizer == "lars" and not tiny.paper_protocol
+def test_tiny_preset_keeps_the_kind_and_scales_lr_batch_and_epochs():
+    """sslight_tiny stays LARS on a Linear without BN, cosine, with the linear scaling rule; its batch,
+    base LR and epochs give LARS a step budget (sum of lr x trust) like the paper's (its YAML says why)."""
+    tiny, paper = load_protocol("sslight_tiny", "linear"), load_protocol("sslight", "linear")
+    assert (tiny.batch_size, tiny.crop.image_size, tiny.epochs) == (64, 32, 40)
+    assert tiny.peak_lr() == pytest.approx(10.0) and tiny.optimizer == "lars" and not tiny.paper_protocol
+    assert (tiny.schedule, tiny.feature_normalisation, tiny.lr_batch_scaling) == ("cosine", "none", True)
+    steps = 5000 // tiny.batch_size + 1  # the README's 5,000-image command
+    tiny_budget = 0.5 * tiny.peak_lr() * tiny.epochs * steps * 0.001
+    paper_budget = 0.5 * paper.peak_lr() * paper.epochs * (1_281_167 // paper.batch_size + 1) * 0.001
+    assert paper_budget / 2 < tiny_budget < paper_budget * 2
 
 
 def test_unknown_protocol_lists_the_allowed_names():
@@ -257,10 +264,13 @@ def test_sslight_tiny_runs_end_to_end_with_best_epoch_selection(tmp_path, checkp
     assert run(tmp_path, "linear", *args) == 0
     rows = read_records(tmp_path / "records")
     row = rows[rows.metric == "linear_top1"].iloc[0]
-    assert row.protocol == "sslight_tiny+batch_size=32" and '"best_epoch_selection": true' in row.details
+    assert (
+        row.protocol == "sslight_tiny+batch_size=32+epochs=2"
+        and '"best_epoch_selection": true' in row.details
+    )
     assert '"optimizer": "lars"' in row.details and '"train_input": "augmented"' in row.details
     head = torch.load(
-        next((tmp_path / "out").glob("eval-*/linear-sslight_tiny+batch_size=32-synthetic-head.pth"))
+        next((tmp_path / "out").glob("eval-*/linear-sslight_tiny+batch_size=32+epochs=2-synthetic-head.pth"))
     )
     assert head["linear.weight"].shape == (4, 512)
 

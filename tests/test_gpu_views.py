@@ -82,7 +82,7 @@ def test_all_probabilities_zero_is_plain_normalisation():
         assert torch.allclose(out, (view.float() / 255 - MEAN) / STD, atol=1e-6)
 
 
-def test_parameter_probabilities_follow_facts_md():
+def test_parameter_probabilities_follow_the_recipe():
     augment = GpuViewAugment(config())
     n = 4000
     torch.manual_seed(0)

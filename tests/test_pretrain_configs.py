@@ -34,7 +34,7 @@ def test_paper_config_values(path):
     assert cfg.epochs == (400 if path.stem.endswith("400ep") else 200)
     assert cfg.batch_size == (640 if cfg.backbone in ("resnet50", "vit_small_patch16_224") else 1024)
     assert cfg.views.global_size == 224
-    if cfg.recipe == "ours":  # facts.md section 1: the four values that differ
+    if cfg.recipe == "ours":  # docs/recipes.md, "Baseline and ours": the four values that differ
         assert (cfg.views.global_scale, cfg.views.local_scale, cfg.views.local_size, cfg.method.alpha) == (
             (0.3, 1.0), (0.05, 0.3), 128, 0.4,
         )  # fmt: skip

@@ -92,7 +92,7 @@ def test_heads_of_other_layouts_are_not_taken_for_dino_heads():
         "mlp.2.weight": torch.zeros(64, 64),
         "last_layer.weight": torch.zeros(8, 16),
     }
-    assert dino_head_layout(vit_dino) == (64, False)  # DINO's ViT head has no BN (facts.md section 1)
+    assert dino_head_layout(vit_dino) == (64, False)  # DINO's ViT head has no BN (docs/recipes.md, "DINO")
 
 
 def test_two_step_finetune_runs_for_both_subsets(tmp_path, dino_checkpoint):

@@ -13,7 +13,8 @@ from the one torch RNG, and
    solarize), factor, jitter order, sigma and box is the same, and only the pixel arithmetic differs;
 3. colour statistics (per-channel mean and std over many views of a fixed image) agree, paired and
    between independent draws;
-4. the probabilities are those of facts.md section 1, from the drawn parameters and from the pixels;
+4. the probabilities are those of docs/recipes.md, "Per-view augmentation", from the drawn parameters
+   and from the pixels;
 5. each pixel operation is within the stated distance of DINO's PIL operation.
 """
 
@@ -51,7 +52,8 @@ MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
 STD = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
 GLOBAL, LOCAL, N_LOCAL = 64, 32, 3
 SCALES = {"global_scale": (0.3, 1.0), "local_scale": (0.05, 0.3)}
-# facts.md section 1: jitter strengths, blur p (global 1, global 2, local), solarize p (global 2).
+# docs/recipes.md, "Per-view augmentation": jitter strengths, blur p (global 1, global 2, local),
+# solarize p (global 2).
 AUGMENTATION = {
     "dino": {"jitter": (0.4, 0.4, 0.2, 0.1), "blur_p": (1.0, 0.1, 0.5), "solarize_p": 0.2},
     "swav": {"jitter": (0.8, 0.8, 0.8, 0.2), "blur_p": (0.5, 0.5, 0.5), "solarize_p": 0.0},
@@ -231,7 +233,7 @@ def _binomial_ok(count: int, n: int, p: float) -> bool:
 
 
 @pytest.mark.parametrize("augmentation", ["dino", "swav"])
-def test_drawn_parameters_have_the_facts_md_probabilities(augmentation):
+def test_drawn_parameters_have_the_recipe_probabilities(augmentation):
     views = sampler(augmentation, n_local=1)
     expected = AUGMENTATION[augmentation]
     n = 3000

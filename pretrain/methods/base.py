@@ -1,7 +1,7 @@
 """The interface shared by the multi-crop SSL methods (DINO, SwAV, MoCo-v2*).
 
 Views arrive as a list of batched tensors in the order [global 1, global 2, local 1, ..., local L]
-(facts.md section 1, "View order"), each (B, C, H, W); the globals share one resolution and the
+(docs/recipes.md, "View sampling"), each (B, C, H, W); the globals share one resolution and the
 locals another. The training loop calls, once per step::
 
     method.normalize_prototypes()            # SwAV only; a no-op elsewhere

@@ -1,7 +1,7 @@
 """DINO (Caron et al., 2021) with the paper's loss re-balancing (Eq. 3).
 
 Head, loss and EMA follow DINO's main_dino.py / vision_transformer.py; the CNN / ViT values are the
-authors' released configs (facts.md section 1).
+authors' released configs (docs/recipes.md, "DINO").
 """
 
 from __future__ import annotations
@@ -39,22 +39,22 @@ from .rebalance import check_alpha, effective_alpha, rebalance
 class DinoConfig:
     # Eq. 3 weight of the global-global mean; None = Eq. 2 (baseline, 1/7 with 6 locals); "ours": 0.4.
     alpha: float | None = None
-    # None = from the backbone family (facts.md section 1, authors' configs): CNN 4096 / ViT 65536.
+    # None = from the backbone family (authors' configs; docs/recipes.md, "DINO"): CNN 4096 / ViT 65536.
     out_dim: int | None = None
-    # None = from the family: BN in the head for CNNs, not for ViTs (facts.md section 1).
+    # None = from the family: BN in the head for CNNs, not for ViTs (docs/recipes.md, "DINO").
     use_bn_in_head: bool | None = None
     # None = from the family: last-layer weight-norm g fixed to 1 for CNNs, trained for ViTs.
     norm_last_layer: bool | None = None
-    hidden_dim: int = 2048  # DINOHead hidden width (facts.md section 1)
-    bottleneck_dim: int = 256  # DINOHead bottleneck before the L2-norm (facts.md section 1)
-    student_temp: float = 0.1  # facts.md section 1
-    warmup_teacher_temp: float = 0.04  # facts.md section 1
-    teacher_temp: float = 0.07  # facts.md section 1
-    # None = from the family: 50 epochs for CNNs, 30 for ViTs (facts.md section 1).
+    hidden_dim: int = 2048  # DINOHead hidden width (docs/recipes.md, "DINO")
+    bottleneck_dim: int = 256  # DINOHead bottleneck before the L2-norm (docs/recipes.md, "DINO")
+    student_temp: float = 0.1  # docs/recipes.md, "DINO"
+    warmup_teacher_temp: float = 0.04  # docs/recipes.md, "DINO"
+    teacher_temp: float = 0.07  # docs/recipes.md, "DINO"
+    # None = from the family: 50 epochs for CNNs, 30 for ViTs (docs/recipes.md, "DINO").
     warmup_teacher_temp_epochs: int | None = None
-    center_momentum: float = 0.9  # facts.md section 1
-    momentum_teacher: float = 0.996  # EMA 0.996 -> 1.0, cosine per step (facts.md section 1)
-    freeze_last_layer_epochs: int = 1  # "Last layer frozen in epoch 1" (facts.md section 1)
+    center_momentum: float = 0.9  # docs/recipes.md, "DINO"
+    momentum_teacher: float = 0.996  # EMA 0.996 -> 1.0, cosine per step (docs/recipes.md, "DINO")
+    freeze_last_layer_epochs: int = 1  # last layer frozen in the first epoch (docs/recipes.md, "DINO")
 
     def __post_init__(self) -> None:
         check_alpha(self.alpha, key="alpha")  # the loader prefixes the section name

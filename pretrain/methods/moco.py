@@ -1,7 +1,7 @@
 """MoCo-v2* (MoCo v2, Chen et al., 2020, with multi-crop) and the paper's loss re-balancing (Eq. 3).
 
-One key (global 1 through the momentum encoder); queries are global 2 and every local (facts.md
-section 1). InfoNCE and the queue follow MoCo's moco/builder.py.
+One key (global 1 through the momentum encoder); queries are global 2 and every local
+(docs/recipes.md, "Loss re-balancing"). InfoNCE and the queue follow MoCo's moco/builder.py.
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ from .rebalance import check_alpha, effective_alpha, rebalance
 
 @dataclass
 class MocoConfig:
-    # Eq. 3 weight of the global query's loss; None = Eq. 2 (baseline); "ours": 0.4 (facts.md section 1).
+    # Eq. 3 weight of the global query's loss; None = Eq. 2 (baseline); "ours": 0.4 (docs/recipes.md,
+    # "Baseline and ours").
     alpha: float | None = None
-    hidden_dim: int = 2048  # 2-layer MLP head, hidden 2048, no BN (facts.md section 1)
-    out_dim: int = 128  # facts.md section 1
-    temperature: float = 0.2  # facts.md section 1 (MoCo v2)
-    momentum: float = 0.999  # key encoder EMA, fixed (facts.md section 1)
-    queue_length: int = 65536  # negatives, over all processes (facts.md section 1)
+    hidden_dim: int = 2048  # 2-layer MLP head, hidden 2048, no BN (docs/recipes.md, "Multi-crop MoCo-v2")
+    out_dim: int = 128  # docs/recipes.md, "Multi-crop MoCo-v2"
+    temperature: float = 0.2  # MoCo v2 (docs/recipes.md, "Multi-crop MoCo-v2")
+    momentum: float = 0.999  # key encoder EMA, fixed (docs/recipes.md, "Multi-crop MoCo-v2")
+    queue_length: int = 65536  # negatives, over all processes (docs/recipes.md, "Multi-crop MoCo-v2")
 
     def __post_init__(self) -> None:
         check_alpha(self.alpha, key="alpha")  # the loader prefixes the section name
@@ -47,7 +48,8 @@ class MocoConfig:
 
 
 class MoCoHead(nn.Module):
-    """Linear-ReLU-Linear, L2-normalised (MoCo v2's MLP head; hidden width 2048 per facts.md)."""
+    """Linear-ReLU-Linear, L2-normalised (MoCo v2's MLP head; hidden width 2048 per docs/recipes.md,
+    "Multi-crop MoCo-v2")."""
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
         super().__init__()

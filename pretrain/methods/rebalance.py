@@ -12,7 +12,7 @@ re-weights the two means (Eq. 3)::
     L = alpha * L_g / P_gg + (1 - alpha) * L_l / P_gl
 
 Eq. 3 with alpha = P_gg / (P_gg + P_gl) is Eq. 2 (alpha = 1/7 for DINO's 2 + 6 views); the paper's
-recipe uses alpha = 0.4 for every method and backbone (facts.md section 1).
+recipe uses alpha = 0.4 for every method and backbone (docs/recipes.md, "Baseline and ours").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """SwAV (Caron et al., 2020) with the paper's loss re-balancing (Eq. 3).
 
 Codes, Sinkhorn-Knopp and the queue follow SwAV's main_swav.py; the values are the authors' released
-configs (facts.md section 1).
+configs (docs/recipes.md, "SwAV").
 """
 
 from __future__ import annotations
@@ -33,19 +33,20 @@ from .rebalance import check_alpha, effective_alpha, rebalance
 
 @dataclass
 class SwavConfig:
-    # Eq. 3 weight of the global-global mean; None = Eq. 2 (baseline); "ours": 0.4 (facts.md section 1).
+    # Eq. 3 weight of the global-global mean; None = Eq. 2 (baseline); "ours": 0.4 (docs/recipes.md,
+    # "Baseline and ours").
     alpha: float | None = None
-    hidden_dim: int = 4096  # projection head hidden width, with BN (facts.md section 1)
-    out_dim: int = 128  # projection output (facts.md section 1)
-    n_prototypes: int = 3000  # facts.md section 1
-    temperature: float = 0.1  # facts.md section 1
-    epsilon: float = 0.05  # Sinkhorn-Knopp entropy regularisation (facts.md section 1)
-    sinkhorn_iterations: int = 3  # facts.md section 1
+    hidden_dim: int = 4096  # projection head hidden width, with BN (docs/recipes.md, "SwAV")
+    out_dim: int = 128  # projection output (docs/recipes.md, "SwAV")
+    n_prototypes: int = 3000  # docs/recipes.md, "SwAV"
+    temperature: float = 0.1  # docs/recipes.md, "SwAV"
+    epsilon: float = 0.05  # Sinkhorn-Knopp entropy regularisation (docs/recipes.md, "SwAV")
+    sinkhorn_iterations: int = 3  # docs/recipes.md, "SwAV"
     # Over all processes, shortened to whole global batches (effective_queue_length); 0 disables the
-    # queue (facts.md section 1).
+    # queue (docs/recipes.md, "SwAV").
     queue_length: int = 3840
-    queue_start_epoch: int = 15  # "queue 3840 from epoch 15" (facts.md section 1)
-    freeze_prototypes_epochs: int = 1  # "frozen during epoch 1" (facts.md section 1)
+    queue_start_epoch: int = 15  # queue of 3840 from epoch 15 (docs/recipes.md, "SwAV")
+    freeze_prototypes_epochs: int = 1  # frozen during the first epoch (docs/recipes.md, "SwAV")
 
     def __post_init__(self) -> None:
         check_alpha(self.alpha, key="alpha")  # the loader prefixes the section name
@@ -142,7 +143,7 @@ def effective_queue_length(queue_length: int, global_batch: int | None) -> int:
 
 
 def _init_linear(module: nn.Module) -> None:
-    # Linear layers N(0, 0.01), zero bias (facts.md section 1, SwAV head).
+    # Linear layers N(0, 0.01), zero bias (docs/recipes.md, "SwAV").
     if isinstance(module, nn.Linear):
         nn.init.normal_(module.weight, std=0.01)
         if module.bias is not None:
