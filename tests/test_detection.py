@@ -42,15 +42,7 @@ SMALL_SAMPLING = ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16", "MODEL.RPN.BATCH
 DATASET_SPEC = FmnistDetSpec(train_images=6, val_images=4, seed=0, canvas=96)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Mask R-CNN runs many small ops: on 2 CPU cores shared with other jobs, two OpenMP threads spin
-    against each other (measured here: ResNet18 forward + backward on 4 x 144 px takes 0.5 s on one
-    thread, 3.6-4.4 s on two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from detection import compat  # noqa: F401
 import json
 
 import pytest
-import torch
 from detectron2.modeling import build_backbone, build_model
 from torch import nn
 
@@ -30,13 +29,7 @@ DATASET_SPEC = FmnistDetSpec(train_images=2, val_images=2, seed=0, canvas=64)
 EMBEDDED = ["DATASETS.TRAIN", '("lowssl_fmnist_det_train",)', "DATASETS.TEST", '("lowssl_fmnist_det_val",)']
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Detectron2 models are many small ops: one thread on a shared 2-core machine (see test_detection)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 @pytest.fixture(scope="module")
