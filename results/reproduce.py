@@ -52,6 +52,7 @@ class Scale:
     pretrain_overrides: tuple[str, ...] = ()
     eval_args: tuple[str, ...] = ()
     floors: tuple[tuple[str, ...], ...] = (("--random-init",),)  # evaluate options of each floor
+    run_tag: str = ""  # in every run folder's name, so a run of another budget is never reused
     launcher: tuple[str, ...] = field(default_factory=lambda: (sys.executable, "-m"))
 
 
@@ -63,6 +64,7 @@ def scales(imagenet: str | None, gpus: int) -> dict[str, Scale]:
             experiments=tuple(f"dino_{b}_{recipe}" for b in BACKBONES for recipe in ("baseline", "ours")),
             config_dir="pretrain/configs/tiny",
             budget=f"{TINY_IMAGES:,} Fashion-MNIST images x 1 epoch, batch 64",
+            run_tag=f"-{TINY_IMAGES}x1",
             seeds=3,
             pretrain_overrides=(f"data.subset={TINY_IMAGES}", "epochs=1", "monitor.knn_bank_size=2000"),
             eval_args=("--dataset", "fashion-mnist", "--train-subset", "10000"),
@@ -118,7 +120,7 @@ def reproduce(
     start = time.perf_counter()
     for seed in range(seeds):
         for experiment in scale.experiments:
-            run_dir = work_dir / f"{experiment}-seed{seed}"
+            run_dir = work_dir / f"{experiment}{scale.run_tag}-seed{seed}"
             checkpoint = run_dir / "last.pth"
             if finished_run(checkpoint) is not None:
                 print(f"= {experiment} seed {seed}: finished run found in {run_dir}, reused", flush=True)

@@ -55,6 +55,11 @@ def test_seeds_are_first_class_and_the_table_is_rewritten_after_each(tmp_path, m
     assert {c[c.index("--config") + 1].rsplit("_", 1)[1] for c in pretrain} == {"baseline.yaml", "ours.yaml"}
     assert sorted({arg for c in pretrain for arg in c if arg.startswith("seed=")}) == ["seed=0", "seed=1"]
     assert all(f"data.subset={reproduce.TINY_IMAGES}" in c for c in pretrain)
+    # the budget is in every run folder's name: a finished run of another budget is never reused
+    assert all(
+        f"-{reproduce.TINY_IMAGES}x1-seed" in next(a for a in c if a.startswith("output_dir="))
+        for c in pretrain
+    )
     floors = [c for c in commands if "--random-init" in c]
     assert len(floors) == 2 * 3 * 2 and sum("--recalibrate-bn" in c for c in floors) == 6
     tables = [i for i, c in enumerate(commands) if "table5" in c]
