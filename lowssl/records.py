@@ -86,6 +86,11 @@ def pretrain_budget(config: dict) -> str:
     return f"{images} {data.get('dataset', '?')} images x {config.get('epochs', '?')} epochs, batch {config.get('batch_size', '?')}"
 
 
+def recorded_budget(details: str) -> str:
+    """The ``pretrain_budget`` a record's ``details`` JSON holds ("" where none was recorded)."""
+    return str(json.loads(details or "{}").get("pretrain_budget", ""))
+
+
 def write_records(records: list[Record], runs_dir: str | Path | None = None) -> Path:
     """Write (or replace) the records of one run as ``<runs_dir>/<run_id>.csv``."""
     if not records:

@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from lowssl.io import atomic_write_text
-from lowssl.records import DEFAULT_RUNS_DIR, read_records
+from lowssl.records import DEFAULT_RUNS_DIR, read_records, recorded_budget
 from results.paper_tables import read_printed_gains
 from results.reproduce import seed_count
 from results.stages import finished_run, report_failure, run
@@ -61,7 +61,7 @@ def gains_table(records: pd.DataFrame, run_dirs: set[str]) -> tuple[pd.DataFrame
     from the pretrain records of ``run_dirs`` (this command's runs), which must share one budget."""
     rows = records[(records["stage"] == "pretrain") & records["metric"].isin(list(METRICS))]
     details = rows["details"].map(json.loads)
-    rows = rows.assign(budget=details.map(lambda d: d.get("pretrain_budget", "")))[
+    rows = rows.assign(budget=rows["details"].map(recorded_budget))[
         details.map(lambda d: d.get("run_dir") in run_dirs)
     ]
     budgets = sorted(set(rows["budget"]))

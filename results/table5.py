@@ -19,10 +19,9 @@ numbers are never read as ImageNet ones.
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 
+from lowssl.records import recorded_budget
 from results.paper_tables import KD_METHODS
 from results.stats import AggregationError, paired_difference, summarise
 
@@ -70,10 +69,6 @@ CELL = ["method", "recipe", "pretrain_epochs", "branch", "backbone", "metric"]
 UNKNOWN_SEED = -1  # a record without a seed counts as one seed of its own
 
 
-def _budget(details: str) -> str:
-    return str(json.loads(details or "{}").get("pretrain_budget", ""))
-
-
 def run_long(records: pd.DataFrame, dataset: str, protocol: str) -> pd.DataFrame:
     """This run's numbers, one per cell (mean over seeds, ``ci`` half-width, ``n``), with the paired
     ``gain`` (and its ``gain_ci``, ``gain_n``) on ``ours`` cells that have a baseline."""
@@ -85,7 +80,7 @@ def run_long(records: pd.DataFrame, dataset: str, protocol: str) -> pd.DataFrame
         & records["metric"].isin(list(METRICS))
     ]
     rows = rows.assign(
-        budget=rows["details"].map(_budget), seed=rows["seed"].fillna(UNKNOWN_SEED).astype(int)
+        budget=rows["details"].map(recorded_budget), seed=rows["seed"].fillna(UNKNOWN_SEED).astype(int)
     )
     rows = rows.sort_values("created_at", kind="stable").drop_duplicates([*CELL, "seed"], keep="last")
     cells = {}
