@@ -12,10 +12,11 @@ install: $(STAMPS)/deps $(STAMPS)/detectron2 $(STAMPS)/fashion-mnist
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Pinned dependencies and lowssl itself (editable). torch/torchvision come from this machine's
+# lowssl itself (editable) with its dev, detection and cluster extras, at the tested versions of
+# constraints.txt (pyproject.toml holds the ranges). torch/torchvision come from this machine's
 # local files through plain pip (see README, "Set-up").
-$(STAMPS)/deps: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+$(STAMPS)/deps: pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,detection,cluster]'
 	@mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/detectron2: tools/install_detectron2.sh $(STAMPS)/deps
@@ -36,12 +37,13 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 # Table 5 at a chosen scale: SCALE=tiny (default without IMAGENET: Fashion-MNIST, 2 CPU cores) or
-# SCALE=paper IMAGENET=/path/to/imagenet [GPUS=8] (the paper's configs through torchrun); SEEDS=N (default 3 tiny, 1 paper).
+# SCALE=paper IMAGENET=/path/to/imagenet [GPUS=8] (the paper's configs through torchrun); SEEDS=N (default 3 tiny, 1 paper);
+# several machines: NNODES=N RDZV=HOST:PORT (torchrun c10d rendezvous on the first), run on every machine.
 IMAGENET ?=
 GPUS     ?= 8
 SCALE    ?= $(if $(IMAGENET),paper,tiny)
 reproduce-table5: install
-	$(PY) -m results.reproduce table5 --scale $(SCALE) --gpus $(GPUS) $(if $(IMAGENET),--imagenet $(IMAGENET)) $(if $(SEEDS),--seeds $(SEEDS))
+	$(PY) -m results.reproduce table5 --scale $(SCALE) --gpus $(GPUS) $(if $(IMAGENET),--imagenet $(IMAGENET)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(NNODES),--nnodes $(NNODES) --rdzv-endpoint $(RDZV))
 
 # The recipe's gain as the paper reports it (Table 2: DINO / SwAV / MoCo-v2* on MobileNetV2, Table 3's
 # ResNet18 row) at tiny scale: paired ours - baseline over seeds, beside the paper's gains.
@@ -53,12 +55,13 @@ reproduce-gains: install
 figures: install
 	$(PY) -m results.figures --scale $(SCALE) --gpus $(GPUS) $(if $(IMAGENET),--imagenet $(IMAGENET))
 
-# Any checkpoint through the chosen stages, then the leaderboard:
-#   make evaluate-checkpoint CKPT=path [FORMAT=auto] [PROTOCOLS=linear,knn,semisup,detection]
+# Any checkpoint through the chosen stages, then the leaderboard. CKPT is a file, or a released
+# checkpoint's name (python -m lowssl.released list; docs/released.md), fetched into the cache:
+#   make evaluate-checkpoint CKPT=path|name [FORMAT=auto] [PROTOCOLS=linear,knn,semisup,detection]
 FORMAT    ?= auto
 PROTOCOLS ?= linear,knn,semisup,detection
 evaluate-checkpoint: install
-	@test -n "$(CKPT)" || { echo "usage: make evaluate-checkpoint CKPT=path [FORMAT=auto] [PROTOCOLS=...]" >&2; exit 2; }
+	@test -n "$(CKPT)" || { echo "usage: make evaluate-checkpoint CKPT=path|name [FORMAT=auto] [PROTOCOLS=...] (names: python -m lowssl.released list)" >&2; exit 2; }
 	$(PY) -m results.evaluate_checkpoint "$(CKPT)" --format $(FORMAT) --protocols $(PROTOCOLS)
 
 # Benchmarks (not tests): JSON + a markdown summary under benchmarks/results/.

@@ -1,7 +1,7 @@
 """Multi-crop augmentation throughput per CPU core: lowssl's sampler vs DINO's reference pipeline.
 
-The reference is built the way DINO's ``DataAugmentationDINO`` does it: PIL images, one torchvision
-v1 transform chain per crop, PIL Gaussian blur and solarize, ToTensor + Normalize per view. Both run
+The reference is DINO's ``DataAugmentationDINO`` (pretrain/views/reference.py): PIL images, one
+torchvision v1 transform chain per crop, PIL Gaussian blur and solarize, ToTensor + Normalize per view. Both run
 in one process with one thread (torch and OpenCV) on the same JPEGs of natural size (about 500x375,
 generated), interleaved repeat by repeat so drifts in machine load hit both alike. Decoding is
 included for both (it is part of every real data loader).
@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import argparse
 import io
-import random
 import time
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageOps
-from torchvision import transforms as T
+from PIL import Image
 
 from benchmarks.report import show, summary, write
 from lowssl.config import from_dict
-from pretrain.views import MultiCropViews, ViewsConfig
+from pretrain.views import MultiCropViews, ViewPlan, ViewsConfig, resolve_views
+from pretrain.views.reference import dino_reference
 
 RECIPES = {  # docs/recipes.md, "Baseline and ours"
     "baseline": {"global_scale": [0.14, 1.0], "local_scale": [0.05, 0.14], "local_size": 96},
@@ -51,65 +50,9 @@ def natural_jpegs(count: int, seed: int = 0) -> list[bytes]:
     return files
 
 
-class _PILBlur:  # DINO's utils.GaussianBlur
-    def __init__(self, p: float) -> None:
-        self.p = p
-
-    def __call__(self, image):
-        if random.random() > self.p:
-            return image
-        return image.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
-
-
-class _PILSolarize:  # DINO's utils.Solarization
-    def __init__(self, p: float) -> None:
-        self.p = p
-
-    def __call__(self, image):
-        return ImageOps.solarize(image) if random.random() < self.p else image
-
-
-# docs/recipes.md, "Per-view augmentation": colour jitter strengths, blur p (global 1, global 2, local),
-# solarize p on global 2.
-REFERENCE_AUGMENTATION = {
-    "dino": {"jitter": (0.4, 0.4, 0.2, 0.1), "blur_p": (1.0, 0.1, 0.5), "solarize_p": 0.2},
-    "swav": {"jitter": (0.8, 0.8, 0.8, 0.2), "blur_p": (0.5, 0.5, 0.5), "solarize_p": 0.0},
-}
-
-
-def dino_reference(recipe: dict, n_local: int = 6, global_size: int = 224, augmentation: str = "dino"):
-    """DINO's DataAugmentationDINO (main_dino.py), with the recipe's scales and local size; ``swav``
-    changes the strengths as SwAV's code has them (no solarize step then)."""
-    strengths = REFERENCE_AUGMENTATION[augmentation]
-    flip_and_jitter = T.Compose([
-        T.RandomHorizontalFlip(p=0.5),
-        T.RandomApply([T.ColorJitter(*strengths["jitter"])], p=0.8),
-        T.RandomGrayscale(p=0.2),
-    ])  # fmt: skip
-    normalize = T.Compose([T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-    bicubic = T.InterpolationMode.BICUBIC
-    blur_1, blur_2, blur_local = (_PILBlur(p) for p in strengths["blur_p"])
-    solarize = [_PILSolarize(strengths["solarize_p"])] if strengths["solarize_p"] else []
-    global_1 = T.Compose([T.RandomResizedCrop(global_size, scale=recipe["global_scale"], interpolation=bicubic),
-                          flip_and_jitter, blur_1, normalize])  # fmt: skip
-    global_2 = T.Compose([T.RandomResizedCrop(global_size, scale=recipe["global_scale"], interpolation=bicubic),
-                          flip_and_jitter, blur_2, *solarize, normalize])  # fmt: skip
-    local = T.Compose([T.RandomResizedCrop(recipe["local_size"], scale=recipe["local_scale"], interpolation=bicubic),
-                       flip_and_jitter, blur_local, normalize])  # fmt: skip
-
-    def views(image):
-        return [global_1(image), global_2(image)] + [local(image) for _ in range(n_local)]
-
-    return views
-
-
-def lowssl_sampler(recipe: dict, n_local: int = 6, global_size: int = 224, augmentation: str = "dino"):
-    return MultiCropViews(
-        from_dict(
-            ViewsConfig,
-            {**recipe, "global_size": global_size, "n_local": n_local, "augmentation": augmentation},
-        )
-    )
+def view_plan(recipe: dict, n_local: int = 6, global_size: int = 224, augmentation: str = "dino") -> ViewPlan:
+    cfg = {**recipe, "global_size": global_size, "n_local": n_local, "augmentation": augmentation}
+    return resolve_views(from_dict(ViewsConfig, cfg))
 
 
 def images_per_second(pipeline, files: list[bytes]) -> tuple[float, float]:
@@ -132,7 +75,8 @@ def main(argv=None) -> int:
     files = natural_jpegs(args.images)
     results = []
     for name, recipe in RECIPES.items():
-        pipelines = {"lowssl": lowssl_sampler(recipe), "dino_reference": dino_reference(recipe)}
+        plan = view_plan(recipe)
+        pipelines = {"lowssl": MultiCropViews(plan), "dino_reference": dino_reference(plan)}
         for pipeline in pipelines.values():  # warm-up: first-call allocations and imports
             images_per_second(pipeline, files[:3])
         cpu = {key: [] for key in pipelines}

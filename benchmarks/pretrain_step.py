@@ -56,9 +56,7 @@ def measure(method_name: str, backbone: str, args) -> dict:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     method = method.to(memory_format=memory_format)
     family = get_spec(backbone).family
-    optimizer = build_optimizer(
-        method, OptimConfig.paper_vit() if family == "vit" else OptimConfig.paper_cnn()
-    )
+    optimizer = build_optimizer(method, OptimConfig(name="adamw" if family == "vit" else "lars"))
     views = [torch.randn(args.batch, 3, args.global_size, args.global_size, device=device)] * 2 + [
         torch.randn(args.batch, 3, args.local_size, args.local_size, device=device)
     ] * args.n_local

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from lowssl.paths import home
+
+# Under lowssl's home ($LOWSSL_HOME or the working directory), never the installed package.
+RESULTS = home() / "benchmarks" / "results"
 
 
 def _run(name: str, module: str, args: list[str]) -> tuple[list[dict], float]:
@@ -37,7 +40,7 @@ def _machine() -> str:
 
 
 def main() -> int:
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sections = []
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from detection.convert import ConversionError, convert_checkpoint, write_pickle
 from detection.fmnist_det import FmnistDetSpec, generate
 from detection.train import TrainError, train
-from evaluate.adapters import AdapterError, formats
+from lowssl.checkpoints import CheckpointLayoutError, add_checkpoint_arguments, add_trust_argument
 from lowssl.data import DatasetError
 from lowssl.io import CheckpointError
-from lowssl.records import DEFAULT_RUNS_DIR
+from lowssl.records import default_runs_dir
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,13 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser(
         "convert", help="any checkpoint evaluate/ reads -> Detectron2 weights (.pkl)"
     )
-    convert.add_argument("checkpoint", type=Path)
+    add_checkpoint_arguments(convert)
     convert.add_argument("out", type=Path, help="the Detectron2 pickle to write")
-    convert.add_argument("--format", dest="fmt", choices=[f.name for f in formats()], help="force a layout")
-    convert.add_argument("--arch", help="force the architecture (default: recorded in the file or inferred)")
-    convert.add_argument("--branch", help="student / teacher / query ... (default: the format's default)")
-    convert.add_argument("--trust-checkpoint", action="store_true",
-                         help="load the file as a full pickle, which can run code: only files you trust")  # fmt: skip
 
     train_cmd = commands.add_parser("train", help="train and evaluate Mask R-CNN FPN; results to the records")
     train_cmd.add_argument("--config", type=Path, required=True, help="a YAML under detection/configs/")
@@ -52,13 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmd.add_argument("--dist-url", default="auto",
                            help="tcp://HOST:PORT of machine 0 (several machines); auto: a free local port")  # fmt: skip
     train_cmd.add_argument("--output-dir", type=Path, help="default runs/detection/<config>-<arch>-<weights>")
-    train_cmd.add_argument("--records-dir", type=Path, default=DEFAULT_RUNS_DIR)
+    train_cmd.add_argument("--records-dir", type=Path, default=default_runs_dir())
     train_cmd.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint")
-    train_cmd.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="load --weights as a full pickle (Detectron2's own loading), which can run code: only files you trust",
-    )
+    add_trust_argument(train_cmd, "--weights (Detectron2's own loading)")
     train_cmd.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                            help="Detectron2 config overrides, e.g. SOLVER.MAX_ITER 100")  # fmt: skip
 
@@ -76,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> int:
     if args.command == "convert":
         converted = convert_checkpoint(
-            args.checkpoint, args.fmt, args.arch, args.branch, args.trust_checkpoint
+            args.checkpoint, args.checkpoint_format, args.arch, args.branch, args.trust_checkpoint
         )
         write_pickle(converted.payload, args.out)
         source = converted.payload["lowssl"]
@@ -101,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except (
-        AdapterError,
+        CheckpointLayoutError,
         CheckpointError,
         ConversionError,
         DatasetError,

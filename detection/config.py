@@ -27,7 +27,7 @@ def add_lowssl_config(cfg: CfgNode) -> None:
     # Check every annotation file of DATASETS.TRAIN / TEST before training (detection/datasets.py).
     cfg.LOWSSL.VALIDATE_DATASETS = True
     # The embedded Fashion-MNIST instance-segmentation set (detection/fmnist_det.py); ROOT "" is
-    # data/fmnist_det/<parameters> in the repository, generated on first use.
+    # data/fmnist_det/<parameters> under $LOWSSL_HOME or the working directory, generated on first use.
     cfg.LOWSSL.FMNIST_DET = CfgNode(
         {"ROOT": "", "TRAIN_IMAGES": 1000, "VAL_IMAGES": 200, "SEED": 0, "CANVAS": 128}
     )

@@ -1,4 +1,4 @@
-"""``python -m detection convert``: any checkpoint evaluate/ can read -> Detectron2's weight pickle.
+"""``python -m detection convert``: any checkpoint lowssl.checkpoints reads -> Detectron2's weight pickle.
 
 The pickle is what Detectron2 loads with name-matching heuristics: ``{"model": {name: numpy array},
 "__author__": "lowssl", "matching_heuristics": True}`` (MoCo's convert-pretrain-to-detectron2
@@ -22,8 +22,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from detection.config import ARCH_CONFIGS, load_config
-from evaluate.adapters import load_pretrained
-from lowssl.io import atomic_write, load_checkpoint
+from lowssl.checkpoints import open_checkpoint
+from lowssl.io import atomic_write
 
 AUTHOR = "lowssl"
 BACKBONE_PREFIX = "backbone.bottom_up."  # where FPN keeps the bottom-up network in Detectron2's model
@@ -61,47 +61,39 @@ def convert_checkpoint(
     branch: str | None = None,
     trust: bool = False,
 ) -> Converted:
-    adapted = load_pretrained(checkpoint, arch=arch, fmt=fmt, branch=branch, trust=trust)
-    if adapted.arch not in ARCH_CONFIGS:
+    opened = open_checkpoint(checkpoint, fmt=fmt, branch=branch, arch=arch, trust=trust)
+    if opened.arch not in ARCH_CONFIGS:
         raise ConversionError(
-            f"{checkpoint} holds a {adapted.arch}; detection has configs for {', '.join(ARCH_CONFIGS)}"
+            f"{checkpoint} holds a {opened.arch}; detection has configs for {', '.join(ARCH_CONFIGS)}"
         )
-    if adapted.missing:
+    if opened.missing:
         raise ConversionError(
-            f"{checkpoint} ({adapted.format}, branch {adapted.branch}) lacks {len(adapted.missing)} backbone "
-            f"keys of {adapted.arch}, which would keep their random initialisation: "
-            f"{', '.join(adapted.missing[:10])}{' ...' if len(adapted.missing) > 10 else ''}"
+            f"{checkpoint} ({opened.format}, branch {opened.branch}) lacks {len(opened.missing)} backbone "
+            f"keys of {opened.arch}, which would keep their random initialisation: "
+            f"{', '.join(opened.missing[:10])}{' ...' if len(opened.missing) > 10 else ''}"
         )
-    method, recipe, epochs, seed = "unknown", "unknown", 0, None
-    if adapted.format == "lowssl":  # lowssl files say what trained them (pretrain/checkpoint.py)
-        saved = load_checkpoint(checkpoint, trust=trust)
-        method, recipe, epochs = (
-            saved.get("method", method),
-            saved.get("recipe", recipe),
-            int(saved.get("epoch", 0)),
-        )
-        seed = (saved.get("config") or {}).get("seed")
+    source = opened.provenance
     payload = {
         "model": {
-            detectron2_name(adapted.arch, name): tensor.detach().cpu().numpy()
-            for name, tensor in adapted.state_dict.items()
+            detectron2_name(opened.arch, name): tensor.detach().cpu().numpy()
+            for name, tensor in opened.state_dict.items()
         },
         "__author__": AUTHOR,
         "matching_heuristics": True,
         "lowssl": {
             "source": str(checkpoint),
-            "source_sha256": adapted.checkpoint_sha256,
-            "format": adapted.format,
-            "arch": adapted.arch,
-            "branch": adapted.branch,
-            "method": method,
-            "recipe": recipe,
-            "pretrain_epochs": epochs,
-            "seed": seed,
+            "source_sha256": opened.checkpoint_sha256,
+            "format": opened.format,
+            "arch": opened.arch,
+            "branch": opened.branch,
+            "method": source.method,
+            "recipe": source.recipe,
+            "pretrain_epochs": source.pretrain_epochs,
+            "seed": source.seed,
         },
     }
-    loaded = check_loads(payload, adapted.arch)
-    return Converted(payload, loaded, adapted.notes)
+    loaded = check_loads(payload, opened.arch)
+    return Converted(payload, loaded, opened.notes)
 
 
 def check_loads(payload: dict, arch: str) -> int:

@@ -19,8 +19,8 @@ from detectron2.data.datasets import register_coco_instances
 
 from detection import fmnist_det
 from lowssl.data import DatasetError
+from lowssl.paths import home
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 COCO_ROOT_ENV = "COCO_ROOT"
 COCO_SPLITS = {"lowssl_coco_2017_train": "train2017", "lowssl_coco_2017_val": "val2017"}
 FMNIST_SPLITS = {"lowssl_fmnist_det_train": "train", "lowssl_fmnist_det_val": "val"}
@@ -52,7 +52,8 @@ def coco_files(name: str, coco_root: str | Path | None = None) -> tuple[Path, Pa
 def fmnist_det_root(cfg: CfgNode) -> tuple[Path, fmnist_det.FmnistDetSpec]:
     node = cfg.LOWSSL.FMNIST_DET
     spec = fmnist_det.FmnistDetSpec(node.TRAIN_IMAGES, node.VAL_IMAGES, node.SEED, node.CANVAS)
-    default = REPO_ROOT / "data" / "fmnist_det" / f"seed{spec.seed}_canvas{spec.canvas}_train{spec.train_images}_val{spec.val_images}"  # fmt: skip
+    # Generated data goes under lowssl's home (``$LOWSSL_HOME`` or the working directory), never the package.
+    default = home() / "data" / "fmnist_det" / f"seed{spec.seed}_canvas{spec.canvas}_train{spec.train_images}_val{spec.val_images}"  # fmt: skip
     return Path(node.ROOT) if node.ROOT else default, spec
 
 

@@ -30,6 +30,7 @@ from detection.datasets import prepare_datasets, register_datasets
 from detection.weights import WeightsOnlyCheckpointer, read_pickle_metadata
 from lowssl.config import derived_name
 from lowssl.io import atomic_write_text, git_commit, load_checkpoint, sha256_file
+from lowssl.paths import home
 from lowssl.records import Record, append_records
 
 METRICS = {("bbox", "AP"): "APbb", ("bbox", "AP50"): "APbb50", ("bbox", "AP75"): "APbb75",
@@ -104,7 +105,7 @@ def setup(args) -> CfgNode:
 
 
 def default_output_dir(config: Path, arch: str, source: dict) -> Path:
-    return Path("runs") / "detection" / f"{config.stem}-{arch}-{source['tag']}"
+    return home() / "runs" / "detection" / f"{config.stem}-{arch}-{source['tag']}"
 
 
 def train_worker(args, source: dict) -> None:

@@ -27,16 +27,19 @@ import torch
 from torch import nn
 
 from evaluate import protocols
-from evaluate.adapters import AdapterError, build_pretrained_backbone, formats
-from evaluate.features import BN_RECALIBRATION_IMAGES, FeatureStore, FrozenFeatures, Split, recalibrate_bn
-from evaluate.knn import knn_evaluate
+from evaluate.features import BN_RECALIBRATION_IMAGES, FeatureStore, Split, recalibrate_bn
 from evaluate.linear import DivergedError, augmented_batches, feature_batches, train_linear, train_transform
 from lowssl import distributed
-from lowssl.backbones import available, build_backbone, get_spec
-from lowssl.config import ConfigError, config_hash, to_dict
+from lowssl.backbones import build_backbone, get_spec
+from lowssl.checkpoints import CheckpointLayoutError, add_checkpoint_arguments, open_from_arguments
+from lowssl.config import ConfigError, add_overrides_argument, config_hash, to_dict
 from lowssl.data import DATASETS, DatasetError, build_dataset, default_workers, held_out_split
-from lowssl.io import CheckpointError, atomic_torch_save, atomic_write_text, git_commit, load_checkpoint
-from lowssl.records import DEFAULT_RUNS_DIR, Record, append_records, pretrain_budget, read_records
+from lowssl.export import TARGETS, export_backbone
+from lowssl.features import FrozenFeatures
+from lowssl.io import CheckpointError, atomic_torch_save, atomic_write_text, git_commit
+from lowssl.knn import knn_evaluate
+from lowssl.paths import home
+from lowssl.records import Record, append_records, default_runs_dir, read_records
 
 PAPER_HELD_OUT_PER_CLASS = 50  # the paper's ablations: 50 images per class held out of train (Sec. 3.2)
 SUBSET_SEED = 0  # --train-subset / --eval-subset: a fixed random choice, the same on every run
@@ -56,15 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         source = sub.add_mutually_exclusive_group(required=True)
         source.add_argument(
-            "--checkpoint", type=Path, help="any supported checkpoint (python -m evaluate inspect)"
-        )
-        source.add_argument(
             "--random-init", action="store_true", help="the backbone at random initialisation"
         )
         source.add_argument(
             "--raw-pixels", action="store_true", help="no backbone: the flattened normalised crops"
         )
-        sub.add_argument("--arch", choices=available(), help="backbone (required with --random-init)")
+        add_checkpoint_arguments(sub, checkpoint_in=source)
         sub.add_argument("--seed", type=int, default=0, help="--random-init: the initialisation seed")
         sub.add_argument(
             "--recalibrate-bn",
@@ -72,10 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"--random-init: re-estimate BN statistics on {BN_RECALIBRATION_IMAGES} training images first "
             "(weights unchanged): the floor without the init's mean-0 / variance-1 statistics",
         )
-        sub.add_argument("--format", dest="fmt", choices=[f.name for f in formats()], help="force a layout")
-        sub.add_argument("--branch", help="student / teacher / query ... (default: the format's default)")
-        sub.add_argument("--trust-checkpoint", action="store_true",
-                         help="load the file as a full pickle, which can run code: only files you trust")  # fmt: skip
         sub.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
         sub.add_argument("--data-root", help="imagefolder: the folder holding train/ and val/")
         sub.add_argument("--held-out", action="store_true",
@@ -89,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--no-cache", action="store_true", help="recompute: ignore stored results and features"
         )
-        sub.add_argument("--output-dir", type=Path, default=Path("runs/evaluate"))
-        sub.add_argument("--records-dir", type=Path, default=DEFAULT_RUNS_DIR)
+        sub.add_argument("--output-dir", type=Path, default=home() / "runs" / "evaluate")
+        sub.add_argument("--records-dir", type=Path, default=default_runs_dir())
         sub.add_argument("--cache-dir", type=Path, help="feature cache (default: OUTPUT_DIR/feature-cache)")
         sub.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
         sub.add_argument(
@@ -109,13 +105,29 @@ def build_parser() -> argparse.ArgumentParser:
             )
             sub.add_argument("--k", type=int, help="neighbours (protocol default 20)")
             sub.add_argument("--temperature", type=float, help="vote temperature (protocol default 0.07)")
-        sub.add_argument(
-            "overrides", nargs="*", metavar="key=value", help="protocol overrides, e.g. epochs=2"
-        )
+        add_overrides_argument(sub, "protocol overrides, e.g. epochs=2")
     commands.add_parser(
         "inspect", help="what a checkpoint holds (python -m evaluate inspect --help)", add_help=False
     )
+    export = commands.add_parser(
+        "export",
+        help="the backbone alone, for torchvision / timm / safetensors",
+        description="Write a checkpoint's backbone (any format evaluate reads, any branch) as a plain "
+        "state dict: torchvision (strict=False: no classifier), timm (num_classes=0) or safetensors.",
+    )
+    add_checkpoint_arguments(export)
+    export.add_argument("--to", required=True, choices=TARGETS, help="the tool that will load it")
+    export.add_argument("--out", type=Path, required=True, help="the file to write")
     return parser
+
+
+def export_main(args) -> int:
+    opened = open_from_arguments(args)
+    written = export_backbone(opened, args.to, args.out)
+    print(
+        f"{opened.arch} backbone ({opened.format}, branch {opened.branch}, {opened.loaded} tensors) -> {written}"
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         return inspect_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        return evaluate(args)
-    except (ConfigError, AdapterError, CheckpointError, DatasetError) as error:
+        return export_main(args) if args.command == "export" else evaluate(args)
+    except (ConfigError, CheckpointLayoutError, CheckpointError, DatasetError) as error:
         print("error: " + " ".join(str(error).split()), file=sys.stderr)
         return 2
     except DivergedError as error:  # not bad input: the run itself failed
@@ -193,21 +205,21 @@ def _load_backbone(args) -> Subject:
         return Subject(build_backbone(args.arch), args.arch, "none", f"random-init-seed{args.seed}{bn}",
                        f"random-init{'-bn' if bn else ''}", "none", 0, "random-init",
                        [f"random initialisation, torch seed {args.seed}"], seed=args.seed, budget="none")  # fmt: skip
-    model, adapted = build_pretrained_backbone(
-        args.checkpoint, args.arch, args.fmt, args.branch, args.trust_checkpoint
+    opened = open_from_arguments(args)
+    source = opened.provenance
+    return Subject(
+        model=opened.build_backbone(),
+        arch=opened.arch,
+        branch=opened.branch,
+        checkpoint=opened.checkpoint_sha256,
+        method=source.method,
+        recipe=source.recipe,
+        pretrain_epochs=source.pretrain_epochs,
+        format=opened.format,
+        notes=[*opened.notes, f"{opened.loaded} backbone keys loaded, {len(opened.unexpected)} unexpected"],
+        seed=source.seed,
+        budget=source.budget,
     )
-    method, recipe, epochs, seed, budget = "unknown", "unknown", 0, None, ""
-    if adapted.format == "lowssl":  # lowssl files say what trained them (pretrain/checkpoint.py)
-        saved = load_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
-        method, recipe, epochs = (
-            saved.get("method", method),
-            saved.get("recipe", recipe),
-            int(saved.get("epoch", 0)),
-        )
-        seed, budget = (saved.get("config") or {}).get("seed"), pretrain_budget(saved.get("config") or {})
-    notes = [*adapted.notes, f"{adapted.loaded} backbone keys loaded, {len(adapted.unexpected)} unexpected"]
-    return Subject(model, adapted.arch, adapted.branch, adapted.checkpoint_sha256, method, recipe, epochs,
-                   adapted.format, notes, seed=seed, budget=budget)  # fmt: skip
 
 
 # ---- which images -----------------------------------------------------------------------------------

@@ -1,18 +1,10 @@
-"""Frozen-backbone features: what the probe reads, extracted sharded over processes, cached on disk.
+"""The evaluation's features: centre crops of a split through the frozen backbone, cached on disk.
 
-Features are what the backbone returns in eval mode (BN statistics fixed; docs/protocols.md,
-"Linear probe: SSLight"): the pooled feature of a CNN, and for a ViT the CLS token after the final
-norm, or the CLS tokens of the last N blocks concatenated where a protocol asks for them (the
-authors' ViT probe, N = 4).
-
-Under torchrun each process extracts every world_size-th image (DistributedSampler without
-shuffling); the parts are gathered in chunks (bounded device memory), put back in dataset order, and
-the images DistributedSampler repeats to even out the shards are trimmed.
-
+Extraction (sharded over processes under torchrun) is :func:`lowssl.features.extract_features`.
 Features of centre crops are deterministic for a given backbone, so they are cached on disk, keyed by
 everything that changes them: checkpoint sha256, arch, branch, feature kind, dataset, root, split,
 the exact images (a hash of their indices) and the transform. A cache file carries its key and is
-used only when the key matches.
+used only when the key matches; it is memory-mapped, not read whole (an ImageNet-size file is 10 GB).
 """
 
 from __future__ import annotations
@@ -25,30 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm import tqdm
+from torch.utils.data import DataLoader, Dataset
 
 from evaluate.protocols import CentreCrop
 from lowssl import distributed
 from lowssl.data import IndexedImages
 from lowssl.distributed import Context
+from lowssl.features import FrozenFeatures, extract_features
 from lowssl.io import atomic_torch_save
-
-GATHER_ROWS = 8192  # rows per all_gather: keeps device memory bounded for ImageNet-size sets
-
-
-def centre_crop_transform(crop: CentreCrop):
-    """Resize(image_size * 256/224) + CenterCrop(image_size) + normalise (docs/protocols.md)."""
-    from torchvision.transforms import v2
-
-    return v2.Compose([
-        v2.PILToTensor(),
-        v2.Resize(crop.describe()["resize"], interpolation=v2.InterpolationMode(crop.interpolation), antialias=True),
-        v2.CenterCrop(crop.image_size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(crop.mean, crop.std),
-    ])  # fmt: skip
-
 
 #: Training images the BN-recalibrated floor re-estimates its statistics on (in batches of 250).
 BN_RECALIBRATION_IMAGES = 2000
@@ -69,59 +45,11 @@ def recalibrate_bn(
     from fvcore.nn.precise_bn import update_bn_stats
 
     subset = Split(train.dataset, train.root, train.split, train.images, train.indices[:images])
-    loader = DataLoader(subset.with_transform(centre_crop_transform(crop)), batch_size=batch_size)
+    loader = DataLoader(subset.with_transform(crop.transform()), batch_size=batch_size)
     backbone.to(device).train()
     update_bn_stats(backbone, (batch.to(device) for batch, _ in loader), num_iters=len(loader))
     backbone.eval()
     return len(subset)
-
-
-class FrozenFeatures(nn.Module):
-    """The frozen backbone as a feature function: eval mode, no gradient, fixed BN statistics."""
-
-    def __init__(self, backbone: nn.Module, family: str, feature_dim: int, vit_last_blocks: int = 1) -> None:
-        super().__init__()
-        self.backbone = backbone.eval().requires_grad_(False)
-        self.last_blocks = vit_last_blocks if family == "vit" else 1
-        self.feature_dim = feature_dim * self.last_blocks
-        self.kind = "pooled" if self.last_blocks == 1 else f"vit-cls-last{self.last_blocks}"
-
-    def train(self, mode: bool = True) -> FrozenFeatures:
-        return self  # stays in eval mode whatever the caller asks
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.last_blocks == 1:
-            return self.backbone(images).float()
-        # timm applies the final norm to every returned block, as DINO's get_intermediate_layers does.
-        blocks = self.backbone.get_intermediate_layers(
-            images, n=self.last_blocks, return_prefix_tokens=True, norm=True
-        )
-        return torch.cat([prefix[:, 0] for _, prefix in blocks], dim=-1).float()
-
-
-def _in_dataset_order(local: torch.Tensor, total: int, ctx: Context) -> torch.Tensor:
-    """Gather every process's rows (rank r holds dataset rows r, r + W, ...) back in dataset order."""
-    if not ctx.distributed:
-        return local
-    rows = []
-    for start in range(0, len(local), GATHER_ROWS):
-        part = distributed.all_gather_cat(local[start : start + GATHER_ROWS].to(ctx.device)).cpu()
-        rows.append(part.view(ctx.world_size, -1, part.shape[1]).transpose(0, 1).reshape(-1, part.shape[1]))
-    return torch.cat(rows)[:total]  # the tail holds the rows DistributedSampler repeated
-
-
-@torch.no_grad()
-def extract_features(model: FrozenFeatures, dataset, ctx: Context, batch_size: int, workers: int,
-                     desc: str = "features") -> torch.Tensor:  # fmt: skip
-    """Features (len(dataset), D) in dataset order, float32 on the CPU, on every process."""
-    sampler = (
-        DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=False) if ctx.distributed else None
-    )
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers)
-    parts = [model(images.to(ctx.device, non_blocking=True)).cpu()
-             for images, _ in tqdm(loader, desc=desc, disable=not ctx.is_main, leave=False, dynamic_ncols=True)]  # fmt: skip
-    return _in_dataset_order(torch.cat(parts), len(dataset), ctx)
 
 
 @dataclass
@@ -181,12 +109,19 @@ class FeatureStore:
         key = self.key(split, crop)
         path = self.path(key) if self.cache_dir is not None else None
         if path is not None and path.is_file() and not self.refresh:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
+            stored = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
             if stored.get("key") == key:
                 return stored["features"]
-        images = split.with_transform(centre_crop_transform(crop))
-        features = extract_features(self.model, images, self.ctx, self.batch_size, self.workers,
-                                    desc=f"features {split.split}")  # fmt: skip
+        images = split.with_transform(crop.transform())
+        features, _ = extract_features(
+            self.model,
+            images,
+            self.ctx.device,
+            self.batch_size,
+            self.workers,
+            self.ctx,
+            desc=f"features {split.split}",
+        )
         if path is not None and self.ctx.is_main:
             atomic_torch_save({"key": key, "features": features}, path)
         distributed.barrier()

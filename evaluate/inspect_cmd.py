@@ -12,10 +12,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from evaluate.adapters import Adapted, AdapterError, formats, get_format, load_pretrained
-from lowssl.backbones import available
+from lowssl.checkpoints import (
+    CheckpointLayoutError,
+    OpenedCheckpoint,
+    add_checkpoint_arguments,
+    get_format,
+    open_from_arguments,
+)
 from lowssl.io import CheckpointError
 
 _SHOWN = 20  # keys listed per category; the counts are always complete
@@ -26,33 +30,33 @@ def _listing(keys: list[str]) -> str:
     return ", ".join(keys[:_SHOWN]) + more
 
 
-def format_report(adapted: Adapted, path: str | Path) -> str:
-    fmt = get_format(adapted.format)
-    also = [name for name in adapted.matched_formats if name != adapted.format]
-    default = " (default)" if adapted.branch == fmt.default_branch else ""
+def format_report(opened: OpenedCheckpoint) -> str:
+    fmt = get_format(opened.format)
+    also = [name for name in opened.matched_formats if name != opened.format]
+    default = " (default)" if opened.branch == fmt.default_branch else ""
     lines = [
-        f"checkpoint  {path}",
-        f"sha256      {adapted.checkpoint_sha256}",
+        f"checkpoint  {opened.path}",
+        f"sha256      {opened.checkpoint_sha256}",
         f"format      {fmt.name}: {fmt.source}" + (f" [fits equally: {', '.join(also)}]" if also else ""),
-        f"arch        {adapted.arch}",
-        f"branch      {adapted.branch}{default}; branches: {', '.join(fmt.branches)}",
-        f"backbone    {adapted.loaded} keys loaded, {len(adapted.missing)} missing, "
-        f"{len(adapted.unexpected)} unexpected",
-        f"dropped     {len(adapted.dropped)} keys"
-        + (f": {_listing(adapted.dropped)}" if adapted.dropped else ""),
+        f"arch        {opened.arch}",
+        f"branch      {opened.branch}{default}; branches: {', '.join(fmt.branches)}",
+        f"backbone    {opened.loaded} keys loaded, {len(opened.missing)} missing, "
+        f"{len(opened.unexpected)} unexpected",
+        f"dropped     {len(opened.dropped)} keys"
+        + (f": {_listing(opened.dropped)}" if opened.dropped else ""),
         "head        "
         + (
-            f"{len(adapted.head_state)} tensors: {_listing(list(adapted.head_state))}"
-            if adapted.head_state
+            f"{len(opened.head_state)} tensors: {_listing(list(opened.head_state))}"
+            if opened.head_state
             else "none"
         ),
     ]
-    if adapted.missing:
-        lines.append(f"MISSING     {_listing(adapted.missing)}")
-    if adapted.unexpected:
-        lines.append(f"unexpected  {_listing(adapted.unexpected)}")
+    if opened.missing:
+        lines.append(f"MISSING     {_listing(opened.missing)}")
+    if opened.unexpected:
+        lines.append(f"unexpected  {_listing(opened.unexpected)}")
     lines.append("notes")
-    lines.extend(f"  - {note}" for note in adapted.notes)
+    lines.extend(f"  - {note}" for note in opened.notes)
     return "\n".join(lines)
 
 
@@ -62,28 +66,13 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
         description="Report how a pre-training checkpoint maps onto a lowssl backbone. Exit code 0: every "
         "backbone key loads; 1: backbone keys are missing; 2: the file or its layout cannot be read.",
     )
-    parser.add_argument("path", type=Path)
-    parser.add_argument("--arch", choices=available(), help="architecture (default: recorded or inferred)")
-    parser.add_argument(
-        "--format",
-        dest="fmt",
-        choices=[fmt.name for fmt in formats()],
-        help="checkpoint layout (default: detected from the keys)",
-    )
-    parser.add_argument("--branch", help="student / teacher / query ... (default: the format's default)")
-    parser.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="load the file as a full pickle, which can run arbitrary code: only for files you trust",
-    )
+    add_checkpoint_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        adapted = load_pretrained(
-            args.path, arch=args.arch, fmt=args.fmt, branch=args.branch, trust=args.trust_checkpoint
-        )
-    except (AdapterError, CheckpointError) as error:
+        opened = open_from_arguments(args)
+    except (CheckpointLayoutError, CheckpointError) as error:
         print("error: " + " ".join(str(error).split()), file=sys.stderr)  # one line, whatever torch said
         return 2
-    print(format_report(adapted, args.path))
-    print(json.dumps(adapted.summary()))
-    return 1 if adapted.missing else 0
+    print(format_report(opened))
+    print(json.dumps(opened.summary()))
+    return 1 if opened.missing else 0

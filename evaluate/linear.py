@@ -24,7 +24,6 @@ trust ratio differs (pretrain/optim.py explains how), so protocols.py allows LAR
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -37,8 +36,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from evaluate.protocols import LinearProtocol
+from lowssl import schedules
 from lowssl.config import ConfigError
 from lowssl.distributed import Context
+from lowssl.metrics import topk_hits
+from lowssl.transforms import random_crop_transform
 
 
 class DivergedError(RuntimeError):
@@ -50,17 +52,10 @@ STANDARDISE_EPS = 1e-5  # added to the variance, as SimReg / CompRess's FullBatc
 
 def train_transform(protocol: LinearProtocol):
     """RandomResizedCrop(image_size) + horizontal flip + normalise (docs/protocols.md)."""
-    from torchvision.transforms import v2
-
     crop = protocol.crop
-    return v2.Compose([
-        v2.PILToTensor(),
-        v2.RandomResizedCrop(crop.image_size, scale=protocol.train_crop_scale,
-                             interpolation=v2.InterpolationMode(protocol.train_interpolation), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(crop.mean, crop.std),
-    ])  # fmt: skip
+    return random_crop_transform(
+        crop.image_size, protocol.train_crop_scale, protocol.train_interpolation, crop.mean, crop.std
+    )
 
 
 class LinearHead(nn.Module):
@@ -99,12 +94,15 @@ def build_optimizer(protocol: LinearProtocol, head: LinearHead) -> torch.optim.O
 
 def epoch_lr(protocol: LinearProtocol, epoch: int) -> float:
     """The learning rate of 0-based ``epoch``: cosine from the peak to final_lr, or steps at milestones."""
-    peak = protocol.peak_lr()
-    if protocol.schedule == "cosine":
-        return protocol.final_lr + 0.5 * (peak - protocol.final_lr) * (
-            1 + math.cos(math.pi * epoch / protocol.epochs)
-        )
-    return peak * protocol.gamma ** sum(epoch >= milestone for milestone in protocol.milestones)
+    return schedules.epoch_lr(
+        protocol.schedule,
+        protocol.peak_lr(),
+        epoch,
+        protocol.epochs,
+        protocol.final_lr,
+        protocol.milestones,
+        protocol.gamma,
+    )
 
 
 def per_process_batch(protocol: LinearProtocol, ctx: Context) -> int:
@@ -165,10 +163,9 @@ def accuracy(
     correct1 = correct5 = 0
     for start in range(0, len(features), chunk):
         logits = head(features[start : start + chunk].to(device))
-        target = labels[start : start + chunk].to(device)
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += (top[:, 0] == target).sum().item()
-        correct5 += (top == target[:, None]).any(dim=1).sum().item()
+        hits1, hits5 = topk_hits(logits, labels[start : start + chunk].to(device))
+        correct1 += hits1.item()
+        correct5 += hits5.item()
     return 100.0 * correct1 / len(features), 100.0 * correct5 / len(features)
 
 

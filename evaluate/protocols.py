@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from lowssl import schedules
 from lowssl.config import (
     ConfigError,
     apply_overrides,
@@ -27,10 +28,9 @@ from lowssl.config import (
     read_yaml,
     require,
 )
+from lowssl.transforms import IMAGENET_MEAN, IMAGENET_STD, centre_crop_transform, resize_size
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: The batch size the linear scaling rule refers to: lr = base_lr * batch_size / 256.
 LR_REFERENCE_BATCH = 256
 
@@ -53,7 +53,11 @@ class CentreCrop:
 
     def describe(self) -> dict:
         """The transform as plain data: part of the feature-cache key."""
-        return {"resize": round(self.image_size * 256 / 224), **dataclasses.asdict(self)}
+        return {"resize": resize_size(self.image_size), **dataclasses.asdict(self)}
+
+    def transform(self):
+        """The torchvision transform of a PIL image to its normalised centre crop."""
+        return centre_crop_transform(self.image_size, self.interpolation, self.mean, self.std)
 
 
 @dataclass
@@ -114,12 +118,7 @@ class LinearProtocol:
         require(self.base_lr > 0, "base_lr", f"must be > 0, got {self.base_lr}")
         require(0 < self.train_crop_scale[0] <= self.train_crop_scale[1] <= 1, "train_crop_scale",
                 f"need 0 < min <= max <= 1, got {self.train_crop_scale}")  # fmt: skip
-        require(
-            self.schedule != "step" or len(self.milestones) > 0,
-            "milestones",
-            "schedule step needs milestones",
-        )
-        require(list(self.milestones) == sorted(self.milestones), "milestones", "must be increasing")
+        schedules.check_epoch_schedule(self.schedule, self.milestones)
         require(self.init_std is None or self.init_std > 0, "init_std", "must be > 0 or null")
         # timm's Lars equals SSLight's / DINO's LARS only without weight decay (see evaluate/linear.py).
         require(self.optimizer != "lars" or self.weight_decay == 0, "weight_decay",

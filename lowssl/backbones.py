@@ -41,6 +41,11 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
+def unregister(name: str) -> None:
+    """Remove ``name`` (a test's throwaway registration, tests/test_extending.py)."""
+    del _REGISTRY[name]
+
+
 def available() -> list[str]:
     return sorted(_REGISTRY)
 

@@ -15,6 +15,7 @@ base's, recursively), applies
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import hashlib
@@ -185,20 +186,35 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _merge(merged, data)
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides; values are parsed as YAML (``1e-3``, ``[0.3, 1.0]``, ``true``)."""
-    data = _merge({}, data)
+def add_overrides_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """The ``key.sub=value ...`` arguments of every stage's command line (pretrain, evaluate, semisup):
+    one syntax, read by :func:`parse_overrides` / :func:`apply_overrides`."""
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=help)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``a.b.c=value`` overrides as ``{"a.b.c": value}``; values are parsed as YAML (``1e-3``,
+    ``[0.3, 1.0]``, ``true``); a key given twice keeps its last value."""
+    parsed: dict[str, Any] = {}
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"override '{override}' must look like key.sub=value")
         dotted, raw = override.split("=", 1)
+        parsed[dotted.strip()] = yaml.safe_load(raw)
+    return parsed
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``data`` with the ``a.b.c=value`` overrides of :func:`parse_overrides` applied."""
+    data = _merge({}, data)
+    for dotted, value in parse_overrides(overrides).items():
         node = data
-        parts = dotted.strip().split(".")
+        parts = dotted.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override '{override}': '{part}' is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+                raise ConfigError(f"override '{dotted}': '{part}' is not a section")
+        node[parts[-1]] = value
     return data
 
 

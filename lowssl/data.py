@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import random
 import struct
 import warnings
 from collections.abc import Callable
@@ -22,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
+
+from lowssl.rng import sample_seed
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_ENV = "LOWSSL_FASHION_MNIST"
@@ -299,15 +302,52 @@ class IndexedImages(Dataset):
         return (self.transform(image) if self.transform else image), int(self.targets[index])
 
 
-def eval_transform(size: int, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> Callable:
-    """The evaluation transform of the protocols (docs/protocols.md): Resize(size * 256 / 224),
-    CenterCrop(size), normalise; at 224 px that is the usual Resize 256 + CenterCrop 224."""
-    from torchvision.transforms import v2
+class SeededSamples(Dataset):
+    """Items are ``(epoch, index)`` pairs (from an epoch sampler); returns ``(transform(image), label)``
+    with the transform's randomness (torch's and Python's) seeded by (seed, epoch, index)
+    (:func:`lowssl.rng.sample_seed`), or ``None`` for an unreadable image when ``skip_unreadable``.
 
-    return v2.Compose([
-        v2.PILToTensor(),
-        v2.Resize(round(size * 256 / 224), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.CenterCrop(size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean, std),
-    ])  # fmt: skip
+    So a sample's crop does not depend on the worker or process that loads it, and a run resumed in
+    the middle of an epoch sees exactly the crops an uninterrupted run would have seen (pre-training's
+    multi-crop views, semisup's fine-tuning crops).
+    """
+
+    def __init__(
+        self, images: Dataset, transform: Callable, seed: int, skip_unreadable: bool = False
+    ) -> None:
+        self.images = images
+        self.transform = transform
+        self.seed = seed
+        self.skip_unreadable = skip_unreadable
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item: tuple[int, int]):
+        epoch, index = item
+        try:
+            image = self.images.load_image(index)
+        except DatasetError as error:
+            if self.skip_unreadable:
+                print(f"warning: skipping unreadable image: {error}", flush=True)
+                return None
+            raise
+        label = int(self.images.targets[index])
+        if get_worker_info() is not None:  # a loader worker: its RNG and its one thread are its own
+            return self._seeded(epoch, index, image), label
+        # In the main process (num_workers=0) keep the training RNG untouched, and run the small
+        # per-image ops on one thread: torch's multi-threading makes them many times slower.
+        threads, python_rng = torch.get_num_threads(), random.getstate()
+        torch.set_num_threads(1)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                return self._seeded(epoch, index, image), label
+        finally:
+            torch.set_num_threads(threads)
+            random.setstate(python_rng)
+
+    def _seeded(self, epoch: int, index: int, image: Image.Image):
+        seed = sample_seed(self.seed, epoch, index)
+        torch.manual_seed(seed)
+        random.seed(seed)
+        return self.transform(image)

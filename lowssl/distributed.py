@@ -1,12 +1,17 @@
-"""One process per device, started by torchrun (or run plainly as a single process).
+"""One process per device, started by torchrun or by SLURM's ``srun`` (or run plainly as one process).
 
-torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; :func:`init` then joins the process group with NCCL
-on GPUs and gloo on CPU. Without them everything runs in one process and the helpers below are no-ops.
+torchrun sets RANK, LOCAL_RANK and WORLD_SIZE. ``srun`` with one task per device sets SLURM_PROCID,
+SLURM_LOCALID and SLURM_NTASKS instead: :func:`torchrun_variables` translates them (and picks the
+rendezvous host and port from the job), so ``srun python -m pretrain ...`` needs no torchrun line.
+:func:`init` then joins the process group with NCCL on GPUs and gloo on CPU. Without either set of
+variables everything runs in one process and the helpers below are no-ops.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -29,8 +34,44 @@ class Context:
         return self.world_size > 1
 
 
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: ``gpu[003-010,012],cpu1`` -> ``gpu003``.
+
+    Written here because ``scontrol show hostnames`` is not on every container's PATH, and only the
+    first host (the rendezvous) is needed, not the whole expansion.
+    """
+    head = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if head is None or not head.group(1):
+        raise ValueError(f"SLURM_JOB_NODELIST={nodelist!r} is not a SLURM node list (e.g. node[01-04])")
+    prefix, ranges = head.groups()
+    return prefix if ranges is None else prefix + ranges.split(",")[0].split("-")[0]
+
+
+def torchrun_variables(environ: Mapping[str, str]) -> dict[str, str]:
+    """torchrun's variables for a process ``srun`` started, or {} if torchrun (or nobody) did.
+
+    torchrun's own variables win: ``srun torchrun ...`` (one task per node) keeps torchrun's ranks.
+    The port follows PyTorch Lightning's SLURM convention, 15000 + the job id's last 4 digits
+    (PyTorchLightning/pytorch-lightning@2b255a3df4e20911c5a3704e8004a6c6958f8dfc:
+    pytorch_lightning/trainer/connectors/slurm_connector.py), so two jobs sharing a node do not
+    collide; MASTER_ADDR / MASTER_PORT set by the user win.
+    """
+    if "WORLD_SIZE" in environ or "SLURM_PROCID" not in environ:
+        return {}
+    job_id = environ.get("SLURM_JOB_ID", "0")
+    return {
+        "RANK": environ["SLURM_PROCID"],
+        "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+        "WORLD_SIZE": environ.get("SLURM_NTASKS", "1"),
+        "MASTER_ADDR": environ.get("MASTER_ADDR")
+        or first_host(environ.get("SLURM_JOB_NODELIST", "127.0.0.1")),
+        "MASTER_PORT": environ.get("MASTER_PORT") or str(15000 + int(job_id[-4:] or 0)),
+    }
+
+
 def init(device: str = "auto") -> Context:
-    """Join the process group if torchrun started us; pick this process's device."""
+    """Join the process group if torchrun or srun started us; pick this process's device."""
+    os.environ.update(torchrun_variables(os.environ))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -53,16 +94,9 @@ def world_size() -> int:
     return dist.get_world_size() if is_initialized() else 1
 
 
-def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Mean over processes (in place), the identity in a single process."""
-    if is_initialized():
-        dist.all_reduce(tensor)
-        tensor /= dist.get_world_size()
-    return tensor
-
-
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate a tensor from every process along dim 0 (no gradient)."""
+    """Concatenate a tensor from every process along dim 0, in rank order; no gradient flows back
+    through the gather (MoCo's key queue and the feature gather need none). One process: the tensor."""
     if not is_initialized():
         return tensor
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]

@@ -1,11 +1,11 @@
 """Results records: the one schema every stage appends to, one row per metric.
 
-Each run writes ``results/runs/<run_id>.csv`` (atomically, rewriting the whole file), so a killed run
-never leaves a half-written row. Several processes may add to the same run at once (the evaluation
-jobs of one checkpoint finishing together on a cluster): every read-modify-write of a run's file holds
-an exclusive lock on ``<runs_dir>/.records.lock`` (POSIX ``lockf``, which NFS honours too), so none of
-their rows is lost. :func:`read_records` reads every file back into one pandas DataFrame; the
-leaderboard is built from it.
+Each run writes ``<runs_dir>/<run_id>.csv`` (by default ``results/runs/``: :func:`default_runs_dir`)
+atomically, rewriting the whole file, so a killed run never leaves a half-written row. Several
+processes may add to the same run at once (the evaluation jobs of one checkpoint finishing together
+on a cluster): every read-modify-write of a run's file holds an exclusive lock on
+``<runs_dir>/.records.lock`` (POSIX ``lockf``, which NFS honours too), so none of their rows is lost.
+:func:`read_records` reads every file back into one pandas DataFrame; the leaderboard is built from it.
 
 A value is a number that was measured: a metric that could not be computed (NaN, no detections) is
 refused here, so it is never written as a blank that reads as a number.
@@ -29,9 +29,14 @@ from pathlib import Path
 import pandas as pd
 
 from lowssl.io import atomic_write_text
+from lowssl.paths import home
 
-#: Where records go unless a stage is told otherwise (``results/runs/`` in the repository).
-DEFAULT_RUNS_DIR = Path(__file__).resolve().parent.parent / "results" / "runs"
+
+def default_runs_dir() -> Path:
+    """Where records go unless a stage is told otherwise: ``results/runs/`` under
+    :func:`lowssl.paths.home` (``$LOWSSL_HOME``, else the working directory)."""
+    return home() / "results" / "runs"
+
 
 STAGES = ("pretrain", "linear", "knn", "semisup", "detection")
 LOCK_NAME = ".records.lock"
@@ -99,7 +104,7 @@ def write_records(records: list[Record], runs_dir: str | Path | None = None) -> 
     if len(run_ids) != 1:
         raise ValueError(f"records of one file must share one run_id, got {sorted(run_ids)}")
     frame = pd.DataFrame([asdict(r) for r in records], columns=COLUMNS).astype({"seed": "Int64"})
-    runs_dir = Path(runs_dir or DEFAULT_RUNS_DIR)
+    runs_dir = Path(runs_dir or default_runs_dir())
     with _locked(runs_dir):
         return atomic_write_text(runs_dir / f"{run_ids.pop()}.csv", frame.to_csv(index=False))
 
@@ -132,7 +137,7 @@ def _result_key(record: Record) -> tuple[str, str, str, str, str]:
 def append_records(records: list[Record], runs_dir: str | Path | None = None) -> Path:
     """Add rows to a run's file, replacing earlier rows of the same result: (stage, protocol, branch,
     dataset, metric), so e.g. a held-out result never overwrites the val result of the same checkpoint."""
-    runs_dir = Path(runs_dir or DEFAULT_RUNS_DIR)
+    runs_dir = Path(runs_dir or default_runs_dir())
     path = runs_dir / f"{records[0].run_id}.csv"
     with _locked(runs_dir):  # the read and the write, as one step for every other writer
         if path.exists():
@@ -157,7 +162,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 def read_records(runs_dir: str | Path | None = None) -> pd.DataFrame:
     """All records under ``runs_dir`` as one DataFrame with :data:`COLUMNS` (empty if none)."""
-    paths = sorted(Path(runs_dir or DEFAULT_RUNS_DIR).glob("*.csv"))
+    paths = sorted(Path(runs_dir or default_runs_dir()).glob("*.csv"))
     if not paths:
         return pd.DataFrame(columns=COLUMNS)
     return pd.concat([_read_csv(p) for p in paths], ignore_index=True)

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from lowssl.backbones import available as available_backbones
 from lowssl.backbones import get_spec
-from lowssl.config import ConfigError, from_dict, require
-from pretrain.methods import METHODS
+from lowssl.config import from_dict, require
+from pretrain.methods import get_method, method_name
 from pretrain.optim import OptimConfig
 from pretrain.views import ViewsConfig
 
@@ -69,7 +69,7 @@ class PretrainConfig:
     recipe: Literal["baseline", "ours", "custom"]
     epochs: int
     batch_size: int  # global batch over all processes (paper: 1024 = 8 GPUs x 128, Sec. 4.1)
-    method: Any  # a DinoConfig / SwavConfig / MocoConfig, chosen by method.name
+    method: Any  # the config class of the method registered as method.name (pretrain.methods)
     views: ViewsConfig
     optim: OptimConfig
     # Stochastic depth of the student ViT (timm's drop_path_rate, lowssl.backbones.build_backbone);
@@ -87,9 +87,11 @@ class PretrainConfig:
     amp: Literal["none", "bf16", "fp16"] = "none"
     sync_bn: bool = True  # SyncBN on the whole model, as the paper's setup (docs/recipes.md, "Optimisation")
     channels_last: bool = False
-    # Colour augmentation on the device (pretrain/gpu_views.py): the loader only decodes, crops and
+    # Colour augmentation on the device (pretrain/views/gpu.py): the loader only decodes, crops and
     # resizes; for hosts whose CPUs cannot feed the GPUs.
     device_augment: bool = False
+    # A log.csv / TensorBoard row every N optimiser steps, and always at an epoch's and the run's last
+    # step (the values that end an epoch or a run are never skipped).
     log_every_steps: int = 10
     max_steps: int | None = None  # stop after this many optimiser steps in total (smoke tests)
 
@@ -112,12 +114,13 @@ class PretrainConfig:
         require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
         require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
         require(self.max_steps is None or self.max_steps > 0, "max_steps", "must be > 0 or null")
+        require(self.log_every_steps > 0, "log_every_steps", f"must be > 0, got {self.log_every_steps}")
         require(self.resume in ("auto", "never") or self.resume.endswith(".pth"), "resume",
                 f"allowed values: auto, never, or a path to a .pth checkpoint; got '{self.resume}'")  # fmt: skip
 
     @property
     def method_name(self) -> str:
-        return next(name for name, cls in METHODS.items() if isinstance(self.method, cls.config_class))
+        return method_name(self.method)
 
     @property
     def run_dir(self) -> str:
@@ -127,8 +130,4 @@ class PretrainConfig:
 def method_config(section: dict[str, Any]):
     """``{name: dino, alpha: 0.4, ...}`` -> that method's config dataclass (strict)."""
     section = dict(section)
-    name = section.pop("name", None)
-    if name not in METHODS:
-        raise ConfigError(f"config key 'method.name': {name!r} is not allowed; allowed values: "
-                          f"{', '.join(sorted(METHODS))}")  # fmt: skip
-    return from_dict(METHODS[name].config_class, section, prefix="method")
+    return from_dict(get_method(section.pop("name", None)).config_class, section, prefix="method")

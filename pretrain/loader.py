@@ -1,63 +1,18 @@
 """The pre-training data path: multi-crop views with reproducible randomness and exact resume.
 
 Each sample's augmentation is seeded by (seed, epoch, index), not by the worker that happens to load
-it, so the views of a step do not depend on the number of workers or processes, and a run resumed in
-the middle of an epoch sees exactly the views an uninterrupted run would have seen.
+it (:class:`lowssl.data.SeededSamples`), so the views of a step do not depend on the number of
+workers or processes, and a run resumed in the middle of an epoch sees exactly the views an
+uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
-import random
-
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lowssl.data import DatasetError
-from lowssl.rng import sample_seed
+from lowssl.data import DatasetError, SeededSamples
 from pretrain.views import MultiCropViews, collate_views
-
-
-class SeededViews(Dataset):
-    """Items are ``(epoch, index)`` pairs (from :class:`EpochSampler`); returns (views, label) or
-    ``None`` for an unreadable image when ``skip_corrupt`` is set."""
-
-    def __init__(self, images: Dataset, views: MultiCropViews, seed: int, skip_corrupt: bool) -> None:
-        self.images = images
-        self.views = views
-        self.seed = seed
-        self.skip_corrupt = skip_corrupt
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, item: tuple[int, int]):
-        epoch, index = item
-        try:
-            image = self.images.load_image(index)
-        except DatasetError as error:
-            if self.skip_corrupt:
-                print(f"warning: skipping unreadable image: {error}", flush=True)
-                return None
-            raise
-        label = int(self.images.targets[index])
-        if get_worker_info() is not None:  # a loader worker: its RNG and its one thread are its own
-            return self._views(epoch, index, image), label
-        # In the main process (num_workers=0) keep the training RNG untouched, and run the small
-        # per-image ops on one thread: torch's multi-threading makes them many times slower.
-        threads, python_rng = torch.get_num_threads(), random.getstate()
-        torch.set_num_threads(1)
-        try:
-            with torch.random.fork_rng(devices=[]):
-                return self._views(epoch, index, image), label
-        finally:
-            torch.set_num_threads(threads)
-            random.setstate(python_rng)
-
-    def _views(self, epoch, index, image):
-        seed = sample_seed(self.seed, epoch, index)
-        torch.manual_seed(seed)
-        random.seed(seed)
-        return self.views(image)
 
 
 class EpochSampler(Sampler):
@@ -117,7 +72,7 @@ def build_loader(
 ) -> tuple[DataLoader, EpochSampler]:
     sampler = EpochSampler(len(images), batch_per_process, rank, world_size, seed)
     loader = DataLoader(
-        SeededViews(images, views, seed, skip_corrupt),
+        SeededSamples(images, views, seed, skip_corrupt),
         batch_size=batch_per_process,
         sampler=sampler,
         num_workers=num_workers,

@@ -8,16 +8,13 @@ every schedule is evaluated per step (DINO's ``utils.cosine_scheduler``).
 How a training loop uses this module::
 
     optimizer = build_optimizer(student, cfg.optim)
-    schedules = build_schedules(cfg.optim, epochs, len(loader), global_batch_size,
-                                ema_momentum_start=0.996)      # DINO teacher; None for no EMA
-    for epoch in range(start_epoch, epochs):
-        for i, batch in enumerate(loader):
-            values = schedules.apply(optimizer, schedules.global_step(epoch, i))  # writes lr / wd
-            loss = ...; optimizer.zero_grad(); loss.backward()
-            if cfg.optim.clip_grad is not None:
-                clip_gradients(student, cfg.optim.clip_grad)
-            optimizer.step()
-            ema_update(teacher, student, values.ema_momentum)
+    schedules = build_schedules(cfg.optim, epochs, len(loader), global_batch_size)
+    for step, batch in enumerate(loader, start=global_step):
+        values = schedules.apply(optimizer, step)  # writes this step's lr / wd, returns them
+        loss = ...; optimizer.zero_grad(); loss.backward()
+        if cfg.optim.clip_grad is not None:
+            clip_gradients(student, cfg.optim.clip_grad)
+        optimizer.step()
 
 Parameter groups (:func:`param_groups`) are found by module type, never by parameter names:
 
@@ -77,6 +74,7 @@ import torch
 from torch import nn
 
 from lowssl.config import ConfigError, require
+from lowssl.schedules import cosine_decay
 
 OptimizerName = Literal["lars", "adamw"]
 ExclusionRule = Literal["paper", "authors"]
@@ -147,21 +145,6 @@ class OptimConfig:
             "lr_reference_batch_size",
             f"must be > 0, got {self.lr_reference_batch_size}",
         )
-
-    @classmethod
-    def paper_cnn(cls) -> OptimConfig:
-        """DINO / MoCo-v2* on CNNs (docs/recipes.md, "Optimisation"): LARS 0.48, min 0.0048, wd 1e-6."""
-        return cls()
-
-    @classmethod
-    def paper_swav(cls) -> OptimConfig:
-        """SwAV on CNNs (docs/recipes.md, "SwAV"; SSLight swav_cnn_*.yaml): LARS 0.3, warm-up from 0.075."""
-        return cls(base_lr=0.3, warmup_start_lr=0.075)
-
-    @classmethod
-    def paper_vit(cls) -> OptimConfig:
-        """DINO on ViTs (docs/recipes.md, "Optimisation"): AdamW 0.0005, min 1e-5, wd cosine 0.04 -> 0.4."""
-        return cls(name="adamw", base_lr=0.0005, min_lr=1e-5, weight_decay=0.04, weight_decay_end=0.4)
 
     def peak_lr(self, batch_size: int) -> float:
         """``base_lr x batch_size / lr_reference_batch_size`` (the LR at the end of the warm-up)."""
@@ -360,7 +343,8 @@ def cosine_schedule(
 
     Warm-up: ``np.linspace(warmup_start_value, base_value, W)`` over the ``W = warmup_epochs x
     steps_per_epoch`` first steps (the last warm-up step is ``base_value``); then, for ``i`` in
-    ``0 .. T-1`` with ``T`` the remaining steps, ``final + 0.5 (base - final) (1 + cos(pi i / T))``.
+    ``0 .. T-1`` with ``T`` the remaining steps, ``final + 0.5 (base - final) (1 + cos(pi i / T))``
+    (:func:`lowssl.schedules.cosine_decay`).
     (Written here rather than taken from timm: see the module docstring.)
     """
     if epochs < 1 or steps_per_epoch < 1:
@@ -370,7 +354,7 @@ def cosine_schedule(
     warmup_steps = warmup_epochs * steps_per_epoch
     warmup = np.linspace(warmup_start_value, base_value, warmup_steps) if warmup_steps > 0 else np.array([])
     steps = np.arange(epochs * steps_per_epoch - warmup_steps)
-    cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * steps / max(len(steps), 1)))
+    cosine = cosine_decay(base_value, final_value, steps, max(len(steps), 1))
     schedule = np.concatenate((warmup, cosine))
     assert len(schedule) == epochs * steps_per_epoch
     return schedule
@@ -380,42 +364,27 @@ def cosine_schedule(
 class StepValues:
     lr: float
     weight_decay: float
-    ema_momentum: float | None
 
 
 @dataclass(frozen=True)
 class Schedules:
-    """Per-step values of the LR, the weight decay and (optionally) the EMA momentum."""
+    """Per-step values of the LR and the weight decay (a teacher's EMA momentum is its method's:
+    ``MultiCropMethod.teacher_momentum``)."""
 
     lr: np.ndarray
     weight_decay: np.ndarray
-    ema_momentum: np.ndarray | None
-    steps_per_epoch: int
 
     def __len__(self) -> int:
         return len(self.lr)
 
-    @property
-    def epochs(self) -> int:
-        return len(self.lr) // self.steps_per_epoch
-
-    def global_step(self, epoch: int, step_in_epoch: int) -> int:
-        if not 0 <= step_in_epoch < self.steps_per_epoch or not 0 <= epoch < self.epochs:
-            raise IndexError(
-                f"(epoch {epoch}, step {step_in_epoch}) is outside {self.epochs} epochs x "
-                f"{self.steps_per_epoch} steps"
-            )
-        return epoch * self.steps_per_epoch + step_in_epoch
-
     def at(self, step: int) -> StepValues:
-        """Values at global step ``step`` (0-based); ``at(global_step(epoch, i))`` for (epoch, i)."""
+        """Values at global step ``step`` (0-based)."""
         if not 0 <= step < len(self):
             raise IndexError(f"step {step} is outside the schedule's {len(self)} steps")
-        ema = None if self.ema_momentum is None else float(self.ema_momentum[step])
-        return StepValues(float(self.lr[step]), float(self.weight_decay[step]), ema)
+        return StepValues(float(self.lr[step]), float(self.weight_decay[step]))
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> StepValues:
-        """Write this step's LR and weight decay into ``optimizer`` and return all the step's values."""
+        """Write this step's LR and weight decay into ``optimizer`` and return them."""
         values = self.at(step)
         set_lr_and_weight_decay(optimizer, values.lr, values.weight_decay)
         return values
@@ -429,31 +398,18 @@ def set_lr_and_weight_decay(optimizer: torch.optim.Optimizer, lr: float, weight_
         group["weight_decay"] = weight_decay if group.get("apply_weight_decay", True) else 0.0
 
 
-def build_schedules(
-    cfg: OptimConfig,
-    epochs: int,
-    steps_per_epoch: int,
-    batch_size: int,
-    ema_momentum_start: float | None = None,
-    ema_momentum_end: float = 1.0,
-) -> Schedules:
+def build_schedules(cfg: OptimConfig, epochs: int, steps_per_epoch: int, batch_size: int) -> Schedules:
     """The per-step schedules of a run of ``epochs`` x ``steps_per_epoch`` steps at global batch
     ``batch_size`` (all processes together): LR warm-up + cosine to ``cfg.min_lr`` (peak
     ``cfg.peak_lr(batch_size)``); weight decay cosine ``weight_decay -> weight_decay_end`` (constant
-    when they are equal); EMA momentum cosine ``ema_momentum_start -> ema_momentum_end`` without
-    warm-up (DINO teacher: 0.996 -> 1.0, docs/recipes.md) when ``ema_momentum_start`` is given."""
+    when they are equal)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     lr = cosine_schedule(
         cfg.peak_lr(batch_size), cfg.min_lr, epochs, steps_per_epoch, cfg.warmup_epochs, cfg.warmup_start_lr
     )
     wd = cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, epochs, steps_per_epoch)
-    ema = None
-    if ema_momentum_start is not None:
-        if not 0 <= ema_momentum_start <= ema_momentum_end <= 1:
-            raise ValueError(f"need 0 <= ema start <= end <= 1, got {ema_momentum_start}, {ema_momentum_end}")
-        ema = cosine_schedule(ema_momentum_start, ema_momentum_end, epochs, steps_per_epoch)
-    return Schedules(lr=lr, weight_decay=wd, ema_momentum=ema, steps_per_epoch=steps_per_epoch)
+    return Schedules(lr=lr, weight_decay=wd)
 
 
 __all__ = [

@@ -12,28 +12,32 @@ import csv
 import math
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from lowssl import distributed
 from lowssl.backbones import get_spec
+from lowssl.checkpoints import schema
 from lowssl.config import ConfigError, config_hash, load, to_dict
-from lowssl.data import DatasetError, IndexedImages, build_dataset, eval_transform, held_out_split
-from lowssl.io import git_commit, remove_stale_temp_files
-from lowssl.knn import knn_top1
+from lowssl.data import DatasetError, IndexedImages, build_dataset, held_out_split
+from lowssl.features import extract_features
+from lowssl.io import atomic_write_text, git_commit, remove_stale_temp_files
+from lowssl.knn import knn_evaluate
 from lowssl.records import Record, append_records, pretrain_budget
 from lowssl.rng import rng_state, set_rng_state
-from pretrain import checkpoint as ckpt
+from lowssl.transforms import centre_crop_transform
 from pretrain.config import PretrainConfig
-from pretrain.gpu_views import CropViews, GpuViewAugment
 from pretrain.loader import build_loader
 from pretrain.methods import MultiCropMethod, RunLayout, build_method
-from pretrain.optim import build_optimizer, build_schedules, clip_gradients
-from pretrain.views import MultiCropViews
+from pretrain.optim import Schedules, build_optimizer, build_schedules, clip_gradients
+from pretrain.views import CropViews, GpuViewAugment, MultiCropViews, resolve_views
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,7 +48,7 @@ class ResumeError(RuntimeError):
     """Resuming would change the model or the method."""
 
 
-def parse_args(argv=None) -> tuple[PretrainConfig, list[str]]:
+def parse_args(argv=None) -> tuple[PretrainConfig, argparse.Namespace]:
     parser = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--config", required=True, help="YAML file, e.g. pretrain/configs/tiny/dino_resnet18_ours.yaml"
@@ -52,13 +56,35 @@ def parse_args(argv=None) -> tuple[PretrainConfig, list[str]]:
     parser.add_argument(
         "overrides", nargs="*", help="dotted overrides: epochs=2 optim.base_lr=0.3 output_dir=PATH"
     )
-    args = parser.parse_args(argv)
-    return load(PretrainConfig, args.config, args.overrides), args.overrides
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config (YAML) and exit"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what the run will do (steps, LR, views, parameter groups, estimated time) and exit",
+    )
+    parser.add_argument("--processes", type=int, help="--dry-run: processes the run will have (default: 1)")
+    parser.add_argument(
+        "--timed-steps",
+        type=int,
+        default=2,
+        help="--dry-run: optimiser steps timed for the estimate (0: none)",
+    )
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after the flags
+    return load(PretrainConfig, args.config, args.overrides), args
 
 
 def main(argv=None) -> int:
     try:
-        cfg, _ = parse_args(argv)
+        cfg, args = parse_args(argv)
+        if args.print_config or args.dry_run:
+            from pretrain.dry_run import describe
+
+            print(
+                resolved_yaml(cfg) if args.print_config else describe(cfg, args.processes, args.timed_steps)
+            )
+            return 0
         train(cfg)
     except (ConfigError, DatasetError, NonFiniteLossError, ResumeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -74,21 +100,57 @@ def train(cfg: PretrainConfig) -> dict:
     if ctx.device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     run_dir = Path(cfg.run_dir)
-    plain_config = to_dict(cfg)
-    plain_config["method"] = {"name": cfg.method_name, **plain_config["method"]}
-    provenance = {
-        "config": plain_config,
-        "config_hash": config_hash(plain_config),
-        "git_commit": git_commit(),
-    }
 
-    # ---- data: pre-train on the training split minus the monitor's held-out images (Sec. 3.2) -----
+    # ---- data, then method, optimiser and schedules (in this order: the seed initialises both) ---
+    data = build_data(cfg, ctx)
+    run = build_run(cfg, ctx, run_dir, data.sampler.steps_per_epoch, len(data.images.classes))
+    if ctx.is_main:  # the resolved config beside the run, readable without loading a checkpoint
+        atomic_write_text(run_dir / "config.yaml", resolved_yaml(cfg))
+
+    # ---- resume -----------------------------------------------------------------------------------
+    start_epoch, start_batch = resume(run)
+
+    # ---- epochs: each ends with the monitor and its checkpoints, unless the step budget ran out ----
+    logger = RunLogger(run_dir, ctx.is_main, cfg.log_every_steps)
+    for epoch in range(start_epoch, cfg.epochs):
+        first_batch = start_batch if epoch == start_epoch else 0
+        loss = train_one_epoch(run, data, epoch, first_batch, logger)
+        if loss is not None:  # None: max_steps ran out inside the epoch; last.pth holds the position
+            end_epoch(run, data, epoch, loss, logger)
+        if run.budget_spent:
+            break
+    logger.close()
+
+    # ---- records: the final monitor values --------------------------------------------------------
+    if ctx.is_main and run.metrics.keys() & {"knn_top1_heldout", "online_linear_top1"}:
+        _write_records(cfg, run.provenance, run.metrics, run_dir)
+    return run.metrics
+
+
+# ---- set-up -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The pre-training images and the loader that turns them into batches of views."""
+
+    images: Any  # the whole training split: the monitor's bank and held-out queries come from it too
+    train_index: Any  # the images pre-trained on
+    held_index: Any  # the monitor's held-out images (paper Sec. 3.2, "Setting")
+    loader: torch.utils.data.DataLoader
+    sampler: Any  # pretrain.loader's resumable sampler: steps_per_epoch, set_epoch(epoch, first_batch)
+    device_augment: GpuViewAugment | None  # the colour half of the views, on the device (device_augment)
+
+
+def build_data(cfg: PretrainConfig, ctx: distributed.Context) -> RunData:
+    """Pre-train on the training split minus the monitor's held-out images (paper Sec. 3.2)."""
     images = build_dataset(cfg.data.dataset, "train", cfg.data.root, cfg.data.image_size)
     train_index, held_index = held_out_split(images.targets, cfg.monitor.held_out_per_class, cfg.seed)
     if cfg.data.subset is not None:
         train_index = train_index[: cfg.data.subset]
-    views = CropViews(cfg.views) if cfg.device_augment else MultiCropViews(cfg.views)
-    device_augment = GpuViewAugment(cfg.views) if cfg.device_augment else None
+    plan = resolve_views(cfg.views)
+    views = CropViews(plan) if cfg.device_augment else MultiCropViews(plan)
+    device_augment = GpuViewAugment(plan) if cfg.device_augment else None
     batch_per_process = cfg.batch_size // ctx.world_size
     if batch_per_process * ctx.world_size != cfg.batch_size:
         raise ConfigError(
@@ -98,10 +160,43 @@ def train(cfg: PretrainConfig) -> dict:
         IndexedImages(images, train_index), views, batch_per_process, ctx.rank, ctx.world_size, cfg.seed,
         cfg.data.num_workers, cfg.data.on_corrupt_image == "skip", ctx.device.type == "cuda",
     )  # fmt: skip
-    steps_per_epoch = sampler.steps_per_epoch
-    total_steps = cfg.epochs * steps_per_epoch
+    return RunData(images, train_index, held_index, loader, sampler, device_augment)
 
-    # ---- method, optimiser, schedules -------------------------------------------------------------
+
+@dataclass
+class Run:
+    """What the epochs train and a checkpoint saves, with the settings every step reads."""
+
+    cfg: PretrainConfig
+    ctx: distributed.Context
+    run_dir: Path
+    provenance: dict  # the resolved config, its hash and the git commit: in every checkpoint and record
+    method: MultiCropMethod
+    model: nn.Module  # the method, wrapped in DistributedDataParallel under torchrun
+    method_config: dict  # method.cfg as it trains (family defaults, SwAV's shortened queue), named
+    optimizer: torch.optim.Optimizer
+    schedules: Schedules
+    scaler: torch.amp.GradScaler
+    probe: OnlineProbe | None
+    total_steps: int
+    global_step: int = 0  # optimiser steps taken, over all epochs
+    metrics: dict = field(default_factory=dict)  # of the last finished epoch
+
+    @property
+    def budget_spent(self) -> bool:
+        """The step budget ``max_steps`` is used up."""
+        return self.cfg.max_steps is not None and self.global_step >= self.cfg.max_steps
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.pth"
+
+
+def build_run(
+    cfg: PretrainConfig, ctx: distributed.Context, run_dir: Path, steps_per_epoch: int, num_classes: int
+) -> Run:
+    """The method on this process's device (under DDP when distributed), its optimiser, schedules,
+    gradient scaler and the online linear probe."""
     method = build_run_method(cfg, ctx.world_size)
     if cfg.method_name == "swav" and method.cfg.queue_length != cfg.method.queue_length:
         _say(ctx, f"method.queue_length {cfg.method.queue_length} -> {method.cfg.queue_length}: SwAV's queue "
@@ -119,138 +214,25 @@ def train(cfg: PretrainConfig) -> dict:
     optimizer = build_optimizer(method, cfg.optim)
     schedules = build_schedules(cfg.optim, cfg.epochs, steps_per_epoch, cfg.batch_size)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.amp == "fp16")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
     probe = (
-        OnlineProbe(get_spec(cfg.backbone).feature_dim, len(images.classes), ctx.device)
+        OnlineProbe(get_spec(cfg.backbone).feature_dim, num_classes, ctx.device)
         if cfg.monitor.online_linear
         else None
     )
-
-    # ---- resume -------------------------------------------------------------------------------------
-    start_epoch, start_batch, global_step = 0, 0, 0
-    resume_path = _resume_path(cfg, run_dir)
-    if ctx.is_main:  # a kill mid-save leaves a partial temp file beside the whole checkpoint
-        for stale in remove_stale_temp_files(run_dir):
-            _say(ctx, f"removed {stale.name}, left by a run killed while saving")
-    if resume_path is not None:
-        state = ckpt.load(resume_path)
-        differences = ckpt.model_differences(state["config"], plain_config)
-        if differences:
-            raise ResumeError(
-                f"refusing to resume {resume_path}: the config changes the model or method:\n  "
-                + "\n  ".join(differences)
-                + "\nuse a new output_dir, or resume=never to start over"
-            )
-        method.load_state_dict(state["method_state"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["grad_scaler"])
-        if probe is not None and state.get("online_probe"):
-            probe.load_state_dict(state["online_probe"])
-        set_rng_state(state["rng"])
-        start_epoch, start_batch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        _say(
-            ctx,
-            f"resumed from {resume_path} at epoch {start_epoch}, step {start_batch} (global step {global_step})",
-        )
-
-    def save(path: Path, epoch: int, step_in_epoch: int, metrics: dict) -> Path:
-        teacher = getattr(method, "teacher_backbone", None)
-        return ckpt.save(path, {
-            "student_backbone": _cpu_state(method.student_backbone),
-            "teacher_backbone": _cpu_state(teacher) if teacher is not None else None,
-            "method_state": _cpu_state(method), "method_config": method_config,
-            "optimizer": optimizer.state_dict(),
-            "grad_scaler": scaler.state_dict(),
-            "online_probe": probe.state_dict() if probe is not None else None,
-            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-            "rng": rng_state(), "metrics": metrics,
-            "method": cfg.method_name, "backbone": cfg.backbone, "recipe": cfg.recipe,
-            **provenance,
-        })  # fmt: skip
-
-    # ---- logs ----------------------------------------------------------------------------------------
-    logger = RunLogger(run_dir, enabled=ctx.is_main)
-    last_path = run_dir / "last.pth"
-    metrics: dict = {}
-
-    # ---- epochs --------------------------------------------------------------------------------------
-    for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
-        method.train()
-        first_batch = start_batch if epoch == start_epoch else 0
-        bar = tqdm(loader, total=steps_per_epoch - first_batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not ctx.is_main, dynamic_ncols=True, leave=False)  # fmt: skip
-        tick = time.perf_counter()
-        for step_in_epoch, (batch_views, labels, skipped) in enumerate(bar, start=first_batch):
-            values = schedules.apply(optimizer, global_step)
-            batch_views = [v.to(ctx.device, non_blocking=True) for v in batch_views]
-            if device_augment is not None:
-                batch_views = device_augment(batch_views)
-            if cfg.channels_last:
-                batch_views = [v.contiguous(memory_format=torch.channels_last) for v in batch_views]
-
-            method.normalize_prototypes()  # SwAV: L2-normalised prototypes every step (docs/recipes.md)
-            with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                out = model(batch_views, epoch)
-            if not math.isfinite(out.loss.item()):
-                raise NonFiniteLossError(
-                    f"loss is {out.loss.item()} at epoch {epoch}, step {step_in_epoch} (global step "
-                    f"{global_step}); loss terms: {out.terms}. The run stopped; the last good checkpoint is "
-                    f"{last_path if last_path.exists() else 'none (no checkpoint was written yet)'}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(out.loss).backward()
-            if cfg.optim.clip_grad is not None:
-                scaler.unscale_(optimizer)
-                clip_gradients(method, cfg.optim.clip_grad)
-            method.cancel_frozen_gradients(epoch)  # DINO last layer / SwAV prototypes in epoch 1
-            scaler.step(optimizer)
-            scaler.update()
-            method.update_teacher(method.teacher_momentum(global_step, total_steps))
-            if probe is not None:
-                probe.step(method.student_backbone, batch_views[0], labels.to(ctx.device), values.lr)
-            global_step += 1
-
-            elapsed, tick = time.perf_counter() - tick, time.perf_counter()
-            images_per_s = len(labels) * ctx.world_size / max(elapsed, 1e-9)
-            bar.set_postfix(loss=f"{out.loss.item():.4f}", lr=f"{values.lr:.2e}", img_s=f"{images_per_s:.0f}")
-            logger.step(global_step, epoch, out.terms, values, images_per_s, skipped)
-
-            stop = cfg.max_steps is not None and global_step >= cfg.max_steps
-            mid_epoch = step_in_epoch + 1 < steps_per_epoch
-            if ctx.is_main and mid_epoch and (stop or _every(cfg.checkpoint.every_steps, step_in_epoch + 1)):
-                save(last_path, epoch, step_in_epoch + 1, metrics)
-            if stop:
-                break
-        bar.close()
-        if stop and mid_epoch:
-            break
-
-        # ---- end of epoch: monitor, checkpoints ------------------------------------------------------
-        metrics = {"epoch": epoch + 1, "loss": out.loss.item()}
-        if ctx.is_main and _every(cfg.monitor.knn_every_epochs, epoch + 1):
-            metrics["knn_top1_heldout"] = monitor_knn(
-                cfg, method.student_backbone, images, train_index, held_index, ctx.device
-            )
-        if probe is not None:
-            metrics["online_linear_top1"] = probe.epoch_accuracy()
-        logger.epoch(epoch + 1, metrics)
-        _say(ctx, f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-        if ctx.is_main:
-            save(last_path, epoch + 1, 0, metrics)
-            if _every(cfg.checkpoint.every_epochs, epoch + 1) or epoch + 1 == cfg.epochs:
-                save(run_dir / f"checkpoint_epoch{epoch + 1:04d}.pth", epoch + 1, 0, metrics)
-        distributed.barrier()
-        if stop:
-            break
-
-    logger.close()
-    if ctx.is_main and metrics.keys() & {"knn_top1_heldout", "online_linear_top1"}:
-        _write_records(cfg, provenance, metrics, run_dir)
-    return metrics
-
-
-# ---- pieces the loop uses ---------------------------------------------------------------------------
+    return Run(
+        cfg,
+        ctx,
+        run_dir,
+        _provenance(cfg),
+        method,
+        model,
+        method_config,
+        optimizer,
+        schedules,
+        scaler,
+        probe,
+        total_steps=cfg.epochs * steps_per_epoch,
+    )
 
 
 def build_run_method(cfg: PretrainConfig, n_processes: int) -> MultiCropMethod:
@@ -258,6 +240,177 @@ def build_run_method(cfg: PretrainConfig, n_processes: int) -> MultiCropMethod:
     depth, per-process state (SwAV's queue) sized for the global batch."""
     return build_method(cfg.method_name, cfg.backbone, cfg.method, drop_path_rate=cfg.drop_path_rate,
                         layout=RunLayout(cfg.batch_size, n_processes))  # fmt: skip
+
+
+def resolved_yaml(cfg: PretrainConfig) -> str:
+    """The config as the run uses it (every default filled in, the method named), as YAML."""
+    return yaml.safe_dump(_provenance(cfg)["config"], sort_keys=False)
+
+
+def _provenance(cfg: PretrainConfig) -> dict:
+    """The resolved config (its method section named), the config's hash and the git commit."""
+    plain_config = to_dict(cfg)
+    plain_config["method"] = {"name": cfg.method_name, **plain_config["method"]}
+    return {"config": plain_config, "config_hash": config_hash(plain_config), "git_commit": git_commit()}
+
+
+# ---- resume and save --------------------------------------------------------------------------------
+
+
+def resume(run: Run) -> tuple[int, int]:
+    """Load the checkpoint ``resume`` names (if any) into ``run``; returns the (epoch, step in epoch)
+    to start from."""
+    ctx = run.ctx
+    resume_path = _resume_path(run.cfg, run.run_dir)
+    if ctx.is_main:  # a kill mid-save leaves a partial temp file beside the whole checkpoint
+        for stale in remove_stale_temp_files(run.run_dir):
+            _say(ctx, f"removed {stale.name}, left by a run killed while saving")
+    if resume_path is None:
+        return 0, 0
+    state = schema.load(resume_path)
+    differences = schema.model_differences(state["config"], run.provenance["config"])
+    if differences:
+        raise ResumeError(
+            f"refusing to resume {resume_path}: the config changes the model or method:\n  "
+            + "\n  ".join(differences)
+            + "\nuse a new output_dir, or resume=never to start over"
+        )
+    run.method.load_state_dict(state["method_state"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["grad_scaler"])
+    if run.probe is not None and state.get("online_probe"):
+        run.probe.load_state_dict(state["online_probe"])
+    set_rng_state(state["rng"])
+    run.global_step = state["global_step"]
+    epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
+    _say(
+        ctx,
+        f"resumed from {resume_path} at epoch {epoch}, step {step_in_epoch} (global step {run.global_step})",
+    )
+    return epoch, step_in_epoch
+
+
+def save_checkpoint(run: Run, path: Path, epoch: int, step_in_epoch: int) -> Path:
+    """A checkpoint to resume at (``epoch``, ``step_in_epoch``), with the backbones under torchvision /
+    timm names and the run's provenance (docs/checkpoints.md), written atomically to ``path``."""
+    method, probe = run.method, run.probe
+    teacher = getattr(method, "teacher_backbone", None)
+    state = {
+        "student_backbone": _cpu_state(method.student_backbone),
+        "teacher_backbone": _cpu_state(teacher) if teacher is not None else None,
+        "method_state": _cpu_state(method), "method_config": run.method_config,
+        "optimizer": run.optimizer.state_dict(),
+        "grad_scaler": run.scaler.state_dict(),
+        "online_probe": probe.state_dict() if probe is not None else None,
+        "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": run.global_step,
+        "rng": rng_state(), "metrics": run.metrics,
+        "method": run.cfg.method_name, "backbone": run.cfg.backbone, "recipe": run.cfg.recipe,
+        **run.provenance,
+    }  # fmt: skip
+    return schema.save(path, state)
+
+
+# ---- epochs -----------------------------------------------------------------------------------------
+
+
+def train_one_epoch(run: Run, data: RunData, epoch: int, first_batch: int, logger: RunLogger) -> float | None:
+    """Steps ``first_batch`` onwards of ``epoch``, refreshing last.pth every ``checkpoint.every_steps``.
+
+    Returns the last step's loss when the epoch ran to its end, and None when the step budget
+    (``max_steps``) ran out inside it, after saving last.pth at that step.
+    """
+    cfg, ctx = run.cfg, run.ctx
+    steps_per_epoch = data.sampler.steps_per_epoch
+    data.sampler.set_epoch(epoch, first_batch)
+    run.method.train()
+    bar = tqdm(data.loader, total=steps_per_epoch - first_batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+               disable=not ctx.is_main, dynamic_ncols=True, leave=False)  # fmt: skip
+    tick = time.perf_counter()
+    for step_in_epoch, (batch_views, labels, skipped) in enumerate(bar, start=first_batch):
+        batch_views = [v.to(ctx.device, non_blocking=True) for v in batch_views]
+        if data.device_augment is not None:
+            batch_views = data.device_augment(batch_views)
+        if cfg.channels_last:
+            batch_views = [v.contiguous(memory_format=torch.channels_last) for v in batch_views]
+        out, values = train_step(run, batch_views, labels, epoch, step_in_epoch)
+
+        seconds, tick = time.perf_counter() - tick, time.perf_counter()
+        images = len(labels) * ctx.world_size
+        bar.set_postfix(
+            loss=f"{out.loss.item():.4f}", lr=f"{values.lr:.2e}", img_s=f"{images / max(seconds, 1e-9):.0f}"
+        )
+        epoch_done = step_in_epoch + 1 == steps_per_epoch
+        logger.step(
+            run.global_step,
+            epoch,
+            out.terms,
+            values,
+            images,
+            seconds,
+            skipped,
+            last=epoch_done or run.budget_spent,
+        )
+        save_now = run.budget_spent or _every(cfg.checkpoint.every_steps, step_in_epoch + 1)
+        if ctx.is_main and save_now and not epoch_done:  # an epoch's end saves in end_epoch
+            save_checkpoint(run, run.last_path, epoch, step_in_epoch + 1)
+        if run.budget_spent:
+            break
+    bar.close()
+    return out.loss.item() if epoch_done else None
+
+
+def train_step(run: Run, views: list[torch.Tensor], labels: torch.Tensor, epoch: int, step_in_epoch: int):
+    """One optimiser step (and the teacher's EMA, the online probe's step) on views on the device;
+    returns the method's output and the step's scheduled values."""
+    cfg, method, optimizer, scaler = run.cfg, run.method, run.optimizer, run.scaler
+    values = run.schedules.apply(optimizer, run.global_step)
+    method.normalize_prototypes()  # SwAV: L2-normalised prototypes every step (docs/recipes.md)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+    with torch.autocast(run.ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        out = run.model(views, epoch)
+    if not math.isfinite(out.loss.item()):
+        raise NonFiniteLossError(
+            f"loss is {out.loss.item()} at epoch {epoch}, step {step_in_epoch} (global step "
+            f"{run.global_step}); loss terms: {out.terms}. The run stopped; the last good checkpoint is "
+            f"{run.last_path if run.last_path.exists() else 'none (no checkpoint was written yet)'}"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(out.loss).backward()
+    if cfg.optim.clip_grad is not None:
+        scaler.unscale_(optimizer)
+        clip_gradients(method, cfg.optim.clip_grad)
+    method.cancel_frozen_gradients(epoch)  # DINO last layer / SwAV prototypes in epoch 1
+    scaler.step(optimizer)
+    scaler.update()
+    method.update_teacher(method.teacher_momentum(run.global_step, run.total_steps))
+    if run.probe is not None:
+        run.probe.step(method.student_backbone, views[0], labels.to(run.ctx.device), values.lr)
+    run.global_step += 1
+    return out, values
+
+
+def end_epoch(run: Run, data: RunData, epoch: int, loss: float, logger: RunLogger) -> None:
+    """The epoch's monitor values (kNN, online probe), its log line, last.pth and, every
+    ``checkpoint.every_epochs`` and at the last epoch, checkpoint_epochNNNN.pth."""
+    cfg, ctx = run.cfg, run.ctx
+    metrics = {"epoch": epoch + 1, "loss": loss}
+    if ctx.is_main and _every(cfg.monitor.knn_every_epochs, epoch + 1):
+        metrics["knn_top1_heldout"] = monitor_knn(
+            cfg, run.method.student_backbone, data.images, data.train_index, data.held_index, ctx.device
+        )
+    if run.probe is not None:
+        metrics["online_linear_top1"] = run.probe.epoch_accuracy()
+    logger.epoch(epoch + 1, metrics)
+    _say(ctx, f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    run.metrics = metrics
+    if ctx.is_main:
+        save_checkpoint(run, run.last_path, epoch + 1, 0)
+        if _every(cfg.checkpoint.every_epochs, epoch + 1) or epoch + 1 == cfg.epochs:
+            save_checkpoint(run, run.run_dir / f"checkpoint_epoch{epoch + 1:04d}.pth", epoch + 1, 0)
+    distributed.barrier()
+
+
+# ---- pieces the loop uses ---------------------------------------------------------------------------
 
 
 def _resume_path(cfg: PretrainConfig, run_dir: Path) -> Path | None:
@@ -284,56 +437,21 @@ def _say(ctx, message: str) -> None:
         tqdm.write(message)
 
 
-class _SkipUnreadable(torch.utils.data.Dataset):
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        try:
-            return self.dataset[index]
-        except DatasetError:
-            return None
-
-
-def _collate_readable(batch):
-    return torch.utils.data.default_collate([item for item in batch if item is not None])
-
-
-@torch.no_grad()
-def extract_features(
-    backbone: nn.Module, dataset, device, skip_unreadable: bool = False, batch_size: int = 256
-):
-    """Pooled features of ``dataset`` (eval mode), with labels; unreadable images dropped if asked."""
-    was_training = backbone.training
-    backbone.eval()
-    if skip_unreadable:
-        dataset = _SkipUnreadable(dataset)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
-                                         collate_fn=_collate_readable)  # fmt: skip
-    features, labels = [], []
-    for images, targets in loader:
-        features.append(backbone(images.to(device)).float().cpu())
-        labels.append(targets)
-    backbone.train(was_training)
-    return torch.cat(features), torch.cat(labels)
-
-
 def monitor_knn(cfg: PretrainConfig, backbone, images, train_index, held_index, device) -> float:
     """The authors' online monitor: weighted 20-NN (T 0.07) of held-out training images."""
-    transform = eval_transform(cfg.views.global_size, cfg.views.mean, cfg.views.std)
+    transform = centre_crop_transform(cfg.views.global_size, "bicubic", cfg.views.mean, cfg.views.std)
     bank_index = (
         train_index if cfg.monitor.knn_bank_size is None else train_index[: cfg.monitor.knn_bank_size]
     )
     skip = cfg.data.on_corrupt_image == "skip"
-    bank, bank_labels = extract_features(backbone, IndexedImages(images, bank_index, transform), device, skip)
-    queries, query_labels = extract_features(
-        backbone, IndexedImages(images, held_index, transform), device, skip
+    bank, bank_labels = extract_features(
+        backbone, IndexedImages(images, bank_index, transform), device, skip_unreadable=skip
     )
-    return knn_top1(bank, bank_labels, queries, query_labels, len(images.classes),
-                    cfg.monitor.knn_k, cfg.monitor.knn_temperature)  # fmt: skip
+    queries, query_labels = extract_features(
+        backbone, IndexedImages(images, held_index, transform), device, skip_unreadable=skip
+    )
+    num_classes, k, temperature = len(images.classes), cfg.monitor.knn_k, cfg.monitor.knn_temperature
+    return knn_evaluate(bank, bank_labels, queries, query_labels, num_classes, k, temperature).top1
 
 
 class OnlineProbe:
@@ -373,9 +491,16 @@ class OnlineProbe:
 
 
 class RunLogger:
-    """TensorBoard scalars and a CSV log (``log.csv``, one row per step) in the run folder."""
+    """TensorBoard scalars and a CSV log (``log.csv``) in the run folder.
 
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
+    A row every ``every_steps`` optimiser steps (counted over the whole run, so a resumed run logs the
+    same steps as an uninterrupted one) and at every step ``step(..., last=True)`` marks: the last of
+    an epoch (whose loss the epoch's metrics report) and of the run. A row holds that step's loss
+    terms, LR and weight decay, the images per second since the previous row and the unreadable
+    images skipped so far.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool, every_steps: int) -> None:
         self.enabled = enabled
         if not enabled:
             return
@@ -384,12 +509,30 @@ class RunLogger:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
         self.csv_path = run_dir / "log.csv"
+        self.every_steps = every_steps
         self.skipped = 0
+        self.images, self.seconds = 0, 0.0  # since the last row
 
-    def step(self, step: int, epoch: int, terms: dict, values, images_per_s: float, skipped: int) -> None:
+    def step(
+        self,
+        step: int,
+        epoch: int,
+        terms: dict,
+        values,
+        images: int,
+        seconds: float,
+        skipped: int,
+        last: bool = False,
+    ) -> None:
         if not self.enabled:
             return
         self.skipped += skipped
+        self.images += images
+        self.seconds += seconds
+        if not last and step % self.every_steps != 0:
+            return
+        images_per_s = self.images / max(self.seconds, 1e-9)
+        self.images, self.seconds = 0, 0.0
         row = {"step": step, "epoch": epoch, **{k: float(v) for k, v in terms.items()}, "lr": values.lr,
                "weight_decay": values.weight_decay, "images_per_s": images_per_s, "skipped_images": self.skipped}  # fmt: skip
         new = not self.csv_path.exists()

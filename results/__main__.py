@@ -52,7 +52,7 @@ def table5(args: argparse.Namespace) -> None:
             print(f"wrote {path}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m results", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     args.run(args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

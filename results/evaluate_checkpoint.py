@@ -5,6 +5,10 @@ stages' own commands, at the embedded-default scale (Fashion-MNIST, CPU): ``line
 probe), ``knn`` (``knn_tiny``), ``semisup`` (1% labels, ``tiny`` protocol) and ``detection``
 (conversion to Detectron2, then Mask R-CNN FPN on the embedded COCO-format set, ``tiny`` schedule).
 Every stage appends its rows to the results records; the leaderboard is rebuilt at the end.
+
+``CHECKPOINT`` is a file, or the name of a released checkpoint (``python -m lowssl.released list``;
+docs/released.md): that one is fetched into the cache and read with the registry's format,
+architecture and branch.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from evaluate.adapters import AdapterError, load_pretrained
+from lowssl import released
+from lowssl.checkpoints import CheckpointLayoutError, open_checkpoint
 from lowssl.io import CheckpointError
+from lowssl.paths import home
 from results.stages import report_failure, run
 from semisup.model import HeadError, dino_head_layout
 
@@ -33,13 +39,35 @@ def _has_dino_head(adapted) -> bool:
     return True
 
 
+def checkpoint_source(checkpoint: str, fmt: str | None) -> tuple[str, dict[str, str]]:
+    """(the file, its layout: format / arch / branch where known). A path is used as given, read with
+    ``fmt`` or the detected format; a name without a file of that name is a released checkpoint,
+    fetched (or found in the cache) and read as the registry declares it."""
+    path = Path(checkpoint)
+    if path.exists() or path.suffix or len(path.parts) > 1:
+        return checkpoint, ({"format": fmt} if fmt else {})
+    entry = released.resolve(checkpoint)
+    if fmt not in (None, entry.format):
+        raise released.ReleasedError(
+            f"{entry.name} is a released checkpoint of format '{entry.format}'; drop --format {fmt}"
+        )
+    return str(released.fetch(entry.name)), {
+        "format": entry.format,
+        "arch": entry.arch,
+        "branch": entry.branch,
+    }
+
+
 def evaluate_checkpoint(
-    checkpoint: str, fmt: str | None, stages: list[str], work_dir: Path, runs_dir: str | None
+    checkpoint: str, layout: dict[str, str], stages: list[str], work_dir: Path, runs_dir: str | None
 ):
     python = [sys.executable, "-m"]
-    source = ["--checkpoint", checkpoint, *(["--format", fmt] if fmt else [])]
+    options = [part for key, value in layout.items() for part in (f"--{key}", value)]
+    source = ["--checkpoint", checkpoint, *options]
     records = ["--records-dir", runs_dir] if runs_dir else []
-    adapted = load_pretrained(checkpoint, fmt=fmt)
+    adapted = open_checkpoint(
+        checkpoint, fmt=layout.get("format"), arch=layout.get("arch"), branch=layout.get("branch")
+    )
     arch = adapted.arch
     if "linear" in stages:
         run([*python, "evaluate", "linear", *source, "--protocol", "fast_tiny", "--train-subset", "10000",
@@ -57,7 +85,7 @@ def evaluate_checkpoint(
             raise SystemExit(f"error: detection has no registered backbone for '{arch}' "
                              f"(allowed: {', '.join(DETECTION_ARCHS)})")  # fmt: skip
         weights = work_dir / "detection" / "weights.pkl"
-        run([*python, "detection", "convert", checkpoint, str(weights), *(["--format", fmt] if fmt else [])])
+        run([*python, "detection", "convert", checkpoint, str(weights), *options])
         run([*python, "detection", "train", "--config", f"detection/configs/mask_rcnn_{arch}_fpn_tiny.yaml",
               "--weights", str(weights), "--output-dir", str(work_dir / "detection"), *records])  # fmt: skip
     run([*python, "results", "leaderboard", *(["--runs-dir", runs_dir] if runs_dir else []),
@@ -68,12 +96,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m results.evaluate_checkpoint", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("checkpoint")
+    parser.add_argument("checkpoint", help="a checkpoint file, or a released checkpoint's name")
     parser.add_argument("--format", dest="fmt", help="force a checkpoint layout (default: detected)")
     parser.add_argument(
         "--protocols", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}"
     )
-    parser.add_argument("--work-dir", type=Path, default=Path("runs/evaluate-checkpoint"))
+    parser.add_argument("--work-dir", type=Path, default=home() / "runs" / "evaluate-checkpoint")
     parser.add_argument("--runs-dir", help="results records (default results/runs)")
     args = parser.parse_args(argv)
     stages = [s.strip() for s in args.protocols.split(",") if s.strip()]
@@ -82,10 +110,12 @@ def main(argv=None) -> int:
         parser.error(f"unknown protocol(s) {', '.join(unknown)}; allowed values: {', '.join(STAGES)}")
     fmt = None if args.fmt in (None, "auto") else args.fmt
     try:
-        evaluate_checkpoint(args.checkpoint, fmt, stages, args.work_dir, args.runs_dir)
+        checkpoint, layout = checkpoint_source(args.checkpoint, fmt)
+        evaluate_checkpoint(checkpoint, layout, stages, args.work_dir, args.runs_dir)
     except subprocess.CalledProcessError as error:
         return report_failure(error)
-    except (AdapterError, CheckpointError) as error:  # the file itself: one line, as the stages print
+    except (CheckpointLayoutError, CheckpointError, released.ReleasedError) as error:
+        # the file, or fetching it: one line, as the stages print
         print("error: " + " ".join(str(error).split()), file=sys.stderr)
         return 2
     return 0

@@ -35,6 +35,7 @@ import pandas as pd
 
 from lowssl.config import from_dict
 from lowssl.io import atomic_write_text
+from lowssl.paths import home
 from pretrain.views import ViewsConfig, pixel_scale_stats
 from results.reproduce import seed_count
 from results.stages import finished_run, report_failure, run
@@ -257,7 +258,7 @@ def main(argv=None) -> int:
             args.scale,
             args.imagenet,
             args.gpus,
-            args.work_dir or Path(f"runs/figures-{args.scale}"),
+            args.work_dir or home() / "runs" / f"figures-{args.scale}",
             args.only,
             args.seeds,
         )

@@ -27,7 +27,8 @@ from pathlib import Path
 import pandas as pd
 
 from lowssl.io import atomic_write_text
-from lowssl.records import DEFAULT_RUNS_DIR, read_records, recorded_budget
+from lowssl.paths import home
+from lowssl.records import default_runs_dir, read_records, recorded_budget
 from results.paper_tables import read_printed_gains
 from results.reproduce import seed_count
 from results.stages import finished_run, report_failure, run
@@ -154,8 +155,8 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=2000, help="pre-training images per run (default 2000)")
     parser.add_argument("--epochs", type=int, default=1, help="pre-training epochs per run (default 1)")
     parser.add_argument("--seeds", type=seed_count, default=3, help="seeds 0..N-1 (default 3)")
-    parser.add_argument("--work-dir", type=Path, default=Path("runs/gains-tiny"))
-    parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
+    parser.add_argument("--work-dir", type=Path, default=home() / "runs" / "gains-tiny")
+    parser.add_argument("--runs-dir", type=Path, default=default_runs_dir())
     parser.add_argument("--out", type=Path, default=Path("results"), help="folder for gains_tiny.md and .csv")
     args = parser.parse_args(argv)
     try:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from lowssl.paths import home
 from results.stages import finished_run, report_failure, run
 
 BACKBONES = {"mobilenet_v2": "mobilenet_v2", "resnet18": "resnet18", "resnet34": "resnet34"}
@@ -56,7 +57,18 @@ class Scale:
     launcher: tuple[str, ...] = field(default_factory=lambda: (sys.executable, "-m"))
 
 
-def scales(imagenet: str | None, gpus: int) -> dict[str, Scale]:
+def torchrun(gpus: int, nodes: int = 1, rdzv_endpoint: str | None = None) -> tuple[str, ...]:
+    """torchrun for ``gpus`` processes on each of ``nodes`` machines (c10d rendezvous at HOST:PORT);
+    the same command runs on every node (or once, under ``srun --ntasks-per-node=1``)."""
+    several = (
+        (f"--nnodes={nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}") if nodes > 1 else ()
+    )
+    return (sys.executable, "-m", "torch.distributed.run", *several, f"--nproc_per_node={gpus}", "-m")
+
+
+def scales(
+    imagenet: str | None, gpus: int, nodes: int = 1, rdzv_endpoint: str | None = None
+) -> dict[str, Scale]:
     return {
         "tiny": Scale(
             dataset="fashion-mnist/train5000",
@@ -79,7 +91,7 @@ def scales(imagenet: str | None, gpus: int) -> dict[str, Scale]:
             seeds=1,
             pretrain_overrides=(f"data.root={imagenet}", "amp=bf16", "channels_last=true"),
             eval_args=("--dataset", "imagefolder", "--data-root", str(imagenet)),
-            launcher=(sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", "-m"),
+            launcher=torchrun(gpus, nodes, rdzv_endpoint),
         ),
     }
 
@@ -96,8 +108,10 @@ def reproduce(
     runs_dir: Path,
     out: Path,
     seeds: int | None = None,
+    nodes: int = 1,
+    rdzv_endpoint: str | None = None,
 ) -> None:
-    scale = scales(imagenet, gpus)[scale_name]
+    scale = scales(imagenet, gpus, nodes, rdzv_endpoint)[scale_name]
     seeds = scale.seeds if seeds is None else seeds
     evaluate = [
         sys.executable,
@@ -113,7 +127,7 @@ def reproduce(
         str(runs_dir),
     ]
     hardware = (
-        f"{gpus} x {torch.cuda.get_device_name()}"
+        f"{nodes} x {gpus} x {torch.cuda.get_device_name()}"
         if scale_name == "paper" and torch.cuda.is_available()
         else f"{os.cpu_count()} CPU cores"
     )
@@ -186,6 +200,8 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--imagenet", help="ImageNet folder holding train/ and val/ (paper scale)")
     parser.add_argument("--gpus", type=int, default=8, help="processes per node at paper scale")
+    parser.add_argument("--nnodes", type=int, default=1, help="machines at paper scale (torchrun --nnodes)")
+    parser.add_argument("--rdzv-endpoint", help="HOST:PORT on the first machine, for --nnodes above 1")
     parser.add_argument("--seeds", type=seed_count, help="seeds 0..N-1 (default: 3 tiny, 1 paper)")
     parser.add_argument("--work-dir", type=Path, help="runs go here (default runs/table5-<scale>)")
     parser.add_argument("--runs-dir", type=Path, help="results records (default results/runs)")
@@ -196,17 +212,23 @@ def main(argv=None) -> int:
         parser.error(
             "--scale paper needs --imagenet /path/to/imagenet (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG)"
         )
-    from lowssl.records import DEFAULT_RUNS_DIR
+    if args.nnodes > 1 and not args.rdzv_endpoint:
+        parser.error(
+            f"--nnodes {args.nnodes} needs --rdzv-endpoint HOST:PORT (a free port on the first machine)"
+        )
+    from lowssl.records import default_runs_dir
 
     try:
         reproduce(
             scale,
             args.imagenet,
             args.gpus,
-            args.work_dir or Path(f"runs/table5-{scale}"),
-            args.runs_dir or DEFAULT_RUNS_DIR,
+            args.work_dir or home() / "runs" / f"table5-{scale}",
+            args.runs_dir or default_runs_dir(),
             args.out,
             args.seeds,
+            args.nnodes,
+            args.rdzv_endpoint,
         )
     except subprocess.CalledProcessError as error:
         return report_failure(error)

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lowssl.io import CheckpointError, load_checkpoint
+from lowssl.checkpoints import schema
+from lowssl.io import CheckpointError
 
 
 def run(command: list[str]) -> None:
@@ -25,9 +26,9 @@ def report_failure(error: subprocess.CalledProcessError) -> int:
 
 def finished_run(checkpoint: Path) -> dict[str, Any] | None:
     """A run's last checkpoint if the run finished (at its last epoch's end), else None (missing,
-    unreadable or stopped mid-way: run it again and it resumes)."""
+    unreadable, not a pre-training checkpoint, or stopped mid-way: run it again and it resumes)."""
     try:
-        state = load_checkpoint(checkpoint)
-    except CheckpointError:
+        state = schema.load(checkpoint)
+    except (CheckpointError, ValueError):
         return None
     return state if state["epoch"] >= state["config"]["epochs"] and state["step_in_epoch"] == 0 else None

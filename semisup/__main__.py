@@ -5,6 +5,7 @@ Examples::
     python -m semisup make-subset --dataset fashion-mnist --fraction 0.01 --seed 0 --out subset_1pct.txt
     python -m semisup check-subset --dataset imagefolder --data-root /data/imagenet --subset 1percent.txt
     python -m semisup finetune --checkpoint ckpt.pth --subset 1pct --dataset fashion-mnist --protocol tiny
+    python -m semisup finetune --checkpoint ckpt.pth --subset 1pct --protocol tiny epochs=1 batch_size=64
     python -m semisup finetune --random-init --arch resnet18 --subset 10pct --protocol tiny
     torchrun --nproc_per_node 8 -m semisup finetune --checkpoint ckpt.pth --dataset imagefolder \\
         --data-root /data/imagenet --subset 10percent.txt --protocol paper
@@ -16,9 +17,9 @@ import argparse
 import os
 import sys
 
-from evaluate.adapters import AdapterError
 from lowssl import distributed
-from lowssl.config import ConfigError
+from lowssl.checkpoints import CheckpointLayoutError, add_checkpoint_arguments
+from lowssl.config import ConfigError, add_overrides_argument
 from lowssl.data import DATASETS, DatasetError, build_dataset, default_workers
 from lowssl.io import CheckpointError
 from semisup.model import HeadError
@@ -60,29 +61,17 @@ def parser() -> argparse.ArgumentParser:
 
     tune = commands.add_parser("finetune", help="fine-tune on a 1%% / 10%% label subset")
     source = tune.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="pre-training checkpoint (lowssl or a third-party format)")
     source.add_argument(
         "--random-init", action="store_true", help="baseline: the backbone from random init (needs --arch)"
     )
+    add_checkpoint_arguments(tune, checkpoint_in=source)
     tune.add_argument(
         "--subset", required=True, help="1pct, 10pct (generated, except on ImageNet) or a list file"
     )
     _add_dataset(tune)
     tune.add_argument("--protocol", default="paper", choices=available(), help="semisup/configs/<name>.yaml")
-    tune.add_argument("--epochs", type=int, help="override the protocol's epochs for this subset")
-    tune.add_argument(
-        "--batch-size", type=int, help="global batch; the LR follows the protocol's scaling rule"
-    )
-    tune.add_argument("--image-size", type=int, help="crop size (the protocol's: 224 paper, 32 tiny)")
     tune.add_argument("--new-head", action="store_true",
                       help="new MLP layers instead of the checkpoint's projection head (checkpoints without one)")  # fmt: skip
-    tune.add_argument("--arch", help="backbone (default: from the checkpoint)")
-    tune.add_argument(
-        "--format", dest="checkpoint_format", help="force the checkpoint format (evaluate/adapters.py)"
-    )
-    tune.add_argument("--branch", help="checkpoint branch (default: the format's, e.g. student for lowssl)")
-    tune.add_argument("--trust-checkpoint", action="store_true",
-                      help="load the checkpoint as a full pickle (runs code): only files you trust")  # fmt: skip
     _add_list_checks(tune)
     tune.add_argument("--subset-seed", type=int, default=0, help="seed of a generated 1pct / 10pct subset")
     tune.add_argument("--output-dir", help="default runs/semisup/<checkpoint>_<protocol>_<dataset>_<subset>")
@@ -97,6 +86,11 @@ def parser() -> argparse.ArgumentParser:
         help="data-loading processes per process (default: 4, at most the CPUs available)",
     )
     tune.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_overrides_argument(
+        tune,
+        "protocol overrides, e.g. epochs=1 (the epochs of the subset run) batch_size=64 (the LR follows "
+        "the protocol's scaling rule) image_size=32",
+    )
     return main
 
 
@@ -117,7 +111,7 @@ def main(argv=None) -> int:
                 print(f"{result['subset']} top-1 {result['top1']:.2f}, top-5 {result['top5']:.2f} "
                       f"(epoch {result['reported_epoch']} of {result['epochs']}); run: {result['run_dir']}")  # fmt: skip
     except (
-        AdapterError,
+        CheckpointLayoutError,
         CheckpointError,
         ConfigError,
         DatasetError,

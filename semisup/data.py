@@ -1,7 +1,7 @@
 """The fine-tuning data path: crops with reproducible randomness, sharded over processes, exact resume.
 
-Each labelled image's crop is seeded by (seed, epoch, index), not by the worker that loads it, and the
-epoch's order is a permutation seeded by (seed, epoch) shared by all processes, so a run resumed from
+Each labelled image's crop is seeded by (seed, epoch, index), not by the worker that loads it
+(:class:`lowssl.data.SeededSamples`), and the epoch's order is a permutation seeded by (seed, epoch) shared by all processes, so a run resumed from
 its last checkpoint (even in the middle of an epoch) sees exactly the batches an uninterrupted run
 would have seen, whatever the number of workers.
 """
@@ -12,63 +12,23 @@ import math
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Sampler
 
-from lowssl.rng import sample_seed
+from lowssl.transforms import centre_crop_transform, random_crop_transform
 from semisup.protocols import SemisupProtocol
 from semisup.subsets import SubsetError
 
 
-def _interpolation(protocol: SemisupProtocol):
-    from torchvision.transforms import v2
-
-    return v2.InterpolationMode(protocol.interpolation)
-
-
 def train_transform(protocol: SemisupProtocol):
     """RandomResizedCrop + horizontal flip, the only training augmentation (paper App. A)."""
-    from torchvision.transforms import v2
-
-    return v2.Compose([
-        v2.PILToTensor(),
-        v2.RandomResizedCrop(protocol.image_size, scale=protocol.train_crop_scale,
-                             interpolation=_interpolation(protocol), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(protocol.mean, protocol.std),
-    ])  # fmt: skip
+    return random_crop_transform(
+        protocol.image_size, protocol.train_crop_scale, protocol.interpolation, protocol.mean, protocol.std
+    )
 
 
 def eval_transform(protocol: SemisupProtocol):
     """Resize(size * 256/224) + CenterCrop(size): Resize 256 + CenterCrop 224 at 224 px (paper App. A)."""
-    from torchvision.transforms import v2
-
-    return v2.Compose([
-        v2.PILToTensor(),
-        v2.Resize(round(protocol.image_size * 256 / 224), interpolation=_interpolation(protocol), antialias=True),
-        v2.CenterCrop(protocol.image_size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(protocol.mean, protocol.std),
-    ])  # fmt: skip
-
-
-class SeededCrops(Dataset):
-    """Items are ``(epoch, index)`` pairs (from :class:`EpochOrder`); returns (crop, label)."""
-
-    def __init__(self, images: Dataset, transform, seed: int) -> None:
-        self.images = images
-        self.transform = transform
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, item: tuple[int, int]):
-        epoch, index = item
-        image = self.images.load_image(index)
-        with torch.random.fork_rng(devices=[]):  # leaves the training RNG untouched in the main process
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
-            return self.transform(image), int(self.images.targets[index])
+    return centre_crop_transform(protocol.image_size, protocol.interpolation, protocol.mean, protocol.std)
 
 
 class EpochOrder(Sampler):

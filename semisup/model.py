@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from evaluate.adapters import Adapted
 from lowssl.backbones import get_spec
+from lowssl.checkpoints import OpenedCheckpoint
+from pretrain.methods.dino import projection_layers
 
 NEW_HEAD_HINT = (
     "Either fine-tune with new, randomly initialised MLP layers in its place (--new-head; the authors' "
@@ -47,17 +48,11 @@ def dino_head_layout(head_state: dict[str, Tensor]) -> tuple[int, bool]:
 
 
 def projection_mlp(in_dim: int, hidden: int, use_bn: bool) -> nn.Sequential:
-    """Linear-[BN]-GELU-Linear-[BN]-GELU with DINOHead.mlp's module indices, so its keys load as they are."""
-    layers: list[nn.Module] = []
-    for width_in in (in_dim, hidden):
-        layers.append(nn.Linear(width_in, hidden))
-        if use_bn:
-            layers.append(nn.BatchNorm1d(hidden))
-        layers.append(nn.GELU())
-    return nn.Sequential(*layers)
+    """DINOHead.mlp's first two layers, with its module indices, so a DINO head's keys load as they are."""
+    return nn.Sequential(*projection_layers(in_dim, hidden, use_bn))
 
 
-def pretrained_projection(adapted: Adapted, checkpoint: str) -> nn.Sequential:
+def pretrained_projection(adapted: OpenedCheckpoint, checkpoint: str) -> nn.Sequential:
     """The first two layers of the checkpoint's DINO head, weights and BN statistics loaded exactly."""
     where = f"checkpoint {checkpoint} (format {adapted.format}, branch {adapted.branch})"
     if adapted.head_state is None:
@@ -80,7 +75,7 @@ def pretrained_projection(adapted: Adapted, checkpoint: str) -> nn.Sequential:
     return mlp
 
 
-def build_head(arch: str, head_source: str, adapted: Adapted | None, checkpoint: str | None,
+def build_head(arch: str, head_source: str, adapted: OpenedCheckpoint | None, checkpoint: str | None,
                new_head_hidden_dim: int) -> tuple[nn.Module, int]:  # fmt: skip
     """(head, output width). ``head_source``: "checkpoint" (the pre-trained DINO head's first two
     layers), "new" (the same layout, freshly initialised) or "none" (frozen-linear: the pooled feature)."""

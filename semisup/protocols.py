@@ -13,12 +13,13 @@ carries the protocol's name and the hash of its resolved values. ``network`` say
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from lowssl import schedules
 from lowssl.config import ConfigError, apply_overrides, from_dict, read_yaml, require
+from lowssl.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 #: The batch size the linear scaling rule refers to: lr = base_lr * batch_size / 256 (paper App. A).
@@ -46,8 +47,8 @@ class SemisupProtocol:
     image_size: int = 224  # RandomResizedCrop size; evaluation: Resize(size * 256/224) + CenterCrop(size)
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
     train_crop_scale: tuple[float, float] = (0.08, 1.0)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     classifier_init_std: float | None = None  # None: torch's default nn.Linear init
     # Width of the MLP layers built new (--new-head, --random-init); a checkpoint's head keeps its own.
     new_head_hidden_dim: int = 2048
@@ -64,12 +65,7 @@ class SemisupProtocol:
         require(self.image_size >= 16, "image_size", f"must be >= 16 pixels, got {self.image_size}")
         require(0 < self.train_crop_scale[0] <= self.train_crop_scale[1] <= 1, "train_crop_scale",
                 f"need 0 < min <= max <= 1, got {self.train_crop_scale}")  # fmt: skip
-        require(
-            self.schedule != "step" or len(self.milestones) > 0,
-            "milestones",
-            "schedule step needs milestones",
-        )
-        require(list(self.milestones) == sorted(self.milestones), "milestones", "must be increasing")
+        schedules.check_epoch_schedule(self.schedule, self.milestones)
         require(self.classifier_init_std is None or self.classifier_init_std > 0, "classifier_init_std",
                 "must be > 0 or null")  # fmt: skip
 
@@ -82,10 +78,9 @@ class SemisupProtocol:
 
     def epoch_lr(self, epoch: int, epochs: int) -> float:
         """The LR of 0-based ``epoch`` of ``epochs``: cosine from the peak to final_lr, or steps."""
-        peak = self.peak_lr()
-        if self.schedule == "cosine":
-            return self.final_lr + 0.5 * (peak - self.final_lr) * (1 + math.cos(math.pi * epoch / epochs))
-        return peak * self.gamma ** sum(epoch >= milestone for milestone in self.milestones)
+        return schedules.epoch_lr(
+            self.schedule, self.peak_lr(), epoch, epochs, self.final_lr, self.milestones, self.gamma
+        )
 
 
 def available() -> list[str]:

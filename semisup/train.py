@@ -13,7 +13,6 @@ epoch, step, evaluations, RNG; ``resume auto`` continues from it exactly.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 import sys
@@ -29,21 +28,26 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from evaluate.adapters import SAFE_GLOBALS, Adapted, build_pretrained_backbone
 from lowssl import distributed
 from lowssl.backbones import build_backbone
-from lowssl.config import ConfigError, config_hash, derived_name, to_dict
-from lowssl.data import IndexedImages, build_dataset, default_workers
+from lowssl.checkpoints import OpenedCheckpoint, open_from_arguments
+from lowssl.config import ConfigError, changed_values, config_hash, derived_name, parse_overrides, to_dict
+from lowssl.data import IndexedImages, SeededSamples, build_dataset, default_workers
 from lowssl.distributed import Context
 from lowssl.io import atomic_torch_save, git_commit, load_checkpoint
+from lowssl.metrics import topk_hits
+from lowssl.paths import home
 from lowssl.records import Record, append_records
 from lowssl.rng import rng_state, set_rng_state
-from semisup.data import EpochOrder, SeededCrops, eval_transform, train_transform
+from semisup.data import EpochOrder, eval_transform, train_transform
 from semisup.model import SemiSupervisedNet, build_head
 from semisup.protocols import SemisupProtocol, load_protocol
 from semisup.subsets import SUBSETS, LabelSubset, load_subset, subset_path, write_subset
 
 FORMAT = "lowssl-semisup-v1"
+#: The override ``epochs=N``: the epochs of the subset the run fine-tunes on (``epochs_1pct`` or
+#: ``epochs_10pct`` of the protocol, which is known once the subset is).
+SUBSET_EPOCHS = "epochs"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,7 +65,7 @@ class FinetuneArgs:
     subset: str  # "1pct", "10pct" or a list file
     dataset: str = "fashion-mnist"
     data_root: str | None = None
-    checkpoint: str | None = None
+    checkpoint: str | Path | None = None
     random_init: bool = False  # the baseline: the same network from random initialisation
     arch: str | None = None
     checkpoint_format: str | None = None
@@ -69,9 +73,7 @@ class FinetuneArgs:
     trust_checkpoint: bool = False
     new_head: bool = False  # new MLP layers instead of the checkpoint's head
     protocol: str = "paper"
-    epochs: int | None = None  # overrides the protocol's value for the subset
-    batch_size: int | None = None
-    image_size: int | None = None
+    overrides: list[str] = field(default_factory=list)  # key=value protocol overrides; see SUBSET_EPOCHS
     fraction: float | None = None  # which subset a list file is (default: its header or its size)
     expected_count: int | None = None  # accept a list of another size than floor(fraction x N)
     subset_seed: int = 0  # seed of a generated subset
@@ -89,10 +91,21 @@ class FinetuneArgs:
         if self.random_init and self.arch is None:
             raise ConfigError("--random-init needs --arch (e.g. resnet18)")
 
-    def overrides(self) -> dict:
-        """The protocol values and smoke limits this run sets (its records name those it changes)."""
-        names = ("epochs", "batch_size", "image_size", "max_steps", "max_eval_images")
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+    def protocol_overrides(self) -> tuple[list[str], str | None]:
+        """(the overrides of the protocol's own keys, the value of ``epochs=N`` if given)."""
+        own, epochs = [], None
+        for override in self.overrides:
+            key, _, value = override.partition("=")
+            if key.strip() == SUBSET_EPOCHS:
+                epochs = value
+            else:
+                own.append(override)
+        return own, epochs
+
+    def recorded_overrides(self) -> dict:
+        """The overrides and smoke limits this run sets, as its records list them."""
+        limits = {name: getattr(self, name) for name in ("max_steps", "max_eval_images")}
+        return {**parse_overrides(self.overrides), **{k: v for k, v in limits.items() if v is not None}}
 
 
 def finetune(args: FinetuneArgs) -> dict:
@@ -100,8 +113,8 @@ def finetune(args: FinetuneArgs) -> dict:
     ctx = distributed.init(args.device)
     if ctx.device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
-    protocol = load_protocol(args.protocol, [f"{key}={getattr(args, key)}" for key in ("batch_size", "image_size")
-                                             if getattr(args, key) is not None])  # fmt: skip
+    overrides, subset_epochs = args.protocol_overrides()
+    protocol = load_protocol(args.protocol, overrides)
     if protocol.batch_size % ctx.world_size:
         raise ConfigError(
             f"batch size {protocol.batch_size} does not split evenly over {ctx.world_size} processes"
@@ -110,34 +123,35 @@ def finetune(args: FinetuneArgs) -> dict:
     # ---- network: fails on a checkpoint without a DINO head before any data is read ----------------
     torch.manual_seed(protocol.seed)
     if args.random_init:
-        backbone, adapted, arch = build_backbone(args.arch), None, args.arch
+        backbone, opened, arch = build_backbone(args.arch), None, args.arch
         head_source = "new"
     else:
-        backbone, adapted = build_pretrained_backbone(args.checkpoint, args.arch, args.checkpoint_format,
-                                                      args.branch, args.trust_checkpoint)  # fmt: skip
-        arch, head_source = adapted.arch, "new" if args.new_head else "checkpoint"
+        opened = open_from_arguments(args)
+        backbone, arch = opened.build_backbone(), opened.arch
+        head_source = "new" if args.new_head else "checkpoint"
     if protocol.network == "frozen-linear":
         head_source = "none"
-    head, width = build_head(arch, head_source, adapted, args.checkpoint, protocol.new_head_hidden_dim)
+    head, width = build_head(arch, head_source, opened, args.checkpoint, protocol.new_head_hidden_dim)
     train_images = build_dataset(args.dataset, "train", args.data_root, protocol.image_size)
     model = SemiSupervisedNet(backbone, head, width, len(train_images.classes), protocol.classifier_init_std,
                               freeze_backbone=protocol.network == "frozen-linear")  # fmt: skip
 
     # ---- labelled subset -----------------------------------------------------------------------------
-    run_dir = Path(args.output_dir or f"runs/semisup/{run_name(args, arch)}")
+    run_dir = Path(args.output_dir or home() / "runs" / "semisup" / run_name(args, arch))
     list_file, generate = subset_path(args.subset, train_images, args.dataset, run_dir, args.subset_seed)
     if generate and ctx.is_main:
         write_subset(list_file, train_images, args.dataset, SUBSETS[args.subset], args.subset_seed)
     distributed.barrier()
     subset = load_subset(list_file, train_images, args.fraction, args.expected_count)
     _say(ctx, subset.report())
-    if args.epochs is not None:
-        protocol = dataclasses.replace(protocol, **{f"epochs_{subset.label}": args.epochs})
+    if subset_epochs is not None:
+        protocol = load_protocol(args.protocol, [*overrides, f"epochs_{subset.label}={subset_epochs}"])
     epochs = protocol.epochs(subset.label)
 
     # ---- data ----------------------------------------------------------------------------------------
     batch = protocol.batch_size // ctx.world_size
-    crops = SeededCrops(IndexedImages(train_images, subset.indices), train_transform(protocol), protocol.seed)
+    labelled = IndexedImages(train_images, subset.indices)
+    crops = SeededSamples(labelled, train_transform(protocol), protocol.seed)
     order = EpochOrder(len(crops), batch, ctx.rank, ctx.world_size, protocol.seed)
     loader = DataLoader(crops, batch_size=batch, sampler=order, num_workers=args.workers,
                         pin_memory=ctx.device.type == "cuda")  # fmt: skip
@@ -158,9 +172,9 @@ def finetune(args: FinetuneArgs) -> dict:
     # ---- resume --------------------------------------------------------------------------------------
     identity = {
         "protocol": to_dict(protocol), "epochs": epochs, "dataset": args.dataset, "subset_sha256": subset.sha256,
-        "checkpoint_sha256": adapted.checkpoint_sha256 if adapted else f"random-init:{arch}",
-        "arch": arch, "head_source": head_source, "format": adapted.format if adapted else None,
-        "branch": adapted.branch if adapted else None,
+        "checkpoint_sha256": opened.checkpoint_sha256 if opened else f"random-init:{arch}",
+        "arch": arch, "head_source": head_source, "format": opened.format if opened else None,
+        "branch": opened.branch if opened else None,
     }  # fmt: skip
     start_epoch, start_batch, global_step, history = 0, 0, 0, []
     resume_file = _resume_path(args.resume, run_dir)
@@ -237,7 +251,7 @@ def finetune(args: FinetuneArgs) -> dict:
     result.update(run_dir=str(run_dir), seconds=time.perf_counter() - tick, epochs=epochs, subset=subset.label,
                   labelled_images=len(subset.indices), head_source=head_source, arch=arch)  # fmt: skip
     if ctx.is_main:
-        _write_records(args, protocol, subset, adapted, identity, result, history, ctx)
+        _write_records(args, protocol, subset, opened, identity, result, history, ctx)
     return result
 
 
@@ -250,9 +264,8 @@ def evaluate(model: nn.Module, images, ctx: Context, batch_size: int, workers: i
     for batch, labels in DataLoader(shard, batch_size=batch_size, num_workers=workers):
         logits = model(batch.to(ctx.device, non_blocking=True))
         labels = labels.to(ctx.device)
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        counts += torch.stack([(top[:, 0] == labels).sum(), (top == labels[:, None]).any(1).sum(),
-                               torch.tensor(len(labels), device=ctx.device)]).double()  # fmt: skip
+        hits = [*topk_hits(logits, labels), torch.tensor(len(labels), device=ctx.device)]
+        counts += torch.stack(hits).double()
     if ctx.distributed:
         dist.all_reduce(counts)
     return (100 * counts[0] / counts[2]).item(), (100 * counts[1] / counts[2]).item()
@@ -290,24 +303,39 @@ def _say(ctx: Context, message: str) -> None:
         tqdm.write(message, file=sys.stderr)
 
 
-def _pretraining(args: FinetuneArgs, adapted: Adapted | None, init_seed: int) -> dict:
-    """Method, recipe and pre-training epochs the checkpoint records (lowssl files record all three)."""
-    if adapted is None:
+def _pretraining(opened: OpenedCheckpoint | None, init_seed: int) -> dict:
+    """Method, recipe, pre-training epochs and seed of the backbone (lowssl files record them)."""
+    if opened is None:
         return {"method": "random-init", "recipe": "none", "pretrain_epochs": 0, "seed": init_seed}
-    checkpoint = load_checkpoint(args.checkpoint, trust=args.trust_checkpoint, safe_globals=SAFE_GLOBALS)
-    epoch = checkpoint.get("epoch")
-    seed = (checkpoint.get("config") or {}).get("seed") if adapted.format == "lowssl" else None
-    return {"method": str(checkpoint.get("method", adapted.format)), "recipe": str(checkpoint.get("recipe", "unknown")),
-            "pretrain_epochs": epoch if isinstance(epoch, int) else 0, "seed": seed}  # fmt: skip
+    source = opened.provenance
+    return {
+        "method": source.method,
+        "recipe": source.recipe,
+        "pretrain_epochs": source.pretrain_epochs,
+        "seed": source.seed,
+    }
 
 
-def _write_records(args: FinetuneArgs, protocol: SemisupProtocol, subset: LabelSubset, adapted: Adapted | None,
-                   identity: dict, result: dict, history: list[dict], ctx: Context) -> None:  # fmt: skip
-    overrides = args.overrides()
-    # Values that differ from the protocol's own make another protocol (lowssl.config.derived_name).
+def _write_records(
+    args: FinetuneArgs,
+    protocol: SemisupProtocol,
+    subset: LabelSubset,
+    opened: OpenedCheckpoint | None,
+    identity: dict,
+    result: dict,
+    history: list[dict],
+    ctx: Context,
+) -> None:
+    overrides = args.recorded_overrides()
+    # Values that differ from the protocol's own make another protocol (lowssl.config.derived_name);
+    # the subset's epochs are named as the override names them, the other subset's change nothing here.
     base = load_protocol(args.protocol)
-    own = {"epochs": base.epochs(subset.label), "batch_size": base.batch_size, "image_size": base.image_size}
-    changes = {key: value for key, value in overrides.items() if own.get(key) != value}
+    changes = {
+        key: value for key, value in changed_values(base, protocol).items() if not key.startswith("epochs_")
+    }
+    if protocol.epochs(subset.label) != base.epochs(subset.label):
+        changes[SUBSET_EPOCHS] = protocol.epochs(subset.label)
+    changes.update({key: overrides[key] for key in ("max_steps", "max_eval_images") if key in overrides})
     details = {
         "protocol_source": protocol.source, "paper_protocol": protocol.paper_protocol and not changes, "network": protocol.network,
         "head_source": identity["head_source"], "epochs": identity["epochs"], "batch_size": protocol.batch_size,
@@ -319,8 +347,8 @@ def _write_records(args: FinetuneArgs, protocol: SemisupProtocol, subset: LabelS
     common = dict(
         run_id=f"semisup-{Path(result['run_dir']).name}", stage="semisup", backbone=identity["arch"],
         dataset=args.dataset, protocol=derived_name(protocol.name, changes),
-        branch=adapted.branch if adapted else "none", checkpoint_sha256=identity["checkpoint_sha256"],
-        config_hash=config_hash(identity), git_commit=git_commit(), details=details, **_pretraining(args, adapted, protocol.seed),
+        branch=opened.branch if opened else "none", checkpoint_sha256=identity["checkpoint_sha256"],
+        config_hash=config_hash(identity), git_commit=git_commit(), details=details, **_pretraining(opened, protocol.seed),
     )  # fmt: skip
     rows = [Record(**common, metric=f"semi_{subset.label}_{k}", value=result[k]) for k in ("top1", "top5")]
     append_records(rows, args.records_dir)

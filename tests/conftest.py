@@ -32,3 +32,17 @@ def one_thread_per_module():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def torch_loads(monkeypatch):
+    """The files ``torch.load`` reads during the test, in order (a checkpoint read twice shows twice)."""
+    reads: list[str] = []
+    load = torch.load
+
+    def counting_load(file, *args, **kwargs):
+        reads.append(str(file))
+        return load(file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    return reads

@@ -1,4 +1,4 @@
-"""Checkpoint adapters: every registered format, written the way its repository saves it
+"""Reading checkpoints (lowssl.checkpoints): every registered format, written the way its repository saves it
 (docs/checkpoints.md) from a randomly initialised backbone, is detected, mapped by name and loads
 bit-identically.
 
@@ -18,16 +18,10 @@ import pytest
 import torch
 from yacs.config import CfgNode
 
-from evaluate.adapters import (
-    SAFE_GLOBALS,
-    SSLIGHT_RESNET_CHILDREN,
-    AdapterError,
-    build_pretrained_backbone,
-    formats,
-    load_pretrained,
-)
 from evaluate.inspect_cmd import inspect_main
 from lowssl.backbones import build_backbone, get_spec
+from lowssl.checkpoints import CheckpointLayoutError, Provenance, formats, open_checkpoint
+from lowssl.checkpoints.formats import SAFE_GLOBALS, SSLIGHT_RESNET_CHILDREN
 from lowssl.io import CheckpointError, load_checkpoint
 
 CNNS = ("mobilenet_v2", "resnet18")
@@ -321,7 +315,7 @@ def test_format_is_detected_and_loads_bit_identical(tmp_path, backbones, fmt, ar
     checkpoint, expected_head = WRITERS[fmt](state, arch)
     path = save(tmp_path, checkpoint)
 
-    detected = load_pretrained(path)
+    detected = open_checkpoint(path)
     # Layouts the keys cannot tell apart resolve to the first registered (moco, torchvision, timm).
     assert detected.format == fmt or fmt in detected.matched_formats
     assert detected.format == detected.matched_formats[0]
@@ -333,41 +327,41 @@ def test_format_is_detected_and_loads_bit_identical(tmp_path, backbones, fmt, ar
     else:
         assert_identical(detected.head_state, expected_head)
 
-    forced = load_pretrained(path, fmt=fmt)
+    forced = open_checkpoint(path, fmt=fmt)
     assert (forced.format, forced.missing, forced.unexpected) == (fmt, [], [])
     assert_identical(forced.state_dict, state)
 
 
 def test_moco_family_ties_resolve_to_moco_and_say_so(tmp_path, backbones):
     path = save(tmp_path, write_bingo(backbones("mobilenet_v2"), "mobilenet_v2")[0])
-    adapted = load_pretrained(path)
+    adapted = open_checkpoint(path)
     assert adapted.format == "moco" and "bingo" in adapted.matched_formats
     assert any("bingo" in note and "same tensors" in note for note in adapted.notes)
     # Extra keys decide where they exist: DisCo's teacher_encoder_* and SEED's module.student.
     for writer, name in ((write_disco, "disco"), (write_seed, "seed")):
         path = save(tmp_path, writer(backbones("mobilenet_v2"), "mobilenet_v2")[0], f"{name}.pth")
-        assert load_pretrained(path).matched_formats == [name]
+        assert open_checkpoint(path).matched_formats == [name]
 
 
 def test_flat_dino_backbone_files_read_as_torchvision_or_timm(tmp_path, backbones):
     path = save(tmp_path, write_dino_backbone(backbones("resnet18"), "resnet18")[0])
-    adapted = load_pretrained(path)
+    adapted = open_checkpoint(path)
     assert adapted.matched_formats == ["torchvision", "dino-backbone"]
 
 
 def test_branches(tmp_path, backbones):
     state = backbones("mobilenet_v2")
     dino = save(tmp_path, write_dino_full(state, "mobilenet_v2")[0], "dino.pth")
-    assert load_pretrained(dino).branch == "teacher"  # DINO's eval scripts use --checkpoint_key teacher
-    assert_identical(load_pretrained(dino, branch="student").state_dict, decoy(state))
+    assert open_checkpoint(dino).branch == "teacher"  # DINO's eval scripts use --checkpoint_key teacher
+    assert_identical(open_checkpoint(dino, branch="student").state_dict, decoy(state))
     lowssl = save(tmp_path, write_lowssl(state, "mobilenet_v2")[0], "lowssl.pth")
-    teacher = load_pretrained(lowssl, branch="teacher")
+    teacher = open_checkpoint(lowssl, branch="teacher")
     assert_identical(teacher.state_dict, decoy(state))
     assert set(teacher.head_state) == set(head(1280))
     sslight = save(tmp_path, write_sslight(state, "mobilenet_v2")[0], "sslight.pth")
-    assert_identical(load_pretrained(sslight, branch="teacher").state_dict, decoy(state))
-    with pytest.raises(AdapterError, match="no branch 'key'; branches: student, teacher"):
-        load_pretrained(sslight, branch="key")
+    assert_identical(open_checkpoint(sslight, branch="teacher").state_dict, decoy(state))
+    with pytest.raises(CheckpointLayoutError, match="no branch 'key'; branches: student, teacher"):
+        open_checkpoint(sslight, branch="key")
 
 
 def test_lowssl_swav_file_has_no_teacher(tmp_path, backbones):
@@ -376,16 +370,16 @@ def test_lowssl_swav_file_has_no_teacher(tmp_path, backbones):
         teacher_backbone=None, method="swav", method_state={"projection_head.mlp.0.weight": torch.ones(2)}
     )
     path = save(tmp_path, checkpoint)
-    assert set(load_pretrained(path).head_state) == {"mlp.0.weight"}
-    with pytest.raises(AdapterError, match="branch teacher: no backbone keys"):
-        load_pretrained(path, branch="teacher")
+    assert set(open_checkpoint(path).head_state) == {"mlp.0.weight"}
+    with pytest.raises(CheckpointLayoutError, match="branch teacher: no backbone keys"):
+        open_checkpoint(path, branch="teacher")
 
 
 @pytest.mark.parametrize("method", ["swav", "moco"])
 def test_sslight_swav_and_moco_prefixes(tmp_path, backbones, method):
     state = backbones("mobilenet_v2")
     checkpoint, expected_head = write_sslight(state, "mobilenet_v2", method)
-    adapted = load_pretrained(save(tmp_path, checkpoint))
+    adapted = open_checkpoint(save(tmp_path, checkpoint))
     assert (adapted.format, adapted.missing, adapted.unexpected) == ("sslight", [], [])
     assert_identical(adapted.state_dict, state)
     assert_identical(adapted.head_state, expected_head)
@@ -395,7 +389,7 @@ def test_sslight_resnet_is_mapped_by_name_not_position(tmp_path, backbones):
     state = backbones("resnet18")
     checkpoint, _ = write_sslight(state, "resnet18")
     checkpoint["state_dict"] = dict(reversed(checkpoint["state_dict"].items()))  # positions mean nothing
-    adapted = load_pretrained(save(tmp_path, checkpoint))
+    adapted = open_checkpoint(save(tmp_path, checkpoint))
     assert adapted.missing == [] and adapted.unexpected == []
     for key, value in state.items():
         assert torch.equal(adapted.state_dict[key], value), key
@@ -409,24 +403,24 @@ def test_yacs_config_loads_weights_only_as_plain_mappings(tmp_path, backbones):
     config = load_checkpoint(path, safe_globals=SAFE_GLOBALS)["config"]
     assert type(config) is OrderedDict and config["MODEL"]["BACKBONE_ARCH"] == "mobilenet_v2"
     assert config["MULTI_VIEWS_TRANSFORMS"]["CROPS_SCALE"] == [(0.3, 1.0), (0.05, 0.3)]
-    adapted = load_pretrained(path)
+    adapted = open_checkpoint(path)
     assert "architecture mobilenet_v2 from the file's config.MODEL.BACKBONE_ARCH" in adapted.notes
 
 
 def test_recorded_arch_is_used_only_when_it_matches_the_keys(tmp_path, backbones):
     checkpoint, _ = write_moco(backbones("mobilenet_v2"), "mobilenet_v2")
     checkpoint["arch"] = "resnet50"  # e.g. a distillation file naming its teacher
-    adapted = load_pretrained(save(tmp_path, checkpoint))
+    adapted = open_checkpoint(save(tmp_path, checkpoint))
     assert adapted.arch == "mobilenet_v2" and adapted.missing == []
     assert any("records architecture 'resnet50'" in note for note in adapted.notes)
-    forced = load_pretrained(save(tmp_path, checkpoint), arch="resnet18")  # --arch is obeyed, and reported
+    forced = open_checkpoint(save(tmp_path, checkpoint), arch="resnet18")  # --arch is obeyed, and reported
     assert forced.loaded == 0 and len(forced.missing) == 120 and "features.0.0.weight" in forced.unexpected
 
 
 def test_shape_mismatches_are_missing_and_unexpected(tmp_path, backbones):
     state = dict(backbones("resnet18"), **{"fc.weight": torch.zeros(1)})  # torchvision drops fc anyway
     state["conv1.weight"] = torch.zeros(64, 3, 3, 3)  # a CIFAR-style stem
-    adapted = load_pretrained(save(tmp_path, state), arch="resnet18")
+    adapted = open_checkpoint(save(tmp_path, state), arch="resnet18")
     assert adapted.missing == ["conv1.weight"] and adapted.unexpected == ["conv1.weight"]
     assert any("conv1.weight (64, 3, 3, 3) vs (64, 3, 7, 7)" in note for note in adapted.notes)
 
@@ -434,11 +428,13 @@ def test_shape_mismatches_are_missing_and_unexpected(tmp_path, backbones):
 def test_wrong_forced_format_fails_clearly(tmp_path, backbones):
     path = save(tmp_path, write_moco(backbones("mobilenet_v2"), "mobilenet_v2")[0])
     with pytest.raises(
-        AdapterError, match=r"format swav, branch backbone: no backbone keys .*state_dict/module"
+        CheckpointLayoutError, match=r"format swav, branch backbone: no backbone keys .*state_dict/module"
     ):
-        load_pretrained(path, fmt="swav")
-    with pytest.raises(AdapterError, match="unknown checkpoint format 'nope'; known formats: lowssl"):
-        load_pretrained(path, fmt="nope")
+        open_checkpoint(path, fmt="swav")
+    with pytest.raises(
+        CheckpointLayoutError, match="unknown checkpoint format 'nope'; known formats: lowssl"
+    ):
+        open_checkpoint(path, fmt="nope")
 
 
 def test_unknown_layout_lists_the_keys_it_found(tmp_path):
@@ -446,11 +442,11 @@ def test_unknown_layout_lists_the_keys_it_found(tmp_path):
         tmp_path, {"weights": {"encoder.stem.kernel": torch.zeros(3), "encoder.blocks.0.w": torch.zeros(2)}}
     )
     with pytest.raises(
-        AdapterError,
+        CheckpointLayoutError,
         match=r"no known checkpoint format fits .*weights/encoder\.stem\.kernel.*"
         r"known formats: lowssl, sslight",
     ):
-        load_pretrained(path)
+        open_checkpoint(path)
 
 
 def test_ties_that_read_different_tensors_are_ambiguous(tmp_path, backbones):
@@ -459,9 +455,11 @@ def test_ties_that_read_different_tensors_are_ambiguous(tmp_path, backbones):
         tmp_path,
         {"state_dict": prefixed("module.encoder_q.", state), "model": prefixed("module.", decoy(state))},
     )
-    with pytest.raises(AdapterError, match="ambiguous checkpoint: formats moco, .*compress.* pass --format"):
-        load_pretrained(path)
-    assert load_pretrained(path, fmt="compress").state_dict["features.0.0.weight"].unique().tolist() == [7.0]
+    with pytest.raises(
+        CheckpointLayoutError, match="ambiguous checkpoint: formats moco, .*compress.* pass --format"
+    ):
+        open_checkpoint(path)
+    assert open_checkpoint(path, fmt="compress").state_dict["features.0.0.weight"].unique().tolist() == [7.0]
 
 
 def test_malicious_pickle_is_refused_without_running(tmp_path):
@@ -473,7 +471,7 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
 
     path = save(tmp_path, {"state_dict": {"conv1.weight": torch.zeros(1)}, "args": Payload()})
     with pytest.raises(CheckpointError, match="--trust-checkpoint"):
-        load_pretrained(path)
+        open_checkpoint(path)
     assert inspect_main([str(path)]) == 2
     assert not marker.exists()
 
@@ -483,7 +481,7 @@ def test_truncated_file_gives_a_clear_error(tmp_path, backbones, capsys):
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
-        load_pretrained(truncated)
+        open_checkpoint(truncated)
     assert inspect_main([str(truncated)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "corrupt or truncated" in err and "Traceback" not in err
@@ -513,15 +511,42 @@ def test_inspect_reports_and_ends_with_json(tmp_path, backbones, capsys):
     assert summary["missing"] == [k for k in state if k.startswith("layer4.")]
 
 
-def test_build_pretrained_backbone(tmp_path, backbones):
+def test_build_backbone_refuses_missing_keys_unless_allowed(tmp_path, backbones):
     state = backbones("mobilenet_v2")
-    model, adapted = build_pretrained_backbone(save(tmp_path, write_moco(state, "mobilenet_v2")[0]))
+    model = open_checkpoint(save(tmp_path, write_moco(state, "mobilenet_v2")[0])).build_backbone()
     assert_identical(model.state_dict(), state)
     partial = {k: v for k, v in state.items() if not k.startswith("features.18.")}
-    path = save(tmp_path, write_torchvision(partial, "mobilenet_v2")[0], "partial.pth")
-    with pytest.raises(AdapterError, match="lacks 6 backbone keys of mobilenet_v2: features.18.0.weight"):
-        build_pretrained_backbone(path)
-    model, adapted = build_pretrained_backbone(path, allow_missing=True)
-    assert len(adapted.missing) == 6 and torch.equal(
+    opened = open_checkpoint(save(tmp_path, write_torchvision(partial, "mobilenet_v2")[0], "partial.pth"))
+    with pytest.raises(
+        CheckpointLayoutError, match="lacks 6 backbone keys of mobilenet_v2: features.18.0.weight"
+    ):
+        opened.build_backbone()
+    model = opened.build_backbone(allow_missing=True)
+    assert len(opened.missing) == 6 and torch.equal(
         model.state_dict()["features.0.0.weight"], state["features.0.0.weight"]
     )
+
+
+def test_provenance_is_read_from_lowssl_files_only(tmp_path, backbones):
+    checkpoint, _ = write_lowssl(backbones("mobilenet_v2"), "mobilenet_v2")
+    checkpoint["config"].update(seed=5, epochs=3, batch_size=8)
+    source = open_checkpoint(save(tmp_path, checkpoint)).provenance
+    assert (source.method, source.recipe, source.pretrain_epochs, source.seed) == ("dino", "ours", 3, 5)
+    assert source.budget == "all ? images x 3 epochs, batch 8"
+    third_party = open_checkpoint(save(tmp_path, write_moco(backbones("mobilenet_v2"), "mobilenet_v2")[0]))
+    assert (
+        third_party.provenance == Provenance()
+    )  # a MoCo file's own "epoch" / "arch" say nothing of lowssl's
+
+
+def test_evaluate_and_detection_read_a_checkpoint_once(tmp_path, backbones, torch_loads):
+    from detection.convert import convert_checkpoint
+    from evaluate.__main__ import build_parser, load_subject
+
+    path = str(save(tmp_path, write_lowssl(backbones("resnet18"), "resnet18")[0]))
+    subject = load_subject(build_parser().parse_args(["knn", "--checkpoint", path]), image_size=32)
+    assert (subject.method, subject.recipe, subject.pretrain_epochs) == ("dino", "ours", 3)
+    assert torch_loads == [path]  # weights and provenance from one read
+    torch_loads.clear()
+    assert convert_checkpoint(path).payload["lowssl"]["pretrain_epochs"] == 3
+    assert torch_loads == [path]

@@ -9,8 +9,8 @@ from timm.layers import DropPath
 from torch import nn
 
 from lowssl.backbones import build_backbone
+from lowssl.checkpoints import schema
 from lowssl.config import ConfigError, load
-from pretrain import checkpoint as ckpt
 from pretrain.config import PretrainConfig
 from pretrain.methods import RunLayout, SwAV, SwavConfig
 from pretrain.train import build_run_method, train
@@ -81,8 +81,8 @@ def test_cnn_configs_keep_no_stochastic_depth_and_refuse_one():
 
 def test_resume_treats_checkpoints_without_the_key_as_rate_0():
     saved = {"backbone": "vit_tiny_patch16_224", "method": {"name": "dino"}}
-    assert ckpt.model_differences(saved, {**saved, "drop_path_rate": 0.0}) == []
-    assert ckpt.model_differences(saved, {**saved, "drop_path_rate": 0.1}) == ["drop_path_rate: 0.0 -> 0.1"]
+    assert schema.model_differences(saved, {**saved, "drop_path_rate": 0.0}) == []
+    assert schema.model_differences(saved, {**saved, "drop_path_rate": 0.1}) == ["drop_path_rate: 0.0 -> 0.1"]
 
 
 # ---- SwAV queue: whole global batches, then split over the processes ----------------------------------
@@ -128,7 +128,7 @@ def test_swav_checkpoint_records_the_queue_it_trained_with(tmp_path):
     cfg = load(PretrainConfig, CONFIGS / "tiny/swav_mobilenet_v2_ours.yaml",
                [*SMALL_SWAV, *(f"{k}={v}" for k, v in overrides.items())])  # fmt: skip
     train(cfg)
-    state = ckpt.load(tmp_path / "run" / "last.pth")
+    state = schema.load(tmp_path / "run" / "last.pth")
     assert state["config"]["method"]["queue_length"] == 36
     assert state["method_config"]["queue_length"] == 32  # 36 - 36 % 8
     assert state["method_state"]["queue"].shape == (2, 32, 8)

@@ -1,13 +1,16 @@
 import gzip
+import random
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lowssl.data import (
     DatasetError,
     FashionMNIST,
     ImageFolder,
+    SeededSamples,
     SyntheticImages,
     build_dataset,
     held_out_split,
@@ -140,3 +143,31 @@ def test_val_classes_must_match_train_by_name(tmp_path, capsys):
     assert evaluate_main(argv) == 2
     assert "val/ and train/ hold different classes" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+class _OneUnreadable(SyntheticImages):
+    def load_image(self, index):
+        if index == 2:
+            raise DatasetError("cannot read image 2.png")
+        return super().load_image(index)
+
+
+def test_seeded_samples_depend_on_seed_epoch_and_index_only_and_leave_the_rng_alone():
+    def draw(image):  # a "transform" that shows the torch and Python random numbers it gets
+        return torch.rand(2), random.random()
+
+    samples = SeededSamples(_OneUnreadable(4), draw, seed=7, skip_unreadable=True)
+    torch.manual_seed(0)
+    random.seed(0)
+    expected = torch.rand(1).item(), random.random()
+    torch.manual_seed(0)
+    random.seed(0)
+    (tensor, number), label = samples[(1, 3)]
+    assert (torch.rand(1).item(), random.random()) == expected  # the training RNG did not move
+    torch.manual_seed(123)  # another training RNG state: the same sample
+    again = samples[(1, 3)][0]
+    assert torch.equal(tensor, again[0]) and number == again[1] and label == 3
+    assert not torch.equal(tensor, samples[(2, 3)][0][0]) and not torch.equal(tensor, samples[(1, 1)][0][0])
+    assert samples[(0, 2)] is None
+    with pytest.raises(DatasetError, match="2.png"):
+        SeededSamples(_OneUnreadable(4), draw, seed=7)[(0, 2)]

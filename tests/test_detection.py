@@ -27,7 +27,7 @@ from pycocotools.coco import COCO
 from detection.__main__ import main
 from detection.config import CONFIG_DIR, config_arch, load_config
 from detection.convert import BACKBONE_PREFIX, ConversionError, check_loads, resnet_to_detectron2
-from detection.datasets import register, validate_coco_json
+from detection.datasets import ensure_fmnist_det, register, validate_coco_json
 from detection.fmnist_det import FmnistDetSpec, annotation_file, generate, image_root
 from lowssl.backbones import build_backbone
 from lowssl.data import DatasetError
@@ -242,6 +242,19 @@ def test_generated_dataset_is_valid_coco_with_masks_inside_boxes(dataset_root, t
         validate_coco_json(annotation_file(dataset_root, split), image_root(dataset_root, split))
     again = generate(tmp_path / "again", DATASET_SPEC)
     assert annotation_file(again, "val").read_text() == annotation_file(dataset_root, "val").read_text()
+
+
+def test_generated_dataset_defaults_to_lowssl_home_not_the_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWSSL_HOME", str(tmp_path))
+    sizes = {
+        "TRAIN_IMAGES": DATASET_SPEC.train_images,
+        "VAL_IMAGES": DATASET_SPEC.val_images,
+        "CANVAS": DATASET_SPEC.canvas,
+    }
+    opts = [item for key, value in sizes.items() for item in (f"LOWSSL.FMNIST_DET.{key}", str(value))]
+    root = ensure_fmnist_det(load_config(TINY["resnet18"], opts))  # no LOWSSL.FMNIST_DET.ROOT: the default
+    assert root.parent == tmp_path / "data" / "fmnist_det"
+    assert annotation_file(root, "val").is_file() and any(image_root(root, "train").iterdir())
 
 
 def test_coco_evaluator_scores_ground_truth_as_perfect(dataset_root):

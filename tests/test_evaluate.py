@@ -1,4 +1,5 @@
-"""The evaluation stage: protocols, the linear probe, k-NN, feature and records caches, the CLI."""
+"""The evaluation stage: protocols, the linear probe, feature and records caches, the CLI (k-NN and
+feature extraction themselves: tests/test_knn.py, tests/test_features.py)."""
 
 import argparse
 import glob
@@ -12,14 +13,11 @@ import torch
 
 import evaluate.__main__ as cli
 import evaluate.features
-from evaluate.features import FrozenFeatures
-from evaluate.knn import knn_evaluate, nearest_neighbours, weighted_vote
 from evaluate.linear import LinearHead, build_optimizer, epoch_lr
 from evaluate.protocols import available, load_protocol
 from lowssl.backbones import build_backbone
 from lowssl.config import ConfigError
 from lowssl.io import atomic_torch_save, sha256_file
-from lowssl.knn import weighted_knn_predict
 from lowssl.records import COLUMNS, read_records
 
 REPO = Path(__file__).resolve().parent.parent
@@ -142,17 +140,6 @@ def test_lars_adapts_the_weight_and_not_the_bias():
 # ---- features ------------------------------------------------------------------------------------------
 
 
-def test_vit_feature_is_the_cls_tokens_of_the_last_four_blocks():
-    torch.manual_seed(0)
-    vit = build_backbone("vit_tiny_patch16_224")
-    frozen = FrozenFeatures(vit, "vit", 192, vit_last_blocks=4)
-    images = torch.randn(2, 3, 32, 32)
-    features = frozen(images)
-    assert features.shape == (2, 768) and frozen.feature_dim == 768 and not vit.training
-    assert torch.allclose(features[:, -192:], vit(images), atol=1e-5)  # the last block's = the pooled output
-    assert FrozenFeatures(build_backbone("resnet18"), "cnn", 512, vit_last_blocks=4).feature_dim == 512
-
-
 def test_held_out_split_and_subsets_define_the_evaluation_set():
     args = argparse.Namespace(dataset="synthetic", data_root=None, held_out=True, held_out_per_class=4,
                               train_subset=20, eval_subset=None)  # fmt: skip
@@ -160,33 +147,6 @@ def test_held_out_split_and_subsets_define_the_evaluation_set():
     assert (len(train), len(evaluation), label) == (20, 16, "synthetic/held-out-4pc/train20")
     assert evaluation.split == "train" and not set(train.indices) & set(evaluation.indices)
     assert torch.bincount(evaluation.labels).tolist() == [4, 4, 4, 4]
-
-
-# ---- k-NN ----------------------------------------------------------------------------------------------
-
-
-def test_weighted_knn_matches_a_hand_computation_and_1nn():
-    bank = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
-    bank_labels = torch.tensor([0, 1, 1])
-    query = torch.tensor([[1.0, 0.1], [0.1, 1.0]])
-    similarities, indices = nearest_neighbours(bank, query, k=2, bank_chunk=2)  # the bank in two chunks
-    q = torch.nn.functional.normalize(query, dim=1)
-    assert indices.tolist() == [[0, 1], [2, 1]]
-    assert torch.allclose(similarities[0], torch.stack([q[0] @ bank[0], q[0] @ bank[1]]))
-    scores = weighted_vote(similarities, bank_labels[indices], 2, temperature=0.5)
-    expected = torch.tensor([(q[0] @ bank[0] / 0.5).exp(), (q[0] @ bank[1] / 0.5).exp()])
-    assert torch.allclose(scores[0], expected, rtol=1e-5)
-    result = knn_evaluate(bank, bank_labels, query, torch.tensor([0, 0]), 2, k=2, temperature=0.5)
-    assert (result.top1, result.nn1_top1) == (50.0, 50.0)
-
-
-def test_chunked_knn_equals_lowssl_knn():
-    generator = torch.Generator().manual_seed(0)
-    bank, queries = torch.randn(300, 16, generator=generator), torch.randn(50, 16, generator=generator)
-    labels = torch.randint(0, 5, (300,), generator=generator)
-    similarities, indices = nearest_neighbours(bank, queries, k=20, query_chunk=16, bank_chunk=64)
-    ours = weighted_vote(similarities, labels[indices], 5, 0.07)
-    assert torch.allclose(ours, weighted_knn_predict(bank, labels, queries, 5), rtol=1e-4)
 
 
 # ---- end to end ----------------------------------------------------------------------------------------

@@ -7,8 +7,11 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from lowssl.config import from_dict
-from pretrain.gpu_views import CropViews, GpuViewAugment, adjust_hue, gaussian_blur
-from pretrain.views import BLUR_KERNEL, ViewsConfig, collate_views, crop_box, resized_crop, uint8_rgb
+from pretrain.views import CropViews, GpuViewAugment, ViewPlan, ViewsConfig, collate_views, resolve_views
+from pretrain.views.config import BLUR_KERNEL
+from pretrain.views.cpu import resized_crop, uint8_rgb
+from pretrain.views.gpu import adjust_hue, gaussian_blur
+from pretrain.views.sampler import crop_box
 
 MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
 STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
@@ -18,9 +21,9 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def config(**overrides) -> ViewsConfig:
+def plan(**overrides) -> ViewPlan:
     values = {"global_scale": [0.3, 1.0], "local_scale": [0.05, 0.3], "global_size": 32, "local_size": 16}
-    return from_dict(ViewsConfig, {**values, "n_local": 3, **overrides})
+    return resolve_views(from_dict(ViewsConfig, {**values, "n_local": 3, **overrides}))
 
 
 def natural_image(width=80, height=60, seed=0) -> Image.Image:
@@ -38,7 +41,7 @@ def levels(views: torch.Tensor) -> torch.Tensor:
 
 
 def test_crop_views_are_the_samplers_crops_as_uint8():
-    crops = CropViews(config())
+    crops = CropViews(plan())
     image = natural_image()
     torch.manual_seed(0)
     views = crops(image)
@@ -55,7 +58,7 @@ def test_crop_views_are_the_samplers_crops_as_uint8():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_shapes_and_per_sample_parameters(device):
-    crops, augment = CropViews(config()), GpuViewAugment(config())
+    crops, augment = CropViews(plan()), GpuViewAugment(plan())
     views = [v.to(device) for v in batch_of(natural_image(), 16, crops)]
     torch.manual_seed(0)
     out = augment(views)
@@ -75,15 +78,15 @@ def test_shapes_and_per_sample_parameters(device):
 
 
 def test_all_probabilities_zero_is_plain_normalisation():
-    crops = CropViews(config())
-    augment = GpuViewAugment(config(), flip_p=0, jitter_p=0, greyscale_p=0, blur_p=0, solarize_p=0)
+    crops = CropViews(plan())
+    augment = GpuViewAugment(plan(), flip_p=0, jitter_p=0, greyscale_p=0, blur_p=0, solarize_p=0)
     views = batch_of(natural_image(), 4, crops)
     for view, out in zip(views, augment(views), strict=True):
         assert torch.allclose(out, (view.float() / 255 - MEAN) / STD, atol=1e-6)
 
 
 def test_parameter_probabilities_follow_the_recipe():
-    augment = GpuViewAugment(config())
+    augment = GpuViewAugment(plan())
     n = 4000
     torch.manual_seed(0)
     for kind, (blur_p, solarize_p) in enumerate([(1.0, 0.0), (0.1, 0.2), (0.5, 0.0)]):
@@ -107,9 +110,9 @@ def test_parameter_probabilities_follow_the_recipe():
 
 
 def test_pixels_show_the_probabilities():
-    augment = GpuViewAugment(config(n_local=1))
+    augment = GpuViewAugment(plan(n_local=1))
     n = 600
-    crops = CropViews(config(n_local=1))
+    crops = CropViews(plan(n_local=1))
     colour = [view.repeat(n // 8, 1, 1, 1) for view in batch_of(natural_image(seed=1), 8, crops)]
     gradient = torch.linspace(0, 255, 16).round().to(torch.uint8).expand(n, 3, 16, 16)
     white = torch.full((n, 3, 16, 16), 255, dtype=torch.uint8)
@@ -141,7 +144,7 @@ def test_operations_match_torchvision():
         reference = F.gaussian_blur(x[i], [BLUR_KERNEL, BLUR_KERNEL], [sigma, sigma])
         assert torch.allclose(blurred[i][:, inner, inner], reference[:, inner, inner], atol=1e-5)
     # One jitter operation per sample (the others neutral) equals torchvision's.
-    augment = GpuViewAugment(config())
+    augment = GpuViewAugment(plan())
     for op, function in enumerate([F.adjust_brightness, F.adjust_contrast, F.adjust_saturation]):
         factors = torch.ones(4, 4)
         factors[:, 3] = 0
@@ -163,7 +166,7 @@ def test_operations_match_torchvision():
 
 def test_jitter_order_is_per_sample():
     # Brightness 1.4 then contrast 0.6 differs from contrast then brightness on a clipped image.
-    augment = GpuViewAugment(config())
+    augment = GpuViewAugment(plan())
     x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     factors = torch.tensor([[1.4, 0.6, 1.0, 0.0]] * 2)
     order = torch.tensor([[0, 1, 2, 3], [1, 0, 2, 3]])

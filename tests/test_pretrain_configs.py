@@ -8,13 +8,15 @@ from lowssl.config import load
 from pretrain.config import PretrainConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "pretrain" / "configs"
-PAPER = sorted(p for p in CONFIGS.glob("*.yaml"))
-TINY = sorted(p for p in (CONFIGS / "tiny").glob("*.yaml"))
 
 # Table 2: three methods on MobileNetV2; Table 3: DINO on five more backbones; Table 5: 400 epochs.
 EXPECTED = {f"{m}_mobilenet_v2_{r}" for m in ("dino", "swav", "moco") for r in ("baseline", "ours")} | {
     f"dino_{b}_{r}" for b in ("resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small") for r in ("baseline", "ours")
 } | {f"dino_{b}_ours_400ep" for b in ("mobilenet_v2", "resnet18", "resnet34")}  # fmt: skip
+# The paper's experiments; a config of a method or backbone the paper has not (docs/extending.md) may
+# sit beside them.
+PAPER = sorted(CONFIGS / f"{stem}.yaml" for stem in EXPECTED)
+TINY = sorted(CONFIGS / "tiny" / f"{stem}.yaml" for stem in EXPECTED)
 
 
 def _paper(path):
@@ -22,8 +24,7 @@ def _paper(path):
 
 
 def test_every_paper_experiment_has_a_config_and_a_tiny_preset():
-    assert {p.stem for p in PAPER} == EXPECTED
-    assert {p.stem for p in TINY} == EXPECTED
+    assert all(path.is_file() for path in PAPER + TINY)
 
 
 @pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)

@@ -8,22 +8,24 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from lowssl.checkpoints import schema
 from lowssl.config import ConfigError, load
 from lowssl.data import DatasetError
 from lowssl.records import read_records
-from pretrain import checkpoint as ckpt
 from pretrain.config import PretrainConfig
-from pretrain.methods import METHODS
-from pretrain.train import NonFiniteLossError, ResumeError, main, train
+from pretrain.methods import get_method, methods
+from pretrain.optim import StepValues
+from pretrain.train import NonFiniteLossError, ResumeError, RunLogger, main, train
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = {name: REPO / "pretrain/configs/tiny" / f"{name}_mobilenet_v2_ours.yaml" for name in METHODS}
-SMALL_HEADS = {
-    "dino": ["method.hidden_dim=64", "method.out_dim=128", "method.bottleneck_dim=32"],
-    "swav": ["method.hidden_dim=64", "method.out_dim=32", "method.n_prototypes=16", "method.queue_length=32"],
-    "moco": ["method.hidden_dim=64", "method.out_dim=32", "method.queue_length=64"],
-}
+# Every registered method's tiny MobileNetV2 preset, run at its registration's smoke sizes.
+TINY = {name: REPO / "pretrain/configs/tiny" / f"{name}_mobilenet_v2_ours.yaml" for name in methods()}
+
+
+def small_heads(method: str) -> list[str]:
+    return [f"method.{key}={value}" for key, value in get_method(method).smoke_values.items()]
 
 
 def tiny_overrides(tmp_path, method="dino", **extra):
@@ -35,14 +37,14 @@ def tiny_overrides(tmp_path, method="dino", **extra):
         "checkpoint.every_steps": 0, "output_dir": str(tmp_path / "run"), "records_dir": str(tmp_path / "records"),
     }  # fmt: skip
     values.update(extra)
-    return SMALL_HEADS[method] + [f"{k}={v}" for k, v in values.items()]
+    return small_heads(method) + [f"{k}={v}" for k, v in values.items()]
 
 
 def tiny_config(tmp_path, method="dino", **extra) -> PretrainConfig:
     return load(PretrainConfig, TINY[method], tiny_overrides(tmp_path, method, **extra))
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", methods())
 def test_two_steps_write_a_weights_only_checkpoint(tmp_path, method):
     cfg = tiny_config(tmp_path, method, max_steps=2)
     train(cfg)
@@ -59,26 +61,35 @@ def test_two_steps_write_a_weights_only_checkpoint(tmp_path, method):
     buffers = {"dino": "criterion.center", "swav": "queue", "moco": "queue"}
     assert any(key.endswith(buffers[method]) for key in state["method_state"])
     rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
-    assert [int(r["step"]) for r in rows] == [1, 2]
+    assert [int(r["step"]) for r in rows] == [2]  # log_every_steps 10: only the run's last step
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert written == state["config"], "the run folder's config.yaml is the checkpoint's resolved config"
 
 
 def test_device_side_augmentation_trains(tmp_path):
     cfg = tiny_config(tmp_path, max_steps=2, device_augment="true")
     train(cfg)
-    assert ckpt.load(tmp_path / "run" / "last.pth")["global_step"] == 2
+    assert schema.load(tmp_path / "run" / "last.pth")["global_step"] == 2
 
 
 def _final_params(path):
-    return ckpt.load(path)["method_state"]
+    return schema.load(path)["method_state"]
+
+
+def _logged_steps(run_dir):
+    return [int(row["step"]) for row in csv.DictReader(open(run_dir / "log.csv"))]
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
     # Uninterrupted: 10 steps (7 in epoch 0, 3 in epoch 1).
-    train(tiny_config(tmp_path / "a", max_steps=10))
+    train(tiny_config(tmp_path / "a", max_steps=10, log_every_steps=3))
     # "Killed" after step 4 (mid-epoch), then resumed automatically from last.pth up to step 10.
-    train(tiny_config(tmp_path / "b", max_steps=4))
-    assert ckpt.load(tmp_path / "b/run/last.pth")["step_in_epoch"] == 4
-    train(tiny_config(tmp_path / "b", max_steps=10))
+    train(tiny_config(tmp_path / "b", max_steps=4, log_every_steps=3))
+    assert schema.load(tmp_path / "b/run/last.pth")["step_in_epoch"] == 4
+    train(tiny_config(tmp_path / "b", max_steps=10, log_every_steps=3))
+    # Rows every 3 steps of the run, at each epoch's last step (7) and at each run's last (4, 10).
+    assert _logged_steps(tmp_path / "a/run") == [3, 6, 7, 9, 10]
+    assert _logged_steps(tmp_path / "b/run") == [3, 4, 6, 7, 9, 10]
     a, b = _final_params(tmp_path / "a/run/last.pth"), _final_params(tmp_path / "b/run/last.pth")
     assert a.keys() == b.keys()
     mismatched = [k for k in a if not torch.equal(a[k], b[k])]
@@ -96,8 +107,27 @@ def test_resume_refuses_a_changed_model(tmp_path):
         train(tiny_config(tmp_path, max_steps=2, **{"method.alpha": 0.3}))
 
 
+def test_log_rows_hold_the_step_values_and_the_rate_since_the_previous_row(tmp_path):
+    logger = RunLogger(tmp_path, enabled=True, every_steps=3)
+    for step in range(1, 6):
+        values = StepValues(lr=0.1 * step, weight_decay=1e-6)
+        logger.step(step, 0, {"loss": float(step)}, values, 8, 0.5 * step, skipped=step == 2, last=step == 5)
+    logger.close()
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert [(int(r["step"]), float(r["loss"])) for r in rows] == [(3, 3.0), (5, 5.0)]  # the step's values
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.3, 0.5])
+    assert float(rows[0]["images_per_s"]) == pytest.approx(3 * 8 / (0.5 + 1.0 + 1.5))  # steps 1-3
+    assert float(rows[1]["images_per_s"]) == pytest.approx(2 * 8 / (2.0 + 2.5))  # steps 4-5
+    assert [int(r["skipped_images"]) for r in rows] == [1, 1]  # a running total
+
+
+def test_log_every_steps_must_be_positive(tmp_path):
+    with pytest.raises(ConfigError, match="log_every_steps.*must be > 0"):
+        tiny_config(tmp_path, log_every_steps=0)
+
+
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    forward = METHODS["dino"].forward
+    forward = get_method("dino").method_class.forward
     calls = {"n": 0}
 
     def nan_on_third_step(self, views, epoch):
@@ -107,11 +137,11 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(METHODS["dino"], "forward", nan_on_third_step)
+    monkeypatch.setattr(get_method("dino").method_class, "forward", nan_on_third_step)
     cfg = tiny_config(tmp_path, **{"checkpoint.every_steps": 1})
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 0, step 2 .*loss_gg.*last\.pth"):
         train(cfg)
-    assert ckpt.load(tmp_path / "run/last.pth")["global_step"] == 2
+    assert schema.load(tmp_path / "run/last.pth")["global_step"] == 2
 
 
 def test_config_typo_is_caught_with_a_suggestion(tmp_path, capsys):
@@ -156,7 +186,7 @@ def test_two_process_gloo_ddp_runs_on_cpu(tmp_path):
                "-m", "pretrain", "--config", str(TINY["dino"]), *tiny_overrides(tmp_path, max_steps=2)]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    state = ckpt.load(tmp_path / "run/last.pth")
+    state = schema.load(tmp_path / "run/last.pth")
     assert state["global_step"] == 2
 
 
@@ -176,6 +206,6 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeyp
     monkeypatch.setattr(torch, "save", save_until_disk_full)
     with pytest.raises(OSError, match="No space left"):
         train(tiny_config(tmp_path, **{"checkpoint.every_steps": 1}))
-    state = ckpt.load(tmp_path / "run/last.pth")
+    state = schema.load(tmp_path / "run/last.pth")
     assert state["global_step"] == 1
     assert sorted(p.name for p in (tmp_path / "run").glob("*.pth")) == ["last.pth"]

@@ -3,7 +3,15 @@ import multiprocessing
 import pandas as pd
 import pytest
 
-from lowssl.records import COLUMNS, LOCK_NAME, Record, append_records, read_records, write_records
+from lowssl.records import (
+    COLUMNS,
+    LOCK_NAME,
+    Record,
+    append_records,
+    default_runs_dir,
+    read_records,
+    write_records,
+)
 
 
 def _record(**overrides):
@@ -109,3 +117,13 @@ def test_seed_round_trips_and_old_files_read_as_unknown(runs_dir):
         old, index=False
     )
     assert read_records(runs_dir).query("run_id == 'old'").seed.isna().all()
+
+
+def test_records_default_to_lowssl_home_else_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWSSL_HOME", str(tmp_path / "home"))
+    path = append_records([_record()])
+    assert path == tmp_path / "home" / "results" / "runs" / "dino-mnv2-ours.csv" and path.is_file()
+    assert len(read_records()) == 1
+    monkeypatch.delenv("LOWSSL_HOME")
+    monkeypatch.chdir(tmp_path)
+    assert default_runs_dir().resolve() == tmp_path.resolve() / "results" / "runs"

@@ -17,7 +17,7 @@ import pytest
 import torch
 from test_pretrain_engine import REPO, TINY, _final_params, tiny_config, tiny_overrides
 
-from pretrain import checkpoint as ckpt
+from lowssl.checkpoints import schema
 from pretrain.train import train
 
 # One thread in the subprocesses, and in this process for the runs compared with them (the one_thread
@@ -80,7 +80,7 @@ def test_kill_9_mid_write_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert 1 <= state["global_step"] < steps
     # Resumed automatically from last.pth up to the same step; the partial temp file is removed.
     train(tiny_config(killed, max_steps=steps))
-    assert ckpt.load(killed / "run/last.pth")["global_step"] == steps
+    assert schema.load(killed / "run/last.pth")["global_step"] == steps
     assert not list((killed / "run").glob(".*.tmp"))
     a, b = _final_params(tmp_path / "a/run/last.pth"), _final_params(killed / "run/last.pth")
     assert a.keys() == b.keys()
@@ -130,5 +130,5 @@ def test_a_failing_ddp_rank_stops_the_run_and_keeps_the_last_good_checkpoint(tmp
     output = log.read_text()
     assert process.returncode != 0, output[-3000:]
     assert "[rank1]: RuntimeError: injected failure on rank 1 at step 3" in output, output[-3000:]
-    state = ckpt.load(tmp_path / "run/last.pth")
+    state = schema.load(tmp_path / "run/last.pth")
     assert state["global_step"] == 2 and state["step_in_epoch"] == 2

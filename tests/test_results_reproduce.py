@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from lowssl.checkpoints import schema
 from lowssl.io import atomic_torch_save
 from results.reproduce import arch_of, scales
 from results.stages import finished_run
@@ -23,7 +24,7 @@ def test_scale_points_at_existing_configs_and_protocols(scale):
 
 def test_finished_runs_are_reused_and_others_resumed(tmp_path):
     def checkpoint(epoch, step):
-        return atomic_torch_save({"epoch": epoch, "step_in_epoch": step, "config": {"epochs": 2}},
+        return atomic_torch_save({"format": schema.FORMAT, "epoch": epoch, "step_in_epoch": step, "config": {"epochs": 2}},
                                  tmp_path / f"{epoch}-{step}.pth")  # fmt: skip
 
     assert finished_run(checkpoint(2, 0)) is not None
@@ -79,3 +80,22 @@ def test_zero_seeds_are_refused(capsys):
     with pytest.raises(SystemExit):
         main(["table5", "--seeds", "0"])
     assert "--seeds 0: a table needs at least 1 seed" in capsys.readouterr().err
+
+
+def test_paper_scale_launches_torchrun_on_several_machines():
+    from results.reproduce import scales
+
+    one = scales("/data/imagenet", gpus=8)["paper"].launcher
+    assert one[2:] == ("torch.distributed.run", "--nproc_per_node=8", "-m")
+    two = scales("/data/imagenet", gpus=4, nodes=2, rdzv_endpoint="node01:29400")["paper"].launcher
+    assert two[3:6] == ("--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=node01:29400")
+    assert "--nproc_per_node=4" in two
+
+
+def test_several_machines_need_a_rendezvous(capsys):
+    from results.reproduce import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["table5", "--imagenet", "/data/imagenet", "--nnodes", "2"])
+    assert stop.value.code == 2
+    assert "--nnodes 2 needs --rdzv-endpoint HOST:PORT" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from evaluate.adapters import load_pretrained
+from lowssl.checkpoints import open_checkpoint
 from lowssl.io import load_checkpoint, sha256_file
 from pretrain.methods import build_method
 from pretrain.methods.dino import DinoConfig
@@ -49,13 +49,13 @@ def headless_checkpoint(tmp_path_factory, dino_checkpoint):
 
 def smoke(tmp_path, **changes) -> FinetuneArgs:
     """A few steps at 32 px, batch 8, evaluated on 16 images: seconds on a CPU."""
-    options = dict(subset="1pct", protocol="tiny", batch_size=8, max_steps=2, max_eval_images=16, workers=0,
+    options = dict(subset="1pct", protocol="tiny", overrides=["batch_size=8"], max_steps=2, max_eval_images=16, workers=0,
                    device="cpu", output_dir=str(tmp_path / "run"), records_dir=str(tmp_path / "records"))  # fmt: skip
     return FinetuneArgs(**{**options, **changes})
 
 
 def test_network_carries_the_dino_heads_first_two_layers_exactly(dino_checkpoint):
-    adapted = load_pretrained(dino_checkpoint)
+    adapted = open_checkpoint(dino_checkpoint)
     nets = []
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -133,7 +133,7 @@ def test_checkpoint_without_a_head_gets_a_clear_message_and_the_fallbacks_work(
     assert new_head["head_source"] == "new"
 
     frozen = finetune(smoke(tmp_path / "frozen", checkpoint=str(headless_checkpoint), protocol="linear-frozen",
-                            image_size=32))  # fmt: skip
+                            overrides=["batch_size=8", "image_size=32"]))  # fmt: skip
     assert frozen["head_source"] == "none"
     state = load_checkpoint(tmp_path / "frozen" / "run" / "last.pth")["model"]
     original = load_checkpoint(headless_checkpoint)
@@ -144,8 +144,8 @@ def test_checkpoint_without_a_head_gets_a_clear_message_and_the_fallbacks_work(
 
 def test_resume_continues_exactly(tmp_path):
     # synthetic data: 64 training images, 10pct = 6 labelled; batch 4 -> 2 steps per epoch (4 + 2 images)
-    common = dict(random_init=True, arch="resnet18", dataset="synthetic", subset="10pct", epochs=2,
-                  batch_size=4, max_eval_images=None, protocol="tiny")  # fmt: skip
+    common = dict(random_init=True, arch="resnet18", dataset="synthetic", subset="10pct",
+                  overrides=["epochs=2", "batch_size=4"], max_eval_images=None, protocol="tiny")  # fmt: skip
     straight = finetune(smoke(tmp_path / "straight", max_steps=None, **common))
     finetune(smoke(tmp_path / "resumed", max_steps=3, **common))  # stops in the middle of epoch 2
     interrupted = load_checkpoint(tmp_path / "resumed" / "run" / "last.pth")
@@ -159,4 +159,26 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(value, b["model"][key]), key
 
     with pytest.raises(ResumeError, match="batch_size"):  # another protocol is another run
-        finetune(smoke(tmp_path / "resumed", **{**common, "batch_size": 2}))
+        finetune(smoke(tmp_path / "resumed", **{**common, "overrides": ["epochs=2", "batch_size=2"]}))
+
+
+def test_finetune_takes_key_value_overrides_and_names_the_protocol_after_them(tmp_path, capsys):
+    # synthetic data, 10pct = 6 labelled images: epochs=1 of batch 4 is 2 steps
+    args = ["finetune", "--random-init", "--arch", "resnet18", "--dataset", "synthetic", "--subset", "10pct",
+            "--protocol", "tiny", "--workers", "0", "--device", "cpu", "--output-dir", str(tmp_path / "run"),
+            "--records-dir", str(tmp_path / "records"), "--max-eval-images", "8"]  # fmt: skip
+    assert main([*args, "epochs=2", "batch_size=4"]) == 0
+    row = pd.read_csv(next((tmp_path / "records").glob("*.csv"))).iloc[0]
+    assert row.protocol == "tiny+batch_size=4+epochs=2+max_eval_images=8"  # epochs: those of the 10pct run
+    assert json.loads(row.details)["epochs"] == 2
+    capsys.readouterr()
+
+    assert main([*args, "--resume", "never", "batch_sise=4"]) == 1
+    assert "unknown config key 'batch_sise'. Did you mean 'batch_size'?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one override syntax: key=value
+        main([*args, "--resume", "never", "--epochs", "2"])
+
+
+def test_finetune_reads_the_checkpoint_once(tmp_path, dino_checkpoint, torch_loads):
+    finetune(smoke(tmp_path, checkpoint=str(dino_checkpoint), max_steps=1))
+    assert torch_loads.count(str(dino_checkpoint)) == 1  # weights, head and provenance from one read

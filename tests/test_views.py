@@ -7,22 +7,21 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader
-from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from lowssl.config import ConfigError, from_dict
-from pretrain.gpu_views import GpuViewAugment
 from pretrain.views import (
-    BLUR_KERNEL,
+    GpuViewAugment,
     MultiCropViews,
     ViewsConfig,
     collate_views,
-    gaussian_blur,
-    main,
     pixel_scale_stats,
-    resolution_groups,
-    sample_crop_areas,
+    resolve_views,
 )
+from pretrain.views.__main__ import main
+from pretrain.views.config import BLUR_KERNEL
+from pretrain.views.cpu import gaussian_blur
+from pretrain.views.pixel_scale import sample_crop_areas
 
 MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
 STD = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
@@ -42,6 +41,10 @@ def small_config(**overrides) -> ViewsConfig:
     return from_dict(ViewsConfig, {**values, **overrides})
 
 
+def small_sampler(**overrides) -> MultiCropViews:
+    return MultiCropViews(resolve_views(small_config(**overrides)))
+
+
 def noise_image(size=(48, 40), seed=0) -> Image.Image:
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.randint(0, 256, (3, size[0], size[1]), generator=generator, dtype=torch.uint8)
@@ -49,13 +52,13 @@ def noise_image(size=(48, 40), seed=0) -> Image.Image:
 
 
 def test_view_count_sizes_and_order():
-    views = MultiCropViews(small_config())(noise_image())
+    views = small_sampler()(noise_image())
     assert [tuple(view.shape) for view in views] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 3
     assert all(view.dtype == torch.float32 for view in views)
 
 
 def test_grey_pil_and_uint8_tensor_inputs_give_rgb_views():
-    sampler = MultiCropViews(small_config(n_local=1))
+    sampler = small_sampler(n_local=1)
     grey = noise_image().convert("L")
     assert [view.shape[0] for view in sampler(grey)] == [3, 3, 3]
     assert [view.shape[0] for view in sampler(F.pil_to_tensor(grey))] == [3, 3, 3]
@@ -69,14 +72,13 @@ def test_grey_pil_and_uint8_tensor_inputs_give_rgb_views():
     ],
 )
 def test_per_view_transform_parameters(augmentation, jitter, blur_p, solarize_p):
-    sampler = MultiCropViews(small_config(augmentation=augmentation, n_local=2))
+    sampler = small_sampler(augmentation=augmentation, n_local=2)
     assert len(sampler.recipes) == 4
     for index, recipe in enumerate(sampler.recipes):
         kind = min(index, 2)  # global 1, global 2, local
-        crop = sampler.global_crop if kind < 2 else sampler.local_crop
-        assert (recipe.size, recipe.scale) == (crop.size[0], tuple(crop.scale))
-        assert crop.interpolation == v2.InterpolationMode.BICUBIC and recipe.interpolation == "bicubic"
-        assert recipe.ratio == pytest.approx((3 / 4, 4 / 3)) and crop.ratio == pytest.approx((3 / 4, 4 / 3))
+        size, scale = ((32, (0.3, 1.0)), (32, (0.3, 1.0)), (16, (0.05, 0.3)))[kind]
+        assert (recipe.size, recipe.scale) == (size, scale) and recipe.interpolation == "bicubic"
+        assert recipe.ratio == pytest.approx((3 / 4, 4 / 3))
         assert recipe.flip_p == 0.5
         assert recipe.jitter_p == 0.8
         brightness, contrast, saturation, hue = recipe.jitter
@@ -94,7 +96,7 @@ def test_per_view_transform_parameters(augmentation, jitter, blur_p, solarize_p)
 def test_only_global_2_can_be_solarized():
     # A white image stays uniform through crop, DINO's jitter (brightness >= 0.6 keeps it >= 153),
     # greyscale and blur; only solarization (invert >= 128) can bring a view below mid-grey.
-    sampler = MultiCropViews(small_config(global_size=8, local_size=4, n_local=1))
+    sampler = small_sampler(global_size=8, local_size=4, n_local=1)
     white = Image.new("RGB", (16, 16), (255, 255, 255))
     torch.manual_seed(0)
     dark = [0, 0, 0]
@@ -106,17 +108,17 @@ def test_only_global_2_can_be_solarized():
 
 
 def test_crop_areas_stay_inside_scale_ranges():
-    sampler = MultiCropViews(small_config(global_scale=[0.3, 1.0], local_scale=[0.05, 0.3]))
+    sampler = small_sampler(global_scale=[0.3, 1.0], local_scale=[0.05, 0.3])
     torch.manual_seed(0)
-    for crop, (low, high) in ((sampler.global_crop, (0.3, 1.0)), (sampler.local_crop, (0.05, 0.3))):
-        fractions = sample_crop_areas(crop, (1000, 1000), 3000) / 1e6
+    for recipe, (low, high) in ((sampler.recipes[0], (0.3, 1.0)), (sampler.recipes[2], (0.05, 0.3))):
+        fractions = sample_crop_areas(recipe.scale, recipe.ratio, (1000, 1000), 3000) / 1e6
         # Rounding the crop's sides to whole pixels moves the area by < 1% on a 1000 px image.
         assert fractions.min() >= low * 0.99 and fractions.max() <= high * 1.01
         assert fractions.min() < low + 0.02 and fractions.max() > high - 0.05  # the whole range is used
 
 
 def test_same_seed_same_views_other_seed_other_views():
-    sampler = MultiCropViews(small_config())
+    sampler = small_sampler()
     image = noise_image()
     torch.manual_seed(0)
     first = sampler(image)
@@ -128,18 +130,13 @@ def test_same_seed_same_views_other_seed_other_views():
     assert not any(torch.equal(a, b) for a, b in zip(first, other, strict=True))
 
 
-def test_collate_and_resolution_groups():
-    sampler = MultiCropViews(small_config(n_local=3))
+def test_collate():
+    sampler = small_sampler(n_local=3)
     dataset = [(sampler(noise_image(seed=k)), k) for k in range(5)]
     views, labels = next(iter(DataLoader(dataset, batch_size=4, collate_fn=collate_views)))
     assert [tuple(view.shape) for view in views] == [(4, 3, 32, 32)] * 2 + [(4, 3, 16, 16)] * 3
     assert torch.equal(labels, torch.tensor([0, 1, 2, 3]))
     assert torch.equal(views[2][1], dataset[1][0][2])
-    assert resolution_groups(views) == [(0, 2), (2, 5)]
-    assert resolution_groups(views[:2]) == [(0, 2)]
-    a, b = torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 4, 4)
-    assert resolution_groups([a, a, b, b, a]) == [(0, 2), (2, 4), (4, 5)]
-    assert resolution_groups([]) == []
 
 
 @pytest.mark.parametrize("sigma", [0.1, 1.0, 2.0])
@@ -194,17 +191,15 @@ def test_pixel_scale_is_seeded_and_leaves_global_rng_alone():
 
 
 def test_auto_local_size_is_the_matched_size():
-    cfg = small_config(global_size=224, local_size="auto", n_local=1)
-    sampler = MultiCropViews(cfg)
+    plan = resolve_views(small_config(global_size=224, local_size="auto", n_local=1))
     # Deterministic: pixel_scale_stats' defaults (20,000 crops each, seed 0) on a 224 x 224 image.
-    assert sampler.local_size == 128  # S = 0.3, see test_pixel_scale_cli
-    assert sampler(noise_image())[2].shape == (3, sampler.local_size, sampler.local_size)
+    assert plan.local_size == 128  # S = 0.3, see test_pixel_scale_cli
+    assert MultiCropViews(plan)(noise_image())[2].shape == (3, 128, 128)
 
 
 # Measured with the defaults (20,000 crops of each kind, seed 0, square 224 px image): LC* = 127.67
 # at S = 0.3 and 109.01 at S = 0.14. The paper (Sec. 3.2.2) says 128 and 103. Fewer samples here
 # for speed: LC* moves by well under a pixel.
-@pytest.mark.slow  # starts a Python process with torch: seconds on a loaded machine
 @pytest.mark.slow  # starts Python with torch: several seconds on a loaded machine
 @pytest.mark.parametrize(("scale", "low", "high"), [(0.3, 125, 131), (0.14, 106, 112)])
 def test_pixel_scale_cli(scale, low, high):
@@ -285,7 +280,7 @@ def test_impossible_configs_name_the_key(overrides, key):
 
 
 def test_blur_sigma_reaches_every_view_on_both_paths():
-    cfg = small_config(blur_sigma=[0.0143, 0.286])  # the tiny presets' 224-px range scaled to 32 px
-    assert all(recipe.blur_sigma == (0.0143, 0.286) for recipe in MultiCropViews(cfg).recipes)
-    sigmas = GpuViewAugment(cfg).sample_params(torch.zeros(1000, dtype=torch.long))["sigma"]
+    plan = resolve_views(small_config(blur_sigma=[0.0143, 0.286]))  # tiny presets' 224-px range at 32 px
+    assert all(recipe.blur_sigma == (0.0143, 0.286) for recipe in MultiCropViews(plan).recipes)
+    sigmas = GpuViewAugment(plan).sample_params(torch.zeros(1000, dtype=torch.long))["sigma"]
     assert 0.0143 <= sigmas.min() and sigmas.max() <= 0.286

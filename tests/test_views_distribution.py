@@ -1,8 +1,8 @@
 """lowssl's multi-crop sampler draws the same distributions as DINO's reference pipeline.
 
-The reference below is DINO's ``DataAugmentationDINO`` (PIL images, torchvision v1 transforms, PIL blur
-and solarize), with one change: its blur and solarize coins come from torch's RNG instead of Python's
-``random`` (same calls, same places). Then both pipelines make the same random calls in the same order
+The reference is DINO's ``DataAugmentationDINO`` (pretrain/views/reference.py: PIL images, torchvision v1
+transforms, PIL blur and solarize), with one change: its blur and solarize coins come from torch's RNG
+instead of Python's ``random`` (same calls, same places). Then both pipelines make the same random calls in the same order
 from the one torch RNG, and
 
 1. crop boxes: the sampler's crop_box gives the boxes torchvision's v1 and v2 RandomResizedCrop give
@@ -31,22 +31,21 @@ from torchvision.transforms import functional as TF
 from torchvision.transforms import v2
 
 from lowssl.config import from_dict
-from pretrain.views import (
-    MultiCropViews,
-    ViewsConfig,
+from pretrain.views import MultiCropViews, ViewPlan, ViewsConfig, resolve_views
+from pretrain.views.cpu import (
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
-    crop_box,
     gaussian_blur,
     greyscale,
-    random_resized_crop,
     resized_crop,
-    sample_crop_areas,
     solarize,
     uint8_rgb,
 )
+from pretrain.views.pixel_scale import sample_crop_areas
+from pretrain.views.reference import TorchCoins, dino_reference
+from pretrain.views.sampler import crop_box, sample_view
 
 MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
 STD = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
@@ -63,65 +62,18 @@ AUGMENTATION = {
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class _TorchCoin:
-    """DINO's ``random.random()`` / ``random.uniform()`` calls, drawn from torch."""
-
-    @staticmethod
-    def random() -> float:
-        return torch.rand(1).item()
-
-    @staticmethod
-    def uniform(low: float, high: float) -> float:
-        return torch.empty(1).uniform_(low, high).item()
-
-
-class _Blur:  # DINO's utils.GaussianBlur
-    def __init__(self, p):
-        self.p = p
-
-    def __call__(self, image):
-        if not _TorchCoin.random() <= self.p:
-            return image
-        return image.filter(ImageFilter.GaussianBlur(radius=_TorchCoin.uniform(0.1, 2.0)))
-
-
-class _Solarize:  # DINO's utils.Solarization
-    def __init__(self, p):
-        self.p = p
-
-    def __call__(self, image):
-        return ImageOps.solarize(image) if _TorchCoin.random() < self.p else image
-
-
-def reference(augmentation: str):
-    """DINO's DataAugmentationDINO (main_dino.py) at GLOBAL / LOCAL px."""
-    strengths = AUGMENTATION[augmentation]
-    flip_and_jitter = T.Compose(
-        [
-            T.RandomHorizontalFlip(p=0.5),
-            T.RandomApply([T.ColorJitter(*strengths["jitter"])], p=0.8),
-            T.RandomGrayscale(p=0.2),
-        ]
-    )
-    normalize = T.Compose([T.ToTensor(), T.Normalize(MEAN.flatten().tolist(), STD.flatten().tolist())])
-    bicubic = T.InterpolationMode.BICUBIC
-    solarize = [_Solarize(strengths["solarize_p"])] if strengths["solarize_p"] else []
-    blur_1, blur_2, blur_local = (_Blur(p) for p in strengths["blur_p"])
-
-    def crop(size, scale):
-        return T.RandomResizedCrop(size, scale=scale, interpolation=bicubic)
-
-    global_1 = T.Compose([crop(GLOBAL, SCALES["global_scale"]), flip_and_jitter, blur_1, normalize])
-    global_2 = T.Compose(
-        [crop(GLOBAL, SCALES["global_scale"]), flip_and_jitter, blur_2, *solarize, normalize]
-    )
-    local = T.Compose([crop(LOCAL, SCALES["local_scale"]), flip_and_jitter, blur_local, normalize])
-    return lambda image: [global_1(image), global_2(image)] + [local(image) for _ in range(N_LOCAL)]
+def plan(augmentation: str = "dino", **overrides) -> ViewPlan:
+    values = {**SCALES, "global_size": GLOBAL, "local_size": LOCAL, "n_local": N_LOCAL}
+    return resolve_views(from_dict(ViewsConfig, {**values, "augmentation": augmentation, **overrides}))
 
 
 def sampler(augmentation: str = "dino", **overrides) -> MultiCropViews:
-    values = {**SCALES, "global_size": GLOBAL, "local_size": LOCAL, "n_local": N_LOCAL}
-    return MultiCropViews(from_dict(ViewsConfig, {**values, "augmentation": augmentation, **overrides}))
+    return MultiCropViews(plan(augmentation, **overrides))
+
+
+def reference(augmentation: str):
+    """DINO's DataAugmentationDINO (main_dino.py) at GLOBAL / LOCAL px, its coins drawn from torch."""
+    return dino_reference(plan(augmentation), coins=TorchCoins)
 
 
 def natural_image(width=120, height=90, seed=0) -> Image.Image:
@@ -162,11 +114,11 @@ def test_crop_boxes_equal_torchvision_for_the_same_seed(size, scale, ratio):
 
 
 def test_pixel_scale_samples_are_the_samplers_crops():
-    cfg = from_dict(ViewsConfig, {**SCALES, "global_size": 224, "local_size": 128, "n_local": 1})
-    crop = random_resized_crop(cfg, 224, cfg.global_scale)
+    recipe = resolve_views(from_dict(ViewsConfig, {**SCALES, "local_size": 128, "n_local": 1})).kinds[0]
     torch.manual_seed(3)
-    areas = sample_crop_areas(crop, (375, 500), 500)
+    areas = sample_crop_areas(recipe.scale, recipe.ratio, (375, 500), 500)
     torch.manual_seed(3)
+    crop = v2.RandomResizedCrop(recipe.size, scale=recipe.scale, ratio=recipe.ratio)
     stand_in = torch.empty(1, dtype=torch.uint8).expand(3, 375, 500)
     expected = [p["height"] * p["width"] for p in (crop.make_params([stand_in]) for _ in range(500))]
     assert areas.tolist() == expected
@@ -239,7 +191,7 @@ def test_drawn_parameters_have_the_recipe_probabilities(augmentation):
     n = 3000
     torch.manual_seed(0)
     for kind, recipe in enumerate(views.recipes):
-        params = [recipe.sample(375, 500) for _ in range(n)]
+        params = [sample_view(recipe, 375, 500) for _ in range(n)]
         assert _binomial_ok(sum(p.flip for p in params), n, 0.5)
         jittered = [p.jitter for p in params if p.jitter is not None]
         assert _binomial_ok(len(jittered), n, 0.8)

@@ -86,16 +86,6 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     return tensor
 
 
-@torch.no_grad()
-def all_gather_cat(tensor: Tensor) -> Tensor:
-    """Concatenate a (no-grad) tensor from every process along dim 0, in rank order."""
-    if not is_distributed():
-        return tensor
-    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, tensor.contiguous())
-    return torch.cat(gathered)
-
-
 def output(loss: Tensor, monitor: dict[str, Tensor | float]) -> MethodOutput:
     """MethodOutput with the monitored tensors turned into floats through one device sync."""
     tensors = {name: value.detach().float() for name, value in monitor.items() if isinstance(value, Tensor)}

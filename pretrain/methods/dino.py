@@ -86,6 +86,18 @@ class DinoConfig:
         )
 
 
+def projection_layers(in_dim: int, hidden_dim: int, use_bn: bool) -> list[nn.Module]:
+    """DINOHead.mlp's two hidden layers, Linear-[BN]-GELU twice, with nn.Linear's default init (the
+    semi-supervised fine-tuning puts its classifier on them: semisup/model.py)."""
+    layers: list[nn.Module] = []
+    for width_in in (in_dim, hidden_dim):
+        layers.append(nn.Linear(width_in, hidden_dim))
+        if use_bn:
+            layers.append(nn.BatchNorm1d(hidden_dim))
+        layers.append(nn.GELU())
+    return layers
+
+
 class DINOHead(nn.Module):
     """Linear-[BN]-GELU, Linear-[BN]-GELU, Linear -> L2-norm -> weight-normalised Linear (no bias)."""
 
@@ -99,14 +111,9 @@ class DINOHead(nn.Module):
         bottleneck_dim: int = 256,
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        for width_in in (in_dim, hidden_dim):
-            layers.append(nn.Linear(width_in, hidden_dim))
-            if use_bn:
-                layers.append(nn.BatchNorm1d(hidden_dim))
-            layers.append(nn.GELU())
-        layers.append(nn.Linear(hidden_dim, bottleneck_dim))
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = nn.Sequential(
+            *projection_layers(in_dim, hidden_dim, use_bn), nn.Linear(hidden_dim, bottleneck_dim)
+        )
         self.mlp.apply(self._init_weights)
         # The last layer keeps nn.Linear's default init, as in DINO; weight = g * v / ||v|| per output.
         self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))

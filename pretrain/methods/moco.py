@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lowssl.config import require
+from lowssl.distributed import all_gather_cat
 
 from .base import (
     MethodOutput,
     MultiCropMethod,
     RunLayout,
-    all_gather_cat,
     check_views,
     multicrop_forward,
     output,

@@ -1,7 +1,7 @@
 """Multi-crop augmentation split between the data loader and the GPU, for when the loader cannot keep up.
 
 The loader does only what needs the full image: decode, crop and resize (:class:`CropViews`, the same
-crop sampling and resize as :class:`pretrain.views.MultiCropViews`), giving uint8 views at their final
+crop sampling and resize as :class:`pretrain.views.cpu.MultiCropViews`), giving uint8 views at their final
 size. The device then applies everything else to whole batches (:class:`GpuViewAugment`) with
 per-sample random parameters and the probabilities of docs/recipes.md, "Per-view augmentation":
 horizontal flip, colour jitter (p 0.8; brightness, contrast, saturation and hue factors per sample,
@@ -9,13 +9,14 @@ the four operations in a random order per sample, as torchvision's ColorJitter),
 blur with a per-sample sigma (one depthwise convolution per direction) and solarize, then
 normalisation::
 
-    crops = CropViews(cfg)                      # in the Dataset, instead of MultiCropViews
-    augment = GpuViewAugment(cfg)               # in the training loop
+    plan = resolve_views(cfg)                   # the one resolved view plan (pretrain.views.config)
+    crops = CropViews(plan)                     # in the Dataset, instead of MultiCropViews
+    augment = GpuViewAugment(plan)              # in the training loop
     views, labels = next(loader)                # collate_views: one (B, 3, S, S) uint8 tensor per view
     views = augment([v.to("cuda", non_blocking=True) for v in views])
 
 The colour operations are torchvision's tensor formulas (float, no 8-bit rounding in between), which
-differ from DINO's PIL operations by about a grey level (see pretrain/views.py). Everything runs
+differ from DINO's PIL operations by about a grey level (see pretrain/views/cpu.py). Everything runs
 wherever the views are (CPU in the tests) without host synchronisation: each operation is evaluated on
 the whole batch and selected per sample. Random numbers come from torch's RNG of the views' device, or
 from ``generator``.
@@ -30,18 +31,9 @@ import torch.nn.functional as tnf
 from PIL import Image
 from torch import Tensor
 
-from pretrain.views import (
-    BLUR_KERNEL,
-    RECIPES,
-    ViewsConfig,
-    crop_box,
-    log_ratio,
-    one_opencv_thread,
-    resized_crop,
-    resolve_local_size,
-    uint8_rgb,
-    view_recipes,
-)
+from pretrain.views.config import BLUR_KERNEL, ViewPlan
+from pretrain.views.cpu import one_opencv_thread, resized_crop, uint8_rgb
+from pretrain.views.sampler import crop_box
 
 # ITU-R 601-2 luma with torchvision's rounding of the coefficients (its tensor rgb_to_grayscale).
 LUMA = (0.2989, 0.587, 0.114)
@@ -51,11 +43,9 @@ class CropViews:
     """The loader's half: an image -> [global 1, global 2, locals] as uint8 (3, S, S) tensors, cropped and
     resized exactly as :class:`MultiCropViews` does (same box sampling, same antialiased resize)."""
 
-    def __init__(self, cfg: ViewsConfig) -> None:
-        self.cfg = cfg
-        self.local_size = resolve_local_size(cfg)
-        self.recipes = view_recipes(cfg, self.local_size)
-        self._log_ratio = log_ratio(cfg.ratio)
+    def __init__(self, plan: ViewPlan) -> None:
+        self.plan = plan
+        self.recipes = plan.recipes
 
     def __call__(self, image: Image.Image | Tensor) -> list[Tensor]:
         pixels = uint8_rgb(image)
@@ -63,7 +53,7 @@ class CropViews:
         views = []
         with one_opencv_thread():
             for recipe in self.recipes:
-                box = crop_box(height, width, recipe.scale, recipe.ratio, self._log_ratio)
+                box = crop_box(height, width, recipe.scale, recipe.ratio, recipe.log_ratio)
                 array = resized_crop(pixels, box, recipe.size, recipe.interpolation)
                 views.append(torch.from_numpy(array).permute(2, 0, 1))
         return views
@@ -83,14 +73,14 @@ class GpuViewAugment:
     """The device's half: uint8 views (one (B, 3, S, S) tensor per view, in view order) -> normalised
     float views, each sample with its own random flip, jitter, greyscale, blur and solarize.
 
-    Probabilities default to the config's recipe (docs/recipes.md, "Per-view augmentation"); each can
+    Probabilities default to the plan's recipes (docs/recipes.md, "Per-view augmentation"); each can
     be overridden, the blur and solarize ones per view kind (global 1, global 2, local) or with one
     value for all.
     """
 
     def __init__(
         self,
-        cfg: ViewsConfig,
+        plan: ViewPlan,
         *,
         flip_p: float | None = None,
         jitter_p: float | None = None,
@@ -99,18 +89,17 @@ class GpuViewAugment:
         solarize_p: float | Sequence[float] | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        recipe = RECIPES[cfg.augmentation]
-        first = view_recipes(cfg, 1)[0]
+        first = plan.kinds[0]  # flip, jitter, greyscale and blur sigma are the same for every kind
         self.flip_p = first.flip_p if flip_p is None else flip_p
         self.jitter_p = first.jitter_p if jitter_p is None else jitter_p
         self.greyscale_p = first.greyscale_p if greyscale_p is None else greyscale_p
-        self.blur_p = _per_kind(blur_p, recipe.blur_p)
-        self.solarize_p = _per_kind(solarize_p, recipe.solarize_p)
+        self.blur_p = _per_kind(blur_p, tuple(kind.blur_p for kind in plan.kinds))
+        self.solarize_p = _per_kind(solarize_p, tuple(kind.solarize_p for kind in plan.kinds))
         self.jitter = first.jitter  # brightness, contrast, saturation, hue ranges
         self.blur_sigma = first.blur_sigma
         self.threshold = first.solarize_threshold / 255
-        self.mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(cfg.std).view(1, 3, 1, 1)
+        self.mean = torch.tensor(plan.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(plan.std).view(1, 3, 1, 1)
         self.generator = generator
 
     def __call__(self, views: Sequence[Tensor]) -> list[Tensor]:

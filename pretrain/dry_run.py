@@ -1,0 +1,108 @@
+"""``python -m pretrain --config X --dry-run``: what a run will do, before paying for it.
+
+Resolves the config as training would and prints the run's shape: processes and batches, steps per
+epoch and in all, the LR after batch scaling and its schedule, every view's size and scale (the
+local size resolved), the parameter groups with their sizes and flags, and an estimated time from a
+few timed optimiser steps on synthetic views (this machine, this device). Nothing is written.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from lowssl.backbones import count_params_m
+from lowssl.data import DatasetError, build_dataset
+from pretrain.config import PretrainConfig
+from pretrain.optim import build_optimizer, param_groups
+from pretrain.train import build_run_method
+from pretrain.views import resolve_views
+
+# Where the data is not on this machine (a login node), the paper's set: ImageNet-1k's training split.
+IMAGENET_TRAIN_IMAGES, IMAGENET_CLASSES = 1_281_167, 1000
+
+
+def training_images(cfg: PretrainConfig) -> tuple[int, str]:
+    """How many images one epoch trains on (the monitor's held-out images removed), and from where."""
+    try:
+        images = build_dataset(cfg.data.dataset, "train", cfg.data.root, cfg.data.image_size)
+        total, classes, where = len(images), len(images.classes), f"{cfg.data.dataset} at hand"
+    except DatasetError as error:
+        total, classes = IMAGENET_TRAIN_IMAGES, IMAGENET_CLASSES
+        where = f"assumed ImageNet-1k's {total:,} ({' '.join(str(error).split())[:80]}...)"
+    count = total - cfg.monitor.held_out_per_class * classes
+    return (count if cfg.data.subset is None else min(count, cfg.data.subset)), where
+
+
+def time_steps(cfg: PretrainConfig, processes: int, steps: int, batch: int) -> float:
+    """Seconds per optimiser step of one process at ``batch`` images, timed after one warm-up step."""
+    method = build_run_method(cfg, processes).to(cfg.device if cfg.device != "auto" else "cpu")
+    device = next(method.parameters()).device
+    optimizer = build_optimizer(method, cfg.optim)
+    plan = resolve_views(cfg.views)
+    views = [torch.randn(batch, 3, recipe.size, recipe.size, device=device) for recipe in plan.recipes]
+    timings = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        loss = method(views, 0).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        timings.append(time.perf_counter() - start)
+    return sum(timings[1:]) / steps
+
+
+def describe(
+    cfg: PretrainConfig, processes: int | None = None, timed_steps: int = 2, timed_batch: int = 8
+) -> str:
+    processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
+    images, where = training_images(cfg)
+    steps_per_epoch = images // cfg.batch_size
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    plan = resolve_views(cfg.views)
+    method = build_run_method(cfg, processes)
+    lines = [
+        f"experiment      {cfg.experiment}: {cfg.method_name} on {cfg.backbone}, {cfg.data.dataset} at {plan.global_size}px",
+        f"run folder      {cfg.run_dir}",
+        f"processes       {processes}, batch {cfg.batch_size} = {processes} x {cfg.batch_size // processes}",
+        f"data            {images:,} training images ({where})",
+        f"steps           {steps_per_epoch:,} per epoch x {cfg.epochs} epochs = {total_steps:,}"
+        + (f" (max_steps {cfg.max_steps})" if cfg.max_steps else ""),
+        f"optimiser       {cfg.optim.name}, peak LR {cfg.optim.peak_lr(cfg.batch_size):.4g} "
+        f"(base_lr {cfg.optim.base_lr:g} x {cfg.batch_size}/{cfg.optim.lr_reference_batch_size}), "
+        f"warm-up {cfg.optim.warmup_epochs} epochs, cosine to {cfg.optim.min_lr:g}",
+    ]
+    for label, recipe, count in (
+        ("global 1", plan.kinds[0], 1),
+        ("global 2", plan.kinds[1], 1),
+        ("local", plan.kinds[2], plan.n_local),
+    ):
+        lines.append(
+            f"view {label:<10} {count} x {recipe.size}px, scale {tuple(recipe.scale)}, {recipe.interpolation}"
+        )
+    lines.append(
+        f"parameters      {count_params_m(method):.2f} M in the method (student, teacher / key encoder, heads)"
+    )
+    for group in param_groups(method, cfg.optim.exclusion_rule, cfg.optim.weight_decay):
+        numel = sum(param.numel() for _, param in group["params"])
+        lines.append(
+            f"  group {group['kind']:<10} {len(group['params']):>4} tensors {numel / 1e6:8.3f} M, "
+            f"weight decay {'yes' if group['apply_weight_decay'] else 'no'}, "
+            f"LARS adaptation {'yes' if group['lars_adaptation'] else 'no'}"
+        )
+    if timed_steps:
+        per_process = cfg.batch_size // processes
+        batch = min(per_process, timed_batch)
+        seconds = time_steps(cfg, processes, timed_steps, batch) * per_process / batch
+        lines.append(
+            f"estimated time  {seconds:.2f} s/step x {total_steps:,} steps = {seconds * total_steps / 3600:.2f} h "
+            f"on this machine ({timed_steps} steps timed at batch {batch} on synthetic views, scaled "
+            f"linearly to {per_process} per process; data loading and communication not included)"
+        )
+    return "\n".join(lines)
