@@ -95,13 +95,23 @@ def measure(method_name: str, backbone: str, args) -> dict:
     ratios = [f / b for f, b in zip(full, bare, strict=True)]
     student_ratios = [f / s for f, s in zip(full, times["student"], strict=True)]
     result = {
-        "method": method_name, "backbone": backbone, "batch": args.batch, "global_size": args.global_size,
-        "local_size": args.local_size, "n_local": args.n_local, "amp": args.amp, "channels_last": args.channels_last,
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "repeats": args.steps,
-        "step_s_median": statistics.median(full), "step_s_spread": max(full) - min(full),
-        "bare_s_median": statistics.median(bare), "bare_s_spread": max(bare) - min(bare),
-        "images_per_s": args.batch / statistics.median(full), "bare_images_per_s": args.batch / statistics.median(bare),
-    }  # fmt: skip
+        "method": method_name,
+        "backbone": backbone,
+        "batch": args.batch,
+        "global_size": args.global_size,
+        "local_size": args.local_size,
+        "n_local": args.n_local,
+        "amp": args.amp,
+        "channels_last": args.channels_last,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "repeats": args.steps,
+        "step_s_median": statistics.median(full),
+        "step_s_spread": max(full) - min(full),
+        "bare_s_median": statistics.median(bare),
+        "bare_s_spread": max(bare) - min(bare),
+        "images_per_s": args.batch / statistics.median(full),
+        "bare_images_per_s": args.batch / statistics.median(bare),
+    }
     # Step / limit per repeat (the steps take turns), then the median and spread of those ratios.
     for key, values in (("overhead_ratio", ratios), ("student_only_ratio", student_ratios)):
         stats = summary(values)

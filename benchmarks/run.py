@@ -31,8 +31,14 @@ def _run(name: str, module: str, args: list[str]) -> tuple[list[dict], float]:
 
 
 def _machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
     return (
         f"{cpu}, {os.cpu_count()} cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}"
@@ -47,12 +53,22 @@ def main() -> int:
     augmentation, seconds = _run(
         "augmentation", "benchmarks.augmentation", ["--images", "60", "--repeats", "3"]
     )
-    rows = [f"| {r['recipe']} (2x224 + 6x{r['local_size']}) | {r['lowssl_images_per_s_median']:.1f} | "
-            f"{r['dino_reference_images_per_s_median']:.1f} | {r['speedup_median']:.2f} (spread {r['speedup_spread']:.2f}) |"
-            for r in augmentation]  # fmt: skip
-    sections.append(("Augmentation, images/s per CPU core (1 thread, ~500x375 JPEGs, decode included)",
-                     ["| recipe | lowssl | DINO reference (PIL) | lowssl / reference, median |", "|---|---|---|---|", *rows],
-                     seconds))  # fmt: skip
+    rows = [
+        f"| {r['recipe']} (2x224 + 6x{r['local_size']}) | {r['lowssl_images_per_s_median']:.1f} | "
+        f"{r['dino_reference_images_per_s_median']:.1f} | {r['speedup_median']:.2f} (spread {r['speedup_spread']:.2f}) |"
+        for r in augmentation
+    ]
+    sections.append(
+        (
+            "Augmentation, images/s per CPU core (1 thread, ~500x375 JPEGs, decode included)",
+            [
+                "| recipe | lowssl | DINO reference (PIL) | lowssl / reference, median |",
+                "|---|---|---|---|",
+                *rows,
+            ],
+            seconds,
+        )
+    )
 
     step_rows = []
     step_seconds = 0.0
@@ -80,8 +96,11 @@ def main() -> int:
         ),
     ]:
         for backbone in ("mobilenet_v2", "resnet18"):
-            results, seconds = _run(f"pretrain_step_{device}_{label}_{backbone}", "benchmarks.pretrain_step",
-                                    ["--device", device, "--backbones", backbone, *args])  # fmt: skip
+            results, seconds = _run(
+                f"pretrain_step_{device}_{label}_{backbone}",
+                "benchmarks.pretrain_step",
+                ["--device", device, "--backbones", backbone, *args],
+            )
             step_seconds += seconds
             for r in results:
                 step_rows.append(
@@ -90,11 +109,19 @@ def main() -> int:
                     f"(spread {r['overhead_ratio_spread']:.3f}) | {r['student_only_ratio']:.2f} "
                     f"(spread {r['student_only_ratio_spread']:.2f}) | {r['peak_rss_mib']:.0f} |"
                 )
-    sections.append((f"Pre-training step on {device}: full step vs the method's network passes (the limit: "
-                     "student forward+backward, teacher / key-encoder forward; per-repeat ratios, steps interleaved)",
-                     ["| method | backbone | crops | step img/s | limit img/s | step / limit, median | "
-                      "step / student fwd+bwd alone, median | peak RSS MiB (process, cumulative over its methods) |",
-                      "|---|---|---|---|---|---|---|---|", *step_rows], step_seconds))  # fmt: skip
+    sections.append(
+        (
+            f"Pre-training step on {device}: full step vs the method's network passes (the limit: "
+            "student forward+backward, teacher / key-encoder forward; per-repeat ratios, steps interleaved)",
+            [
+                "| method | backbone | crops | step img/s | limit img/s | step / limit, median | "
+                "step / student fwd+bwd alone, median | peak RSS MiB (process, cumulative over its methods) |",
+                "|---|---|---|---|---|---|---|---|",
+                *step_rows,
+            ],
+            step_seconds,
+        )
+    )
 
     probes, seconds = _run("linear_probe", "benchmarks.linear_probe", ["--train-subset", "5000"])
     rows = [
@@ -103,14 +130,26 @@ def main() -> int:
         f"({r['full']['linear_top1']:.2f} reported) | {r['top1_fast_minus_full_last']:+.2f} |"
         for r in probes
     ]
-    sections.append((
-        "Linear probe on Fashion-MNIST (5,000 training images): fast_tiny vs the full protocol",
-        ["| subject | fast_tiny s | full s | full / fast | fast top-1 | full top-1, last epoch | fast - full |",
-         "|---|---|---|---|---|---|---|", *rows], seconds,
-    ))  # fmt: skip
+    sections.append(
+        (
+            "Linear probe on Fashion-MNIST (5,000 training images): fast_tiny vs the full protocol",
+            [
+                "| subject | fast_tiny s | full s | full / fast | fast top-1 | full top-1, last epoch | fast - full |",
+                "|---|---|---|---|---|---|---|",
+                *rows,
+            ],
+            seconds,
+        )
+    )
 
-    lines = ["# lowssl benchmarks", "", f"Machine: {_machine()}.", "",
-             "Written by `make bench` (`python -m benchmarks.run`); the JSON files beside this one hold every run.", ""]  # fmt: skip
+    lines = [
+        "# lowssl benchmarks",
+        "",
+        f"Machine: {_machine()}.",
+        "",
+        "Written by `make bench` (`python -m benchmarks.run`); the JSON files beside this one hold every run.",
+        "",
+    ]
     for title, table, seconds in sections:
         lines += [f"## {title}", "", *table, "", f"({seconds:.0f} s)", ""]
     (RESULTS / f"summary_{device}.md").write_text("\n".join(lines))

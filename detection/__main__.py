@@ -39,19 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_cmd = commands.add_parser("train", help="train and evaluate Mask R-CNN FPN; results to the records")
     train_cmd.add_argument("--config", type=Path, required=True, help="a YAML under detection/configs/")
-    train_cmd.add_argument("--weights", required=True,
-                           help="a .pkl from `convert`, or `none` for random initialisation")  # fmt: skip
+    train_cmd.add_argument(
+        "--weights", required=True, help="a .pkl from `convert`, or `none` for random initialisation"
+    )
     train_cmd.add_argument("--num-gpus", type=int, default=1, help="processes (GPUs) per machine")
     train_cmd.add_argument("--num-machines", type=int, default=1)
     train_cmd.add_argument("--machine-rank", type=int, default=0, help="this machine's index")
-    train_cmd.add_argument("--dist-url", default="auto",
-                           help="tcp://HOST:PORT of machine 0 (several machines); auto: a free local port")  # fmt: skip
+    train_cmd.add_argument(
+        "--dist-url",
+        default="auto",
+        help="tcp://HOST:PORT of machine 0 (several machines); auto: a free local port",
+    )
     train_cmd.add_argument("--output-dir", type=Path, help="default runs/detection/<config>-<arch>-<weights>")
     train_cmd.add_argument("--records-dir", type=Path, default=default_runs_dir())
     train_cmd.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint")
     add_trust_argument(train_cmd, "--weights (Detectron2's own loading)")
-    train_cmd.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
-                           help="Detectron2 config overrides, e.g. SOLVER.MAX_ITER 100")  # fmt: skip
+    train_cmd.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help="Detectron2 config overrides, e.g. SOLVER.MAX_ITER 100",
+    )
 
     dataset = commands.add_parser(
         "make-dataset", help="the Fashion-MNIST instance-segmentation set, COCO format"
@@ -71,8 +79,10 @@ def run(args) -> int:
         )
         write_pickle(converted.payload, args.out)
         source = converted.payload["lowssl"]
-        print(f"{args.out}: {source['arch']} ({source['format']}, branch {source['branch']}), "
-              f"{converted.loaded} backbone tensors load into Mask R-CNN FPN, none missing")  # fmt: skip
+        print(
+            f"{args.out}: {source['arch']} ({source['format']}, branch {source['branch']}), "
+            f"{converted.loaded} backbone tensors load into Mask R-CNN FPN, none missing"
+        )
         for note in converted.notes:
             print(f"  note: {note}")
         return 0

@@ -53,7 +53,12 @@ def fmnist_det_root(cfg: CfgNode) -> tuple[Path, fmnist_det.FmnistDetSpec]:
     node = cfg.LOWSSL.FMNIST_DET
     spec = fmnist_det.FmnistDetSpec(node.TRAIN_IMAGES, node.VAL_IMAGES, node.SEED, node.CANVAS)
     # Generated data goes under lowssl's home (``$LOWSSL_HOME`` or the working directory), never the package.
-    default = home() / "data" / "fmnist_det" / f"seed{spec.seed}_canvas{spec.canvas}_train{spec.train_images}_val{spec.val_images}"  # fmt: skip
+    default = (
+        home()
+        / "data"
+        / "fmnist_det"
+        / f"seed{spec.seed}_canvas{spec.canvas}_train{spec.train_images}_val{spec.val_images}"
+    )
     return Path(node.ROOT) if node.ROOT else default, spec
 
 

@@ -49,8 +49,10 @@ def image_root(root: str | Path, split: str) -> Path:
 
 
 def categories() -> list[dict]:
-    return [{"id": index + 1, "name": name, "supercategory": "fashion"}
-            for index, name in enumerate(FASHION_MNIST_CLASSES)]  # fmt: skip
+    return [
+        {"id": index + 1, "name": name, "supercategory": "fashion"}
+        for index, name in enumerate(FASHION_MNIST_CLASSES)
+    ]
 
 
 def _item(image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -116,11 +118,17 @@ def generate(root: str | Path, spec: FmnistDetSpec = FmnistDetSpec(), fashion_mn
             )
             for category_id, box, mask in items:
                 rle = mask_util.encode(np.asfortranarray(mask))
-                annotations.append({
-                    "id": len(annotations) + 1, "image_id": image_id, "category_id": category_id,
-                    "bbox": [float(v) for v in box], "area": float(mask.sum()), "iscrowd": 0,
-                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
-                })  # fmt: skip
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": category_id,
+                        "bbox": [float(v) for v in box],
+                        "area": float(mask.sum()),
+                        "iscrowd": 0,
+                        "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+                    }
+                )
         coco = {
             "info": {
                 "description": "lowssl Fashion-MNIST instance segmentation",

@@ -33,8 +33,14 @@ from lowssl.io import atomic_write_text, git_commit, load_checkpoint, sha256_fil
 from lowssl.paths import home
 from lowssl.records import Record, append_records
 
-METRICS = {("bbox", "AP"): "APbb", ("bbox", "AP50"): "APbb50", ("bbox", "AP75"): "APbb75",
-           ("segm", "AP"): "APmk", ("segm", "AP50"): "APmk50", ("segm", "AP75"): "APmk75"}  # fmt: skip
+METRICS = {
+    ("bbox", "AP"): "APbb",
+    ("bbox", "AP50"): "APbb50",
+    ("bbox", "AP75"): "APbb75",
+    ("segm", "AP"): "APmk",
+    ("segm", "AP50"): "APmk50",
+    ("segm", "AP75"): "APmk75",
+}
 RANDOM_INIT = "none"  # --weights none
 
 logger = logging.getLogger(__name__)
@@ -64,8 +70,15 @@ def weights_source(weights: str, arch: str, trust: bool = False) -> dict:
     The file is read here, before any process starts, so an unsafe or broken one stops the run in one
     line (the same safe loaders as the trainer's, detection/weights.py)."""
     if weights == RANDOM_INIT:
-        return {"method": "random-init", "recipe": "none", "pretrain_epochs": 0, "branch": "none",
-                "source_sha256": "", "weights_sha256": "", "tag": "random-init"}  # fmt: skip
+        return {
+            "method": "random-init",
+            "recipe": "none",
+            "pretrain_epochs": 0,
+            "branch": "none",
+            "source_sha256": "",
+            "weights_sha256": "",
+            "tag": "random-init",
+        }
     path = Path(weights)
     if not path.is_file():
         raise TrainError(f"--weights {weights} does not exist (make one with `python -m detection convert`)")
@@ -79,15 +92,26 @@ def weights_source(weights: str, arch: str, trust: bool = False) -> dict:
         logger.warning(
             "%s was not written by `python -m detection convert`: its backbone is not checked", path
         )
-        return {"method": "unknown", "recipe": "unknown", "pretrain_epochs": 0, "branch": "unknown",
-                "source_sha256": weights_sha256, "weights_sha256": weights_sha256, "tag": weights_sha256[:12]}  # fmt: skip
+        return {
+            "method": "unknown",
+            "recipe": "unknown",
+            "pretrain_epochs": 0,
+            "branch": "unknown",
+            "source_sha256": weights_sha256,
+            "weights_sha256": weights_sha256,
+            "tag": weights_sha256[:12],
+        }
     if metadata["arch"] != arch:
         raise TrainError(
             f"--weights {weights} holds a {metadata['arch']} backbone, the config builds a {arch}"
         )
     keys = ("method", "recipe", "pretrain_epochs", "branch", "source_sha256", "format", "source")
-    return {**{key: metadata[key] for key in keys}, "weights_sha256": weights_sha256,
-            "seed": metadata.get("seed"), "tag": metadata["source_sha256"][:12]}  # fmt: skip
+    return {
+        **{key: metadata[key] for key in keys},
+        "weights_sha256": weights_sha256,
+        "seed": metadata.get("seed"),
+        "tag": metadata["source_sha256"][:12],
+    }
 
 
 def setup_logging(output_dir: str, rank: int) -> None:
@@ -170,13 +194,21 @@ def result_records(cfg: CfgNode, args, source: dict, results: dict, wall_s: floa
             f"{cfg.SOLVER.MAX_ITER} iterations): nothing is recorded; train longer (SOLVER.MAX_ITER)"
         )
     common = dict(
-        run_id=f"detection-{source['tag']}-{arch}-{source['branch']}", stage="detection",
-        method=source["method"], recipe=source["recipe"], backbone=arch,
-        pretrain_epochs=int(source["pretrain_epochs"]), dataset=cfg.DATASETS.TEST[0],
-        protocol=derived_name(Path(args.config).stem, changes), branch=source["branch"],
-        checkpoint_sha256=source["source_sha256"], config_hash=_config_hash(cfg), git_commit=git_commit(),
-        details=details, seed=source.get("seed"),
-    )  # fmt: skip
+        run_id=f"detection-{source['tag']}-{arch}-{source['branch']}",
+        stage="detection",
+        method=source["method"],
+        recipe=source["recipe"],
+        backbone=arch,
+        pretrain_epochs=int(source["pretrain_epochs"]),
+        dataset=cfg.DATASETS.TEST[0],
+        protocol=derived_name(Path(args.config).stem, changes),
+        branch=source["branch"],
+        checkpoint_sha256=source["source_sha256"],
+        config_hash=_config_hash(cfg),
+        git_commit=git_commit(),
+        details=details,
+        seed=source.get("seed"),
+    )
     return [
         Record(**common, metric=metric, value=value)
         for metric, value in values.items()
@@ -216,8 +248,10 @@ def _config_hash(cfg: CfgNode) -> str:
 def train(args) -> int:
     cfg = load_config(args.config, args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainError(f"{args.config} trains on {cfg.MODEL.DEVICE} but CUDA is unavailable; "
-                         "add MODEL.DEVICE cpu (slow) or run on a GPU machine")  # fmt: skip
+        raise TrainError(
+            f"{args.config} trains on {cfg.MODEL.DEVICE} but CUDA is unavailable; "
+            "add MODEL.DEVICE cpu (slow) or run on a GPU machine"
+        )
     if cfg.MODEL.DEVICE == "cpu" and args.num_gpus * args.num_machines > 1:
         raise TrainError("--num-gpus / --num-machines above 1 need MODEL.DEVICE cuda")
     arch = config_arch(cfg)

@@ -52,8 +52,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m evaluate", description="Any checkpoint in, linear probe and k-NN out, "
-                     "under named protocols; records to results/runs/.")  # fmt: skip
+    parser = _Parser(
+        prog="python -m evaluate",
+        description="Any checkpoint in, linear probe and k-NN out, "
+        "under named protocols; records to results/runs/.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("linear", "linear probe under a protocol"), ("knn", "weighted k-NN and 1-NN")):
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -74,10 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
         sub.add_argument("--data-root", help="imagefolder: the folder holding train/ and val/")
-        sub.add_argument("--held-out", action="store_true",
-                         help="evaluate on 50 images per class held out of train (paper Sec. 3.2), not val")  # fmt: skip
-        sub.add_argument("--held-out-per-class", type=int, default=PAPER_HELD_OUT_PER_CLASS, metavar="N",
-                         help="images per class held out with --held-out (default 50, the paper's)")  # fmt: skip
+        sub.add_argument(
+            "--held-out",
+            action="store_true",
+            help="evaluate on 50 images per class held out of train (paper Sec. 3.2), not val",
+        )
+        sub.add_argument(
+            "--held-out-per-class",
+            type=int,
+            default=PAPER_HELD_OUT_PER_CLASS,
+            metavar="N",
+            help="images per class held out with --held-out (default 50, the paper's)",
+        )
         sub.add_argument("--train-subset", type=int, metavar="N", help="train on N random training images")
         sub.add_argument(
             "--eval-subset", type=int, metavar="N", help="evaluate on N random images (smoke runs)"
@@ -185,8 +196,19 @@ def load_subject(args, image_size: int) -> Subject:
     if args.raw_pixels:
         if args.arch is not None:
             raise ConfigError("--raw-pixels evaluates the images themselves: drop --arch")
-        return Subject(nn.Flatten(), "pixels", "none", "raw-pixels", "raw-pixels", "none", 0, "raw-pixels",
-                       [f"normalised {image_size}-px centre crops, flattened"], "cnn", 3 * image_size**2)  # fmt: skip
+        return Subject(
+            nn.Flatten(),
+            "pixels",
+            "none",
+            "raw-pixels",
+            "raw-pixels",
+            "none",
+            0,
+            "raw-pixels",
+            [f"normalised {image_size}-px centre crops, flattened"],
+            "cnn",
+            3 * image_size**2,
+        )
     subject = _load_backbone(args)
     spec = get_spec(subject.arch)
     subject.family, subject.feature_dim = spec.family, spec.feature_dim
@@ -202,9 +224,19 @@ def _load_backbone(args) -> Subject:
         torch.manual_seed(args.seed)
         # The floor with re-estimated BN statistics is another subject: its own id, method and cache.
         bn = f"-bn{BN_RECALIBRATION_IMAGES}" if args.recalibrate_bn else ""
-        return Subject(build_backbone(args.arch), args.arch, "none", f"random-init-seed{args.seed}{bn}",
-                       f"random-init{'-bn' if bn else ''}", "none", 0, "random-init",
-                       [f"random initialisation, torch seed {args.seed}"], seed=args.seed, budget="none")  # fmt: skip
+        return Subject(
+            build_backbone(args.arch),
+            args.arch,
+            "none",
+            f"random-init-seed{args.seed}{bn}",
+            f"random-init{'-bn' if bn else ''}",
+            "none",
+            0,
+            "random-init",
+            [f"random initialisation, torch seed {args.seed}"],
+            seed=args.seed,
+            budget="none",
+        )
     opened = open_from_arguments(args)
     source = opened.provenance
     return Subject(
@@ -264,10 +296,15 @@ def stored_result(records_dir: Path, stage: str, subject: Subject, protocol: str
     """The stored rows of this exact evaluation, or None if any metric is missing."""
     frame = read_records(records_dir)
     # The backbone too: random-init subjects of different architectures share one "checkpoint" id.
-    rows = frame[(frame.stage == stage) & (frame.checkpoint_sha256 == subject.checkpoint)
-                 & (frame.backbone == subject.arch)
-                 & (frame.protocol == protocol) & (frame.branch == subject.branch)
-                 & (frame.dataset == dataset) & (frame.config_hash == chash)]  # fmt: skip
+    rows = frame[
+        (frame.stage == stage)
+        & (frame.checkpoint_sha256 == subject.checkpoint)
+        & (frame.backbone == subject.arch)
+        & (frame.protocol == protocol)
+        & (frame.branch == subject.branch)
+        & (frame.dataset == dataset)
+        & (frame.config_hash == chash)
+    ]
     return rows if set(METRICS[stage]) <= set(rows.metric) else None
 
 
@@ -303,8 +340,15 @@ def evaluate(args) -> int:
     )
     if stored is not None:
         values = {row.metric: row.value for row in stored.itertuples()}
-        _report(ctx, stage, protocol, dataset, subject, values,
-                f"stored {stored.created_at.iloc[0]} in {args.records_dir / subject.run_id}.csv; --no-cache recomputes")  # fmt: skip
+        _report(
+            ctx,
+            stage,
+            protocol,
+            dataset,
+            subject,
+            values,
+            f"stored {stored.created_at.iloc[0]} in {args.records_dir / subject.run_id}.csv; --no-cache recomputes",
+        )
         distributed.shutdown()
         return 0
 
@@ -313,22 +357,54 @@ def evaluate(args) -> int:
     if args.recalibrate_bn:
         used = recalibrate_bn(subject.model, train, protocol.crop, ctx.device)
         subject.notes.append(f"BN statistics re-estimated on {used} training images (fvcore precise BN)")
-    frozen = FrozenFeatures(subject.model, subject.family, subject.feature_dim,
-                            protocol.vit.last_blocks if stage == "linear" else 1).to(ctx.device)  # fmt: skip
-    store = FeatureStore(frozen, subject.identity, ctx, protocol.eval_batch_size, args.workers,
-                         args.cache_dir or args.output_dir / "feature-cache", refresh=args.no_cache)  # fmt: skip
+    frozen = FrozenFeatures(
+        subject.model,
+        subject.family,
+        subject.feature_dim,
+        protocol.vit.last_blocks if stage == "linear" else 1,
+    ).to(ctx.device)
+    store = FeatureStore(
+        frozen,
+        subject.identity,
+        ctx,
+        protocol.eval_batch_size,
+        args.workers,
+        args.cache_dir or args.output_dir / "feature-cache",
+        refresh=args.no_cache,
+    )
     run = run_knn if stage == "knn" else run_linear
     outcome = run(protocol, store, train, evaluation, ctx, args.workers)
     if ctx.is_main:
-        details = {"protocol": to_dict(protocol), "paper_protocol": protocol.paper_protocol, "note": protocol.note,
-                   "pretrain_budget": subject.budget,
-                   "checkpoint_format": subject.format, "adapter_notes": subject.notes, "feature": frozen.kind,
-                   "train_images": len(train), "eval_images": len(evaluation), "world_size": ctx.world_size,
-                   "eval_set": "held-out of train" if args.held_out else "val", **outcome.summary}  # fmt: skip
-        common = dict(run_id=subject.run_id, stage=stage, method=subject.method, recipe=subject.recipe,
-                      backbone=subject.arch, pretrain_epochs=subject.pretrain_epochs, dataset=dataset,
-                      protocol=protocol.name, branch=subject.branch, checkpoint_sha256=subject.checkpoint,
-                      config_hash=chash, git_commit=git_commit(), details=details, seed=subject.seed)  # fmt: skip
+        details = {
+            "protocol": to_dict(protocol),
+            "paper_protocol": protocol.paper_protocol,
+            "note": protocol.note,
+            "pretrain_budget": subject.budget,
+            "checkpoint_format": subject.format,
+            "adapter_notes": subject.notes,
+            "feature": frozen.kind,
+            "train_images": len(train),
+            "eval_images": len(evaluation),
+            "world_size": ctx.world_size,
+            "eval_set": "held-out of train" if args.held_out else "val",
+            **outcome.summary,
+        }
+        common = dict(
+            run_id=subject.run_id,
+            stage=stage,
+            method=subject.method,
+            recipe=subject.recipe,
+            backbone=subject.arch,
+            pretrain_epochs=subject.pretrain_epochs,
+            dataset=dataset,
+            protocol=protocol.name,
+            branch=subject.branch,
+            checkpoint_sha256=subject.checkpoint,
+            config_hash=chash,
+            git_commit=git_commit(),
+            details=details,
+            seed=subject.seed,
+        )
         path = append_records(
             [Record(**common, metric=m, value=v) for m, v in outcome.values.items()], args.records_dir
         )
@@ -343,8 +419,16 @@ def evaluate(args) -> int:
 def run_knn(protocol, store: FeatureStore, train: Split, evaluation: Split, ctx, workers: int) -> Outcome:
     bank = store.get(train, protocol.crop)
     queries = store.get(evaluation, protocol.crop)
-    result = knn_evaluate(bank, train.labels, queries, evaluation.labels, train.num_classes,
-                          protocol.k, protocol.temperature, ctx.device)  # fmt: skip
+    result = knn_evaluate(
+        bank,
+        train.labels,
+        queries,
+        evaluation.labels,
+        train.num_classes,
+        protocol.k,
+        protocol.temperature,
+        ctx.device,
+    )
     return Outcome({"knn_top1": result.top1, "knn1_top1": result.nn1_top1}, {}, {})
 
 
@@ -359,10 +443,22 @@ def run_linear(protocol, store: FeatureStore, train: Split, evaluation: Split, c
         images = train.with_transform(train_transform(protocol))
         batches = augmented_batches(images, store.model, protocol, ctx, workers)
     standardise_from = centre if protocol.feature_normalisation == "l2_standardise" else None
-    result = train_linear(protocol, batches, store.model.feature_dim, train.num_classes, eval_features,
-                          evaluation.labels, ctx, standardise_from)  # fmt: skip
-    summary = {"best_epoch_selection": protocol.report == "best", "reported_epoch": result.reported_epoch,
-               "last_epoch_top1": result.last_top1, "peak_lr": protocol.peak_lr()}  # fmt: skip
+    result = train_linear(
+        protocol,
+        batches,
+        store.model.feature_dim,
+        train.num_classes,
+        eval_features,
+        evaluation.labels,
+        ctx,
+        standardise_from,
+    )
+    summary = {
+        "best_epoch_selection": protocol.report == "best",
+        "reported_epoch": result.reported_epoch,
+        "last_epoch_top1": result.last_top1,
+        "peak_lr": protocol.peak_lr(),
+    }
     curves = {"top1_per_epoch": result.top1_per_epoch, "top5_per_epoch": result.top5_per_epoch}
     return Outcome(
         {"linear_top1": result.top1, "linear_top5": result.top5}, summary, curves, result.head_state
@@ -383,8 +479,10 @@ def _report(ctx, stage: str, protocol, dataset: str, subject: Subject, values: d
     if ctx.is_main:
         marker = "" if protocol.paper_protocol else " [not a paper protocol]"
         metrics = ", ".join(f"{metric} {value:.2f}" for metric, value in values.items())
-        print(f"{stage} {protocol.name}{marker} on {dataset}, {subject.arch}/{subject.branch} "
-              f"{subject.short_id}: {metrics} ({where})")  # fmt: skip
+        print(
+            f"{stage} {protocol.name}{marker} on {dataset}, {subject.arch}/{subject.branch} "
+            f"{subject.short_id}: {metrics} ({where})"
+        )
 
 
 if __name__ == "__main__":

@@ -61,8 +61,13 @@ def train_transform(protocol: LinearProtocol):
 class LinearHead(nn.Module):
     """[L2-normalise, standardise with training-set statistics] -> Linear."""
 
-    def __init__(self, feature_dim: int, num_classes: int, init_std: float | None,
-                 standardise_from: torch.Tensor | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        feature_dim: int,
+        num_classes: int,
+        init_std: float | None,
+        standardise_from: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.standardise = standardise_from is not None
         if self.standardise:
@@ -83,12 +88,15 @@ class LinearHead(nn.Module):
 def build_optimizer(protocol: LinearProtocol, head: LinearHead) -> torch.optim.Optimizer:
     lr = protocol.peak_lr()
     if protocol.optimizer == "lars":
-        groups = [{"params": [head.linear.weight], "always_adapt": True},
-                  {"params": [head.linear.bias], "always_adapt": False}]  # fmt: skip
+        groups = [
+            {"params": [head.linear.weight], "always_adapt": True},
+            {"params": [head.linear.bias], "always_adapt": False},
+        ]
         return timm.optim.Lars(groups, lr=lr, momentum=protocol.momentum, trust_coeff=0.001)
     if protocol.optimizer == "sgd":
-        return torch.optim.SGD(head.parameters(), lr=lr, momentum=protocol.momentum,
-                               weight_decay=protocol.weight_decay)  # fmt: skip
+        return torch.optim.SGD(
+            head.parameters(), lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay
+        )
     return torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=protocol.weight_decay)
 
 
@@ -107,8 +115,10 @@ def epoch_lr(protocol: LinearProtocol, epoch: int) -> float:
 
 def per_process_batch(protocol: LinearProtocol, ctx: Context) -> int:
     if protocol.batch_size % ctx.world_size:
-        raise ConfigError(f"config key 'batch_size': {protocol.batch_size} does not split evenly over "
-                          f"{ctx.world_size} processes")  # fmt: skip
+        raise ConfigError(
+            f"config key 'batch_size': {protocol.batch_size} does not split evenly over "
+            f"{ctx.world_size} processes"
+        )
     return protocol.batch_size // ctx.world_size
 
 
@@ -141,8 +151,15 @@ def augmented_batches(
     """This process's batches of features of fresh random crops, through the frozen backbone."""
     sampler = DistributedSampler(images, ctx.world_size, ctx.rank, shuffle=True, seed=protocol.seed)
     generator = torch.Generator().manual_seed(protocol.seed)  # seeds the workers' augmentation
-    loader = DataLoader(images, batch_size=per_process_batch(protocol, ctx), sampler=sampler, num_workers=workers,
-                        generator=generator, pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0)  # fmt: skip
+    loader = DataLoader(
+        images,
+        batch_size=per_process_batch(protocol, ctx),
+        sampler=sampler,
+        num_workers=workers,
+        generator=generator,
+        pin_memory=ctx.device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
 
     def batches(epoch: int):
         sampler.set_epoch(epoch)
@@ -183,9 +200,16 @@ class LinearResult:
         return self.top1_per_epoch[-1]
 
 
-def train_linear(protocol: LinearProtocol, batches: Batches, feature_dim: int, num_classes: int,
-                 eval_features: torch.Tensor, eval_labels: torch.Tensor, ctx: Context,
-                 standardise_from: torch.Tensor | None = None) -> LinearResult:  # fmt: skip
+def train_linear(
+    protocol: LinearProtocol,
+    batches: Batches,
+    feature_dim: int,
+    num_classes: int,
+    eval_features: torch.Tensor,
+    eval_labels: torch.Tensor,
+    ctx: Context,
+    standardise_from: torch.Tensor | None = None,
+) -> LinearResult:
     """Train the classifier for ``protocol.epochs`` epochs, evaluating after each one."""
     torch.manual_seed(protocol.seed)
     head = LinearHead(feature_dim, num_classes, protocol.init_std, standardise_from).to(ctx.device)

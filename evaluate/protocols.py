@@ -111,18 +111,30 @@ class LinearProtocol:
     def __post_init__(self) -> None:
         require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
         require(self.batch_size >= 0, "batch_size", f"must be >= 0 (0 = full batch), got {self.batch_size}")
-        require(self.batch_size > 0 or self.train_input == "features", "batch_size",
-                "full batch (0) needs train_input: features")  # fmt: skip
-        require(self.batch_size > 0 or not self.lr_batch_scaling, "lr_batch_scaling",
-                "the linear scaling rule needs a batch size; set it false for full batch")  # fmt: skip
+        require(
+            self.batch_size > 0 or self.train_input == "features",
+            "batch_size",
+            "full batch (0) needs train_input: features",
+        )
+        require(
+            self.batch_size > 0 or not self.lr_batch_scaling,
+            "lr_batch_scaling",
+            "the linear scaling rule needs a batch size; set it false for full batch",
+        )
         require(self.base_lr > 0, "base_lr", f"must be > 0, got {self.base_lr}")
-        require(0 < self.train_crop_scale[0] <= self.train_crop_scale[1] <= 1, "train_crop_scale",
-                f"need 0 < min <= max <= 1, got {self.train_crop_scale}")  # fmt: skip
+        require(
+            0 < self.train_crop_scale[0] <= self.train_crop_scale[1] <= 1,
+            "train_crop_scale",
+            f"need 0 < min <= max <= 1, got {self.train_crop_scale}",
+        )
         schedules.check_epoch_schedule(self.schedule, self.milestones)
         require(self.init_std is None or self.init_std > 0, "init_std", "must be > 0 or null")
         # timm's Lars equals SSLight's / DINO's LARS only without weight decay (see evaluate/linear.py).
-        require(self.optimizer != "lars" or self.weight_decay == 0, "weight_decay",
-                "LARS here supports weight_decay 0 only (the authors' linear probe uses 0)")  # fmt: skip
+        require(
+            self.optimizer != "lars" or self.weight_decay == 0,
+            "weight_decay",
+            "LARS here supports weight_decay 0 only (the authors' linear probe uses 0)",
+        )
 
     def peak_lr(self) -> float:
         return self.base_lr * self.batch_size / LR_REFERENCE_BATCH if self.lr_batch_scaling else self.base_lr

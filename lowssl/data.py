@@ -30,8 +30,17 @@ from lowssl.rng import sample_seed
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_ENV = "LOWSSL_FASHION_MNIST"
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -262,8 +271,12 @@ def build_dataset(
             _check_same_classes(Path(root), images.classes)
         return images
     if name == "synthetic":
-        return SyntheticImages(64 if split == "train" else 32, image_size=image_size, seed=0 if split == "train" else 1,
-                               transform=transform)  # fmt: skip
+        return SyntheticImages(
+            64 if split == "train" else 32,
+            image_size=image_size,
+            seed=0 if split == "train" else 1,
+            transform=transform,
+        )
     raise DatasetError(f"unknown dataset '{name}'; allowed values: {', '.join(DATASETS)}")
 
 

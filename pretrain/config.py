@@ -115,8 +115,11 @@ class PretrainConfig:
         require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
         require(self.max_steps is None or self.max_steps > 0, "max_steps", "must be > 0 or null")
         require(self.log_every_steps > 0, "log_every_steps", f"must be > 0, got {self.log_every_steps}")
-        require(self.resume in ("auto", "never") or self.resume.endswith(".pth"), "resume",
-                f"allowed values: auto, never, or a path to a .pth checkpoint; got '{self.resume}'")  # fmt: skip
+        require(
+            self.resume in ("auto", "never") or self.resume.endswith(".pth"),
+            "resume",
+            f"allowed values: auto, never, or a path to a .pth checkpoint; got '{self.resume}'",
+        )
 
     @property
     def method_name(self) -> str:

@@ -157,9 +157,16 @@ def build_data(cfg: PretrainConfig, ctx: distributed.Context) -> RunData:
             f"config key 'batch_size': {cfg.batch_size} is not divisible by {ctx.world_size} processes"
         )
     loader, sampler = build_loader(
-        IndexedImages(images, train_index), views, batch_per_process, ctx.rank, ctx.world_size, cfg.seed,
-        cfg.data.num_workers, cfg.data.on_corrupt_image == "skip", ctx.device.type == "cuda",
-    )  # fmt: skip
+        IndexedImages(images, train_index),
+        views,
+        batch_per_process,
+        ctx.rank,
+        ctx.world_size,
+        cfg.seed,
+        cfg.data.num_workers,
+        cfg.data.on_corrupt_image == "skip",
+        ctx.device.type == "cuda",
+    )
     return RunData(images, train_index, held_index, loader, sampler, device_augment)
 
 
@@ -199,9 +206,12 @@ def build_run(
     gradient scaler and the online linear probe."""
     method = build_run_method(cfg, ctx.world_size)
     if cfg.method_name == "swav" and method.cfg.queue_length != cfg.method.queue_length:
-        _say(ctx, f"method.queue_length {cfg.method.queue_length} -> {method.cfg.queue_length}: SwAV's queue "
-                  f"holds whole global batches of {cfg.batch_size} (SwAV's main_swav.py), "
-                  f"{method.queue.shape[1]} rows per process")  # fmt: skip
+        _say(
+            ctx,
+            f"method.queue_length {cfg.method.queue_length} -> {method.cfg.queue_length}: SwAV's queue "
+            f"holds whole global batches of {cfg.batch_size} (SwAV's main_swav.py), "
+            f"{method.queue.shape[1]} rows per process",
+        )
     method_config = {"name": cfg.method_name, **to_dict(method.cfg)}
     if cfg.channels_last:
         method = method.to(memory_format=torch.channels_last)
@@ -209,8 +219,15 @@ def build_run(
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # gloo has no SyncBN: per-process BN on CPU
     method.to(ctx.device)
     # broadcast_buffers=False: SwAV's queue is per process (as in SwAV), not rank 0's copied to all.
-    model = DistributedDataParallel(method, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
-                                    broadcast_buffers=False) if ctx.distributed else method  # fmt: skip
+    model = (
+        DistributedDataParallel(
+            method,
+            device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
+            broadcast_buffers=False,
+        )
+        if ctx.distributed
+        else method
+    )
     optimizer = build_optimizer(method, cfg.optim)
     schedules = build_schedules(cfg.optim, cfg.epochs, steps_per_epoch, cfg.batch_size)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.amp == "fp16")
@@ -238,8 +255,13 @@ def build_run(
 def build_run_method(cfg: PretrainConfig, n_processes: int) -> MultiCropMethod:
     """The method as a run of ``n_processes`` processes trains it: the config's student stochastic
     depth, per-process state (SwAV's queue) sized for the global batch."""
-    return build_method(cfg.method_name, cfg.backbone, cfg.method, drop_path_rate=cfg.drop_path_rate,
-                        layout=RunLayout(cfg.batch_size, n_processes))  # fmt: skip
+    return build_method(
+        cfg.method_name,
+        cfg.backbone,
+        cfg.method,
+        drop_path_rate=cfg.drop_path_rate,
+        layout=RunLayout(cfg.batch_size, n_processes),
+    )
 
 
 def resolved_yaml(cfg: PretrainConfig) -> str:
@@ -298,15 +320,21 @@ def save_checkpoint(run: Run, path: Path, epoch: int, step_in_epoch: int) -> Pat
     state = {
         "student_backbone": _cpu_state(method.student_backbone),
         "teacher_backbone": _cpu_state(teacher) if teacher is not None else None,
-        "method_state": _cpu_state(method), "method_config": run.method_config,
+        "method_state": _cpu_state(method),
+        "method_config": run.method_config,
         "optimizer": run.optimizer.state_dict(),
         "grad_scaler": run.scaler.state_dict(),
         "online_probe": probe.state_dict() if probe is not None else None,
-        "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": run.global_step,
-        "rng": rng_state(), "metrics": run.metrics,
-        "method": run.cfg.method_name, "backbone": run.cfg.backbone, "recipe": run.cfg.recipe,
+        "epoch": epoch,
+        "step_in_epoch": step_in_epoch,
+        "global_step": run.global_step,
+        "rng": rng_state(),
+        "metrics": run.metrics,
+        "method": run.cfg.method_name,
+        "backbone": run.cfg.backbone,
+        "recipe": run.cfg.recipe,
         **run.provenance,
-    }  # fmt: skip
+    }
     return schema.save(path, state)
 
 
@@ -323,8 +351,14 @@ def train_one_epoch(run: Run, data: RunData, epoch: int, first_batch: int, logge
     steps_per_epoch = data.sampler.steps_per_epoch
     data.sampler.set_epoch(epoch, first_batch)
     run.method.train()
-    bar = tqdm(data.loader, total=steps_per_epoch - first_batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-               disable=not ctx.is_main, dynamic_ncols=True, leave=False)  # fmt: skip
+    bar = tqdm(
+        data.loader,
+        total=steps_per_epoch - first_batch,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        disable=not ctx.is_main,
+        dynamic_ncols=True,
+        leave=False,
+    )
     tick = time.perf_counter()
     for step_in_epoch, (batch_views, labels, skipped) in enumerate(bar, start=first_batch):
         batch_views = [v.to(ctx.device, non_blocking=True) for v in batch_views]
@@ -533,8 +567,15 @@ class RunLogger:
             return
         images_per_s = self.images / max(self.seconds, 1e-9)
         self.images, self.seconds = 0, 0.0
-        row = {"step": step, "epoch": epoch, **{k: float(v) for k, v in terms.items()}, "lr": values.lr,
-               "weight_decay": values.weight_decay, "images_per_s": images_per_s, "skipped_images": self.skipped}  # fmt: skip
+        row = {
+            "step": step,
+            "epoch": epoch,
+            **{k: float(v) for k, v in terms.items()},
+            "lr": values.lr,
+            "weight_decay": values.weight_decay,
+            "images_per_s": images_per_s,
+            "skipped_images": self.skipped,
+        }
         new = not self.csv_path.exists()
         with open(self.csv_path, "a", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=list(row))
@@ -565,14 +606,25 @@ def _write_records(cfg: PretrainConfig, provenance: dict, metrics: dict, run_dir
         "pretrain_budget": pretrain_budget(provenance["config"]),
     }
     common = dict(
-        run_id=pretrain_run_id(cfg, provenance["config_hash"]), stage="pretrain", method=cfg.method_name,
-        recipe=cfg.recipe, backbone=cfg.backbone, pretrain_epochs=metrics["epoch"], dataset=cfg.data.dataset,
-        branch="student", config_hash=provenance["config_hash"], git_commit=provenance["git_commit"],
-        details=details, seed=cfg.seed,
-    )  # fmt: skip
+        run_id=pretrain_run_id(cfg, provenance["config_hash"]),
+        stage="pretrain",
+        method=cfg.method_name,
+        recipe=cfg.recipe,
+        backbone=cfg.backbone,
+        pretrain_epochs=metrics["epoch"],
+        dataset=cfg.data.dataset,
+        branch="student",
+        config_hash=provenance["config_hash"],
+        git_commit=provenance["git_commit"],
+        details=details,
+        seed=cfg.seed,
+    )
     monitors = {"knn_top1_heldout": "online-knn20-heldout", "online_linear_top1": "online-linear-global1"}
-    rows = [Record(**common, protocol=monitors[metric], metric=metric, value=metrics[metric])
-            for metric in monitors if metric in metrics]  # fmt: skip
+    rows = [
+        Record(**common, protocol=monitors[metric], metric=metric, value=metrics[metric])
+        for metric in monitors
+        if metric in metrics
+    ]
     append_records(rows, cfg.records_dir)
 
 

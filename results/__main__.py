@@ -42,9 +42,14 @@ def leaderboard(args: argparse.Namespace) -> None:
 
 def table5(args: argparse.Namespace) -> None:
     markdown, frame = render_table5(
-        read_paper_tables(), read_records(args.runs_dir), scale=args.scale, dataset=args.dataset,
-        protocol=args.protocol, hardware=args.hardware or this_machine(), budget=args.budget or "",
-    )  # fmt: skip
+        read_paper_tables(),
+        read_records(args.runs_dir),
+        scale=args.scale,
+        dataset=args.dataset,
+        protocol=args.protocol,
+        hardware=args.hardware or this_machine(),
+        budget=args.budget or "",
+    )
     print(markdown, end="")
     for path, text in ((args.out_md, markdown), (args.out_csv, frame.to_csv(index=False))):
         if path:

@@ -70,26 +70,86 @@ def evaluate_checkpoint(
     )
     arch = adapted.arch
     if "linear" in stages:
-        run([*python, "evaluate", "linear", *source, "--protocol", "fast_tiny", "--train-subset", "10000",
-              "--output-dir", str(work_dir / "evaluate"), *records])  # fmt: skip
+        run(
+            [
+                *python,
+                "evaluate",
+                "linear",
+                *source,
+                "--protocol",
+                "fast_tiny",
+                "--train-subset",
+                "10000",
+                "--output-dir",
+                str(work_dir / "evaluate"),
+                *records,
+            ]
+        )
     if "knn" in stages:
-        run([*python, "evaluate", "knn", *source, "--protocol", "knn_tiny", "--output-dir",
-              str(work_dir / "evaluate"), *records])  # fmt: skip
+        run(
+            [
+                *python,
+                "evaluate",
+                "knn",
+                *source,
+                "--protocol",
+                "knn_tiny",
+                "--output-dir",
+                str(work_dir / "evaluate"),
+                *records,
+            ]
+        )
     if "semisup" in stages:
         # The paper fine-tunes from the checkpoint's DINO projection head; anything else gets new layers.
         head = [] if _has_dino_head(adapted) else ["--new-head"]
-        run([*python, "semisup", "finetune", *source, "--subset", "1pct", "--protocol", "tiny", *head,
-              "--output-dir", str(work_dir / "semisup"), *records])  # fmt: skip
+        run(
+            [
+                *python,
+                "semisup",
+                "finetune",
+                *source,
+                "--subset",
+                "1pct",
+                "--protocol",
+                "tiny",
+                *head,
+                "--output-dir",
+                str(work_dir / "semisup"),
+                *records,
+            ]
+        )
     if "detection" in stages:
         if arch not in DETECTION_ARCHS:
-            raise SystemExit(f"error: detection has no registered backbone for '{arch}' "
-                             f"(allowed: {', '.join(DETECTION_ARCHS)})")  # fmt: skip
+            raise SystemExit(
+                f"error: detection has no registered backbone for '{arch}' "
+                f"(allowed: {', '.join(DETECTION_ARCHS)})"
+            )
         weights = work_dir / "detection" / "weights.pkl"
         run([*python, "detection", "convert", checkpoint, str(weights), *options])
-        run([*python, "detection", "train", "--config", f"detection/configs/mask_rcnn_{arch}_fpn_tiny.yaml",
-              "--weights", str(weights), "--output-dir", str(work_dir / "detection"), *records])  # fmt: skip
-    run([*python, "results", "leaderboard", *(["--runs-dir", runs_dir] if runs_dir else []),
-          "--out", "results/leaderboard.csv"])  # fmt: skip
+        run(
+            [
+                *python,
+                "detection",
+                "train",
+                "--config",
+                f"detection/configs/mask_rcnn_{arch}_fpn_tiny.yaml",
+                "--weights",
+                str(weights),
+                "--output-dir",
+                str(work_dir / "detection"),
+                *records,
+            ]
+        )
+    run(
+        [
+            *python,
+            "results",
+            "leaderboard",
+            *(["--runs-dir", runs_dir] if runs_dir else []),
+            "--out",
+            "results/leaderboard.csv",
+        ]
+    )
 
 
 def main(argv=None) -> int:

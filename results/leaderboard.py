@@ -31,9 +31,22 @@ from results.paper_tables import read_paper_tables
 from results.stats import summarise
 
 COLUMNS = [
-    "dataset", "protocol", "branch", "backbone", "method", "recipe", "pretrain_epochs", "teacher",
-    "teacher_epochs", "metric", "value", "seed", "source", "origin", "comparable_group",
-]  # fmt: skip
+    "dataset",
+    "protocol",
+    "branch",
+    "backbone",
+    "method",
+    "recipe",
+    "pretrain_epochs",
+    "teacher",
+    "teacher_epochs",
+    "metric",
+    "value",
+    "seed",
+    "source",
+    "origin",
+    "comparable_group",
+]
 #: One row of the default view: what a comparison varies, then the number over seeds and where it holds.
 ENTRY = ["source", "method", "recipe", "teacher", "teacher_epochs", "pretrain_epochs", "branch"]
 SUMMARY_COLUMNS = [
@@ -70,9 +83,11 @@ def paper_rows(paper: pd.DataFrame) -> pd.DataFrame:
     # a supervised model or an architecture has no branch.
     trained = ~paper["method"].isin(["", "supervised"])
     return paper.assign(
-        dataset=paper["metric"].map(paper_dataset), branch=trained.map({True: "student", False: ""}),
-        source="paper", origin="Table " + paper["table"].astype(str),
-    )  # fmt: skip
+        dataset=paper["metric"].map(paper_dataset),
+        branch=trained.map({True: "student", False: ""}),
+        source="paper",
+        origin="Table " + paper["table"].astype(str),
+    )
 
 
 def run_rows(records: pd.DataFrame) -> pd.DataFrame:

@@ -21,9 +21,11 @@ KD_METHODS = ("compress", "simreg", "seed", "disco", "bingo")
 def read_paper_tables(path: str | Path = PAPER_DIR / "tables.csv") -> pd.DataFrame:
     """Every number of the paper's tables; epochs are nullable integers (empty where not printed)."""
     return pd.read_csv(
-        path, keep_default_na=False, na_values={"teacher_epochs": [""], "pretrain_epochs": [""]},
+        path,
+        keep_default_na=False,
+        na_values={"teacher_epochs": [""], "pretrain_epochs": [""]},
         dtype={"table": int, "teacher_epochs": "Int64", "pretrain_epochs": "Int64", "value": float},
-    )  # fmt: skip
+    )
 
 
 def read_printed_gains(path: str | Path = PAPER_DIR / "gains.csv") -> pd.DataFrame:
@@ -36,6 +38,7 @@ def recompute_gains(tables: pd.DataFrame, gains: pd.DataFrame) -> pd.DataFrame:
     values = tables.set_index(KEY)["value"]
     row_keys = pd.MultiIndex.from_frame(gains[KEY])
     reference_keys = pd.MultiIndex.from_frame(gains[KEY].assign(row=gains["reference_row"]))
-    out = gains.assign(value=values.reindex(row_keys).to_numpy(),
-                       reference_value=values.reindex(reference_keys).to_numpy())  # fmt: skip
+    out = gains.assign(
+        value=values.reindex(row_keys).to_numpy(), reference_value=values.reindex(reference_keys).to_numpy()
+    )
     return out.assign(computed_gain=(out["value"] - out["reference_value"]).round(2))

@@ -34,19 +34,33 @@ def _add_dataset(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_list_checks(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fraction", type=float, choices=(0.01, 0.1),
-                        help="which subset a list is (default: its '# fraction:' header, else its size)")  # fmt: skip
-    parser.add_argument("--expected-count", type=int,
-                        help="accept a list of this size instead of floor(fraction x training images)")  # fmt: skip
+    parser.add_argument(
+        "--fraction",
+        type=float,
+        choices=(0.01, 0.1),
+        help="which subset a list is (default: its '# fraction:' header, else its size)",
+    )
+    parser.add_argument(
+        "--expected-count",
+        type=int,
+        help="accept a list of this size instead of floor(fraction x training images)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
-    main = argparse.ArgumentParser(prog="python -m semisup", description=__doc__.splitlines()[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::")[1])  # fmt: skip
+    main = argparse.ArgumentParser(
+        prog="python -m semisup",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Examples::")[1],
+    )
     commands = main.add_subparsers(dest="command", required=True)
 
-    make = commands.add_parser("make-subset", help="write a deterministic, class-balanced subset list",
-                               description=f"List format: {LIST_FORMAT_HELP}.")  # fmt: skip
+    make = commands.add_parser(
+        "make-subset",
+        help="write a deterministic, class-balanced subset list",
+        description=f"List format: {LIST_FORMAT_HELP}.",
+    )
     _add_dataset(make)
     make.add_argument("--fraction", type=float, required=True, choices=(0.01, 0.1))
     make.add_argument("--seed", type=int, default=0)
@@ -70,8 +84,11 @@ def parser() -> argparse.ArgumentParser:
     )
     _add_dataset(tune)
     tune.add_argument("--protocol", default="paper", choices=available(), help="semisup/configs/<name>.yaml")
-    tune.add_argument("--new-head", action="store_true",
-                      help="new MLP layers instead of the checkpoint's projection head (checkpoints without one)")  # fmt: skip
+    tune.add_argument(
+        "--new-head",
+        action="store_true",
+        help="new MLP layers instead of the checkpoint's projection head (checkpoints without one)",
+    )
     _add_list_checks(tune)
     tune.add_argument("--subset-seed", type=int, default=0, help="seed of a generated 1pct / 10pct subset")
     tune.add_argument("--output-dir", help="default runs/semisup/<checkpoint>_<protocol>_<dataset>_<subset>")
@@ -108,8 +125,10 @@ def main(argv=None) -> int:
             options = {k: v for k, v in vars(args).items() if k != "command"}
             result = finetune(FinetuneArgs(**options))
             if os.environ.get("RANK", "0") == "0":  # torchrun: one line, from the main process
-                print(f"{result['subset']} top-1 {result['top1']:.2f}, top-5 {result['top5']:.2f} "
-                      f"(epoch {result['reported_epoch']} of {result['epochs']}); run: {result['run_dir']}")  # fmt: skip
+                print(
+                    f"{result['subset']} top-1 {result['top1']:.2f}, top-5 {result['top5']:.2f} "
+                    f"(epoch {result['reported_epoch']} of {result['epochs']}); run: {result['run_dir']}"
+                )
     except (
         CheckpointLayoutError,
         CheckpointError,

@@ -75,8 +75,13 @@ def pretrained_projection(adapted: OpenedCheckpoint, checkpoint: str) -> nn.Sequ
     return mlp
 
 
-def build_head(arch: str, head_source: str, adapted: OpenedCheckpoint | None, checkpoint: str | None,
-               new_head_hidden_dim: int) -> tuple[nn.Module, int]:  # fmt: skip
+def build_head(
+    arch: str,
+    head_source: str,
+    adapted: OpenedCheckpoint | None,
+    checkpoint: str | None,
+    new_head_hidden_dim: int,
+) -> tuple[nn.Module, int]:
     """(head, output width). ``head_source``: "checkpoint" (the pre-trained DINO head's first two
     layers), "new" (the same layout, freshly initialised) or "none" (frozen-linear: the pooled feature)."""
     spec = get_spec(arch)
@@ -93,8 +98,15 @@ class SemiSupervisedNet(nn.Module):
     """backbone -> head (projection MLP, or nothing) -> a new Linear classifier; a frozen backbone
     stays in eval mode and gets no gradient."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, width: int, num_classes: int,
-                 classifier_init_std: float | None, freeze_backbone: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        width: int,
+        num_classes: int,
+        classifier_init_std: float | None,
+        freeze_backbone: bool,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head

@@ -63,11 +63,17 @@ class SemisupProtocol:
             require(getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")
         require(self.base_lr > 0, "base_lr", f"must be > 0, got {self.base_lr}")
         require(self.image_size >= 16, "image_size", f"must be >= 16 pixels, got {self.image_size}")
-        require(0 < self.train_crop_scale[0] <= self.train_crop_scale[1] <= 1, "train_crop_scale",
-                f"need 0 < min <= max <= 1, got {self.train_crop_scale}")  # fmt: skip
+        require(
+            0 < self.train_crop_scale[0] <= self.train_crop_scale[1] <= 1,
+            "train_crop_scale",
+            f"need 0 < min <= max <= 1, got {self.train_crop_scale}",
+        )
         schedules.check_epoch_schedule(self.schedule, self.milestones)
-        require(self.classifier_init_std is None or self.classifier_init_std > 0, "classifier_init_std",
-                "must be > 0 or null")  # fmt: skip
+        require(
+            self.classifier_init_std is None or self.classifier_init_std > 0,
+            "classifier_init_std",
+            "must be > 0 or null",
+        )
 
     def epochs(self, subset: str) -> int:
         """Epochs for the ``1pct`` or ``10pct`` subset."""

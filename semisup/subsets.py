@@ -73,8 +73,10 @@ class LabelSubset:
         spread = ", ".join(
             f"{classes} classes x {n}" for n, classes in sorted(histogram.items(), reverse=True)
         )
-        head = (f"{self.path}: {len(self.indices):,} labelled images ({self.label}, {self.list_format} format), "
-                f"sha256 {self.sha256[:16]}; per class: {spread}")  # fmt: skip
+        head = (
+            f"{self.path}: {len(self.indices):,} labelled images ({self.label}, {self.list_format} format), "
+            f"sha256 {self.sha256[:16]}; per class: {spread}"
+        )
         return "\n".join([head] + [f"note: {note}" for note in self.notes])
 
 
@@ -125,8 +127,13 @@ def write_subset(path: str | Path, dataset, dataset_name: str, fraction: float, 
     ``# key: value`` provenance lines, then one image id per line."""
     indices = make_subset(dataset.targets, fraction, seed)
     ids = image_ids(dataset)
-    header = [f"# lowssl label subset: {LIST_FORMAT_HELP}", f"# dataset: {dataset_name}",
-              f"# fraction: {fraction:g}", f"# seed: {seed}", f"# count: {len(indices)}"]  # fmt: skip
+    header = [
+        f"# lowssl label subset: {LIST_FORMAT_HELP}",
+        f"# dataset: {dataset_name}",
+        f"# fraction: {fraction:g}",
+        f"# seed: {seed}",
+        f"# count: {len(indices)}",
+    ]
     return atomic_write_text(path, "\n".join(header + [ids[i] for i in indices]) + "\n")
 
 
@@ -211,8 +218,9 @@ def _fraction(listed: _ListFile, path: Path, fraction: float | None, train_image
     )
 
 
-def load_subset(path: str | Path, dataset, fraction: float | None = None,
-                expected: int | None = None) -> LabelSubset:  # fmt: skip
+def load_subset(
+    path: str | Path, dataset, fraction: float | None = None, expected: int | None = None
+) -> LabelSubset:
     """Read a list (either format) and check it against ``dataset`` (its training split).
 
     Errors name the problem: an id the dataset lacks, an id listed twice, an authors' line whose class
@@ -250,10 +258,14 @@ def load_subset(path: str | Path, dataset, fraction: float | None = None,
     classes = list(dataset.classes)
     notes = []
     if listed.list_format == "authors":
-        wrong = [f"line {line}: {image_id} is class {targets[i]} ({classes[targets[i]]}), the list says "
-                 f"{class_idx} ({wnid})"
-                 for (_, class_idx, wnid, line), image_id, i in zip(listed.authors_rows, listed.ids, indices, strict=True)
-                 if class_idx != targets[i] or wnid != classes[targets[i]]]  # fmt: skip
+        wrong = [
+            f"line {line}: {image_id} is class {targets[i]} ({classes[targets[i]]}), the list says "
+            f"{class_idx} ({wnid})"
+            for (_, class_idx, wnid, line), image_id, i in zip(
+                listed.authors_rows, listed.ids, indices, strict=True
+            )
+            if class_idx != targets[i] or wnid != classes[targets[i]]
+        ]
         if wrong:
             raise SubsetError(
                 f"subset list {path}: {len(wrong)} lines disagree with the dataset's classes: {_first(wrong, 3)}"

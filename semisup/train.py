@@ -133,8 +133,14 @@ def finetune(args: FinetuneArgs) -> dict:
         head_source = "none"
     head, width = build_head(arch, head_source, opened, args.checkpoint, protocol.new_head_hidden_dim)
     train_images = build_dataset(args.dataset, "train", args.data_root, protocol.image_size)
-    model = SemiSupervisedNet(backbone, head, width, len(train_images.classes), protocol.classifier_init_std,
-                              freeze_backbone=protocol.network == "frozen-linear")  # fmt: skip
+    model = SemiSupervisedNet(
+        backbone,
+        head,
+        width,
+        len(train_images.classes),
+        protocol.classifier_init_std,
+        freeze_backbone=protocol.network == "frozen-linear",
+    )
 
     # ---- labelled subset -----------------------------------------------------------------------------
     run_dir = Path(args.output_dir or home() / "runs" / "semisup" / run_name(args, arch))
@@ -153,52 +159,87 @@ def finetune(args: FinetuneArgs) -> dict:
     labelled = IndexedImages(train_images, subset.indices)
     crops = SeededSamples(labelled, train_transform(protocol), protocol.seed)
     order = EpochOrder(len(crops), batch, ctx.rank, ctx.world_size, protocol.seed)
-    loader = DataLoader(crops, batch_size=batch, sampler=order, num_workers=args.workers,
-                        pin_memory=ctx.device.type == "cuda")  # fmt: skip
+    loader = DataLoader(
+        crops, batch_size=batch, sampler=order, num_workers=args.workers, pin_memory=ctx.device.type == "cuda"
+    )
     val_images = build_dataset(args.dataset, "val", args.data_root, protocol.image_size)
-    val = IndexedImages(val_images, range(min(args.max_eval_images or len(val_images), len(val_images))),
-                        eval_transform(protocol))  # fmt: skip
+    val = IndexedImages(
+        val_images,
+        range(min(args.max_eval_images or len(val_images), len(val_images))),
+        eval_transform(protocol),
+    )
 
     # ---- model, optimiser ----------------------------------------------------------------------------
     if ctx.distributed and ctx.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(ctx.device)
-    trained = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None) \
-        if ctx.distributed else model  # fmt: skip
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=protocol.peak_lr(),
-                                momentum=protocol.momentum, nesterov=protocol.nesterov,
-                                weight_decay=protocol.weight_decay)  # fmt: skip
+    trained = (
+        DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+        if ctx.distributed
+        else model
+    )
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=protocol.peak_lr(),
+        momentum=protocol.momentum,
+        nesterov=protocol.nesterov,
+        weight_decay=protocol.weight_decay,
+    )
 
     # ---- resume --------------------------------------------------------------------------------------
     identity = {
-        "protocol": to_dict(protocol), "epochs": epochs, "dataset": args.dataset, "subset_sha256": subset.sha256,
+        "protocol": to_dict(protocol),
+        "epochs": epochs,
+        "dataset": args.dataset,
+        "subset_sha256": subset.sha256,
         "checkpoint_sha256": opened.checkpoint_sha256 if opened else f"random-init:{arch}",
-        "arch": arch, "head_source": head_source, "format": opened.format if opened else None,
+        "arch": arch,
+        "head_source": head_source,
+        "format": opened.format if opened else None,
         "branch": opened.branch if opened else None,
-    }  # fmt: skip
+    }
     start_epoch, start_batch, global_step, history = 0, 0, 0, []
     resume_file = _resume_path(args.resume, run_dir)
     if resume_file is not None:
         state = load_checkpoint(resume_file)
-        differences = [f"{k}: {state['identity'].get(k)!r} -> {v!r}" for k, v in identity.items()
-                       if state["identity"].get(k) != v]  # fmt: skip
+        differences = [
+            f"{k}: {state['identity'].get(k)!r} -> {v!r}"
+            for k, v in identity.items()
+            if state["identity"].get(k) != v
+        ]
         if differences:
-            raise ResumeError(f"refusing to resume {resume_file}: it is another run:\n  " + "\n  ".join(differences)
-                              + "\nuse another --output-dir, or --resume never to start over")  # fmt: skip
+            raise ResumeError(
+                f"refusing to resume {resume_file}: it is another run:\n  "
+                + "\n  ".join(differences)
+                + "\nuse another --output-dir, or --resume never to start over"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
-        start_epoch, start_batch, global_step, history = (state["epoch"], state["step_in_epoch"],
-                                                          state["global_step"], state["history"])  # fmt: skip
+        start_epoch, start_batch, global_step, history = (
+            state["epoch"],
+            state["step_in_epoch"],
+            state["global_step"],
+            state["history"],
+        )
         _say(ctx, f"resumed from {resume_file} at epoch {start_epoch}, step {start_batch}")
 
     def save(epoch: int, step_in_epoch: int) -> None:
         if ctx.is_main:
-            atomic_torch_save({
-                "format": FORMAT, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch,
-                "global_step": global_step, "history": history, "rng": rng_state(), "identity": identity,
-            }, run_dir / "last.pth")  # fmt: skip
+            atomic_torch_save(
+                {
+                    "format": FORMAT,
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "step_in_epoch": step_in_epoch,
+                    "global_step": global_step,
+                    "history": history,
+                    "rng": rng_state(),
+                    "identity": identity,
+                },
+                run_dir / "last.pth",
+            )
         distributed.barrier()
 
     # ---- epochs --------------------------------------------------------------------------------------
@@ -222,8 +263,10 @@ def finetune(args: FinetuneArgs) -> dict:
         for images, labels in bar:
             loss = F.cross_entropy(trained(images.to(ctx.device, non_blocking=True)), labels.to(ctx.device))
             if not math.isfinite(loss.item()):
-                raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; "
-                                         f"the last good state is {run_dir / 'last.pth'}")  # fmt: skip
+                raise NonFiniteLossError(
+                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; "
+                    f"the last good state is {run_dir / 'last.pth'}"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -234,8 +277,10 @@ def finetune(args: FinetuneArgs) -> dict:
                 break
         bar.close()
         complete = step == order.steps_per_epoch
-        message = f"epoch {epoch + 1}/{epochs}{'' if complete else f' (stopped at step {step})'}: " \
-                  f"loss {loss.item():.4f}, lr {lr:.3g}"  # fmt: skip
+        message = (
+            f"epoch {epoch + 1}/{epochs}{'' if complete else f' (stopped at step {step})'}: "
+            f"loss {loss.item():.4f}, lr {lr:.3g}"
+        )
         if stopped or epoch + 1 == epochs or (complete and protocol.report == "best"):
             top1, top5 = evaluate(model, val, ctx, protocol.eval_batch_size, args.workers)
             history.append({"epoch": epoch + 1, "complete": complete, "top1": top1, "top5": top5})
@@ -248,8 +293,15 @@ def finetune(args: FinetuneArgs) -> dict:
     if not history:  # resumed a finished run
         raise ResumeError(f"{resume_file} holds no evaluation; use --resume never to run again")
     result = _reported(history, protocol.report)
-    result.update(run_dir=str(run_dir), seconds=time.perf_counter() - tick, epochs=epochs, subset=subset.label,
-                  labelled_images=len(subset.indices), head_source=head_source, arch=arch)  # fmt: skip
+    result.update(
+        run_dir=str(run_dir),
+        seconds=time.perf_counter() - tick,
+        epochs=epochs,
+        subset=subset.label,
+        labelled_images=len(subset.indices),
+        head_source=head_source,
+        arch=arch,
+    )
     if ctx.is_main:
         _write_records(args, protocol, subset, opened, identity, result, history, ctx)
     return result
@@ -276,8 +328,14 @@ def _reported(history: list[dict], report: str) -> dict:
     complete = [h for h in history if h["complete"]] or history
     best = max(complete, key=lambda h: h["top1"])  # the first of equal epochs
     chosen = best if report == "best" else history[-1]
-    return {"top1": chosen["top1"], "top5": chosen["top5"], "reported_epoch": chosen["epoch"],
-            "last_top1": history[-1]["top1"], "best_top1": best["top1"], "best_epoch": best["epoch"]}  # fmt: skip
+    return {
+        "top1": chosen["top1"],
+        "top5": chosen["top5"],
+        "reported_epoch": chosen["epoch"],
+        "last_top1": history[-1]["top1"],
+        "best_top1": best["top1"],
+        "best_epoch": best["epoch"],
+    }
 
 
 def run_name(args: FinetuneArgs, arch: str) -> str:
@@ -337,18 +395,37 @@ def _write_records(
         changes[SUBSET_EPOCHS] = protocol.epochs(subset.label)
     changes.update({key: overrides[key] for key in ("max_steps", "max_eval_images") if key in overrides})
     details = {
-        "protocol_source": protocol.source, "paper_protocol": protocol.paper_protocol and not changes, "network": protocol.network,
-        "head_source": identity["head_source"], "epochs": identity["epochs"], "batch_size": protocol.batch_size,
-        "peak_lr": protocol.peak_lr(), "image_size": protocol.image_size, "report": protocol.report,
-        "reported_epoch": result["reported_epoch"], "last_top1": result["last_top1"],
-        "best_top1": result["best_top1"], "best_epoch": result["best_epoch"], "evaluations": history,
-        "overrides": overrides, "world_size": ctx.world_size, "run_dir": result["run_dir"], **subset.summary(),
-    }  # fmt: skip
+        "protocol_source": protocol.source,
+        "paper_protocol": protocol.paper_protocol and not changes,
+        "network": protocol.network,
+        "head_source": identity["head_source"],
+        "epochs": identity["epochs"],
+        "batch_size": protocol.batch_size,
+        "peak_lr": protocol.peak_lr(),
+        "image_size": protocol.image_size,
+        "report": protocol.report,
+        "reported_epoch": result["reported_epoch"],
+        "last_top1": result["last_top1"],
+        "best_top1": result["best_top1"],
+        "best_epoch": result["best_epoch"],
+        "evaluations": history,
+        "overrides": overrides,
+        "world_size": ctx.world_size,
+        "run_dir": result["run_dir"],
+        **subset.summary(),
+    }
     common = dict(
-        run_id=f"semisup-{Path(result['run_dir']).name}", stage="semisup", backbone=identity["arch"],
-        dataset=args.dataset, protocol=derived_name(protocol.name, changes),
-        branch=opened.branch if opened else "none", checkpoint_sha256=identity["checkpoint_sha256"],
-        config_hash=config_hash(identity), git_commit=git_commit(), details=details, **_pretraining(opened, protocol.seed),
-    )  # fmt: skip
+        run_id=f"semisup-{Path(result['run_dir']).name}",
+        stage="semisup",
+        backbone=identity["arch"],
+        dataset=args.dataset,
+        protocol=derived_name(protocol.name, changes),
+        branch=opened.branch if opened else "none",
+        checkpoint_sha256=identity["checkpoint_sha256"],
+        config_hash=config_hash(identity),
+        git_commit=git_commit(),
+        details=details,
+        **_pretraining(opened, protocol.seed),
+    )
     rows = [Record(**common, metric=f"semi_{subset.label}_{k}", value=result[k]) for k in ("top1", "top5")]
     append_records(rows, args.records_dir)

@@ -63,8 +63,12 @@ def test_yaml_base_chain_and_overrides(tmp_path):
     (tmp_path / "child.yaml").write_text("_base_: base.yaml\nepochs: 400\n")
     config = load(Outer, tmp_path / "child.yaml", ["inner.size=96", "clip=3.0"])
     assert (config.name, config.epochs, config.inner.scale, config.inner.size, config.clip) == (
-        "swav", 400, (0.14, 1.0), 96, 3.0,
-    )  # fmt: skip
+        "swav",
+        400,
+        (0.14, 1.0),
+        96,
+        3.0,
+    )
     with pytest.raises(ConfigError, match="must look like key.sub=value"):
         load(Outer, tmp_path / "child.yaml", ["epochs"])
     with pytest.raises(ConfigError, match="does not exist"):

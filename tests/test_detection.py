@@ -34,11 +34,21 @@ from lowssl.data import DatasetError
 from lowssl.io import sha256_file
 from lowssl.records import read_records
 
-TINY = {name: CONFIG_DIR / f"mask_rcnn_{name}_fpn_tiny.yaml"
-        for name in ("mobilenet_v2", "mobilenet_v2_p2p6", "resnet18", "resnet34")}  # fmt: skip
+TINY = {
+    name: CONFIG_DIR / f"mask_rcnn_{name}_fpn_tiny.yaml"
+    for name in ("mobilenet_v2", "mobilenet_v2_p2p6", "resnet18", "resnet34")
+}
 # Small enough for a few seconds per model on a busy CPU; the model itself is the config's.
-SMALL_SAMPLING = ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "32",
-                  "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50", "MODEL.RPN.POST_NMS_TOPK_TEST", "50"]  # fmt: skip
+SMALL_SAMPLING = [
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "16",
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
+    "32",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+    "50",
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "50",
+]
 DATASET_SPEC = FmnistDetSpec(train_images=6, val_images=4, seed=0, canvas=96)
 
 
@@ -52,8 +62,16 @@ def dataset_root(tmp_path_factory):
 
 def dataset_opts(root: Path) -> list[str]:
     spec = DATASET_SPEC
-    return ["LOWSSL.FMNIST_DET.ROOT", str(root), "LOWSSL.FMNIST_DET.TRAIN_IMAGES", str(spec.train_images),
-            "LOWSSL.FMNIST_DET.VAL_IMAGES", str(spec.val_images), "LOWSSL.FMNIST_DET.CANVAS", str(spec.canvas)]  # fmt: skip
+    return [
+        "LOWSSL.FMNIST_DET.ROOT",
+        str(root),
+        "LOWSSL.FMNIST_DET.TRAIN_IMAGES",
+        str(spec.train_images),
+        "LOWSSL.FMNIST_DET.VAL_IMAGES",
+        str(spec.val_images),
+        "LOWSSL.FMNIST_DET.CANVAS",
+        str(spec.canvas),
+    ]
 
 
 # ---- configs and backbones ----------------------------------------------------------------------------
@@ -107,8 +125,12 @@ def _sample(seed: int, size: int = 80):
     return {"image": image, "instances": instances, "height": size, "width": size}
 
 
-EXPECTED_LEVELS = {"mobilenet_v2": ["p4", "p5", "p6"], "mobilenet_v2_p2p6": ["p2", "p3", "p4", "p5", "p6"],
-                   "resnet18": ["p2", "p3", "p4", "p5", "p6"], "resnet34": ["p2", "p3", "p4", "p5", "p6"]}  # fmt: skip
+EXPECTED_LEVELS = {
+    "mobilenet_v2": ["p4", "p5", "p6"],
+    "mobilenet_v2_p2p6": ["p2", "p3", "p4", "p5", "p6"],
+    "resnet18": ["p2", "p3", "p4", "p5", "p6"],
+    "resnet34": ["p2", "p3", "p4", "p5", "p6"],
+}
 
 
 @pytest.mark.parametrize("name", list(TINY))
@@ -140,8 +162,12 @@ def test_mobilenet_v2_stages_match_the_paper():
 
     shapes = MobileNetV2().output_shape()
     assert {name: (s.stride, s.channels) for name, s in shapes.items()} == {
-        "stride2": (2, 16), "stride4": (4, 24), "stride8": (8, 32), "stride16": (16, 96), "stride32": (32, 1280),
-    }  # fmt: skip
+        "stride2": (2, 16),
+        "stride4": (4, 24),
+        "stride8": (8, 32),
+        "stride16": (16, 96),
+        "stride32": (32, 1280),
+    }
     names = set(MobileNetV2().state_dict())
     assert names == set(
         build_backbone("mobilenet_v2").state_dict()
@@ -178,15 +204,27 @@ def _assert_loads_bit_identical(payload: dict, arch: str, source: dict[str, torc
 def test_convert_lowssl_checkpoint_mobilenet_v2(tmp_path):
     torch.manual_seed(1)
     student = build_backbone("mobilenet_v2").state_dict()
-    checkpoint = {"format": "lowssl-pretrain-v1", "student_backbone": student,
-                  "teacher_backbone": build_backbone("mobilenet_v2").state_dict(), "backbone": "mobilenet_v2",
-                  "method": "dino", "recipe": "ours", "epoch": 3}  # fmt: skip
+    checkpoint = {
+        "format": "lowssl-pretrain-v1",
+        "student_backbone": student,
+        "teacher_backbone": build_backbone("mobilenet_v2").state_dict(),
+        "backbone": "mobilenet_v2",
+        "method": "dino",
+        "recipe": "ours",
+        "epoch": 3,
+    }
     code, payload = _converted(tmp_path, checkpoint)
     assert code == 0
     assert payload["__author__"] == "lowssl" and payload["matching_heuristics"] is True
     meta = payload["lowssl"]
-    assert (meta["format"], meta["arch"], meta["branch"], meta["method"], meta["recipe"], meta["pretrain_epochs"]) == (
-        "lowssl", "mobilenet_v2", "student", "dino", "ours", 3)  # fmt: skip
+    assert (
+        meta["format"],
+        meta["arch"],
+        meta["branch"],
+        meta["method"],
+        meta["recipe"],
+        meta["pretrain_epochs"],
+    ) == ("lowssl", "mobilenet_v2", "student", "dino", "ours", 3)
     assert meta["source_sha256"] == sha256_file(tmp_path / "source.pth")
     _assert_loads_bit_identical(payload, "mobilenet_v2", student, lambda key: key)
 
@@ -199,15 +237,24 @@ def test_convert_moco_checkpoint_resnet18_follows_mocos_names(tmp_path):
     state["module.encoder_q.fc.2.weight"] = torch.zeros(128, 512)
     code, payload = _converted(tmp_path, {"epoch": 200, "arch": "resnet18", "state_dict": state})
     assert code == 0 and payload["lowssl"]["format"] == "moco"
-    assert {"stem.conv1.weight", "stem.conv1.norm.running_var", "res2.0.conv1.norm.weight",
-            "res3.0.shortcut.weight", "res3.0.shortcut.norm.bias", "res5.1.conv2.weight"} <= set(payload["model"])  # fmt: skip
+    assert {
+        "stem.conv1.weight",
+        "stem.conv1.norm.running_var",
+        "res2.0.conv1.norm.weight",
+        "res3.0.shortcut.weight",
+        "res3.0.shortcut.norm.bias",
+        "res5.1.conv2.weight",
+    } <= set(payload["model"])
     assert not any(key.startswith("fc") for key in payload["model"])
     _assert_loads_bit_identical(payload, "resnet18", query, resnet_to_detectron2)
 
 
 def test_convert_fails_on_a_checkpoint_missing_backbone_keys(tmp_path, capsys):
-    state = {f"module.encoder_q.{k}": v for k, v in build_backbone("resnet18").state_dict().items()
-             if not k.startswith("layer4.1.")}  # fmt: skip
+    state = {
+        f"module.encoder_q.{k}": v
+        for k, v in build_backbone("resnet18").state_dict().items()
+        if not k.startswith("layer4.1.")
+    }
     code, payload = _converted(tmp_path, {"state_dict": state}, "--format", "moco")
     assert code == 2 and payload == {}
     err = capsys.readouterr().err
@@ -312,8 +359,20 @@ def test_train_refuses_a_malformed_dataset_before_training(dataset_root, tmp_pat
     data = json.loads(annotation_file(root, "train").read_text())
     offending = _malformed(data, "unknown category")
     annotation_file(root, "train").write_text(json.dumps(data))
-    code = main(["train", "--config", str(TINY["resnet18"]), "--weights", "none", "--output-dir", str(tmp_path / "out"),
-                 "--records-dir", str(tmp_path / "records"), *dataset_opts(root)])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--config",
+            str(TINY["resnet18"]),
+            "--weights",
+            "none",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--records-dir",
+            str(tmp_path / "records"),
+            *dataset_opts(root),
+        ]
+    )
     assert code == 2
     assert offending in capsys.readouterr().err
     assert not (tmp_path / "records").exists()
@@ -322,13 +381,36 @@ def test_train_refuses_a_malformed_dataset_before_training(dataset_root, tmp_pat
 @pytest.mark.slow
 def test_train_command_writes_records(dataset_root, tmp_path):
     torch.manual_seed(3)
-    checkpoint = {"format": "lowssl-pretrain-v1", "student_backbone": build_backbone("resnet18").state_dict(),
-                  "teacher_backbone": None, "backbone": "resnet18", "method": "dino", "recipe": "ours", "epoch": 1}  # fmt: skip
+    checkpoint = {
+        "format": "lowssl-pretrain-v1",
+        "student_backbone": build_backbone("resnet18").state_dict(),
+        "teacher_backbone": None,
+        "backbone": "resnet18",
+        "method": "dino",
+        "recipe": "ours",
+        "epoch": 1,
+    }
     code, payload = _converted(tmp_path, checkpoint)
     assert code == 0
-    code = main(["train", "--config", str(TINY["resnet18"]), "--weights", str(tmp_path / "out.pkl"),
-                 "--output-dir", str(tmp_path / "run"), "--records-dir", str(tmp_path / "records"),
-                 *dataset_opts(dataset_root), *SMALL_SAMPLING, "SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "2"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--config",
+            str(TINY["resnet18"]),
+            "--weights",
+            str(tmp_path / "out.pkl"),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--records-dir",
+            str(tmp_path / "records"),
+            *dataset_opts(dataset_root),
+            *SMALL_SAMPLING,
+            "SOLVER.MAX_ITER",
+            "1",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+        ]
+    )
     assert code == 0
     rows = read_records(tmp_path / "records")
     assert sorted(rows.metric) == sorted(

@@ -39,8 +39,17 @@ def dataset_root(tmp_path_factory):
 
 def embedded_opts(root) -> list[str]:
     spec = DATASET_SPEC
-    return [*EMBEDDED, "LOWSSL.FMNIST_DET.ROOT", str(root), "LOWSSL.FMNIST_DET.TRAIN_IMAGES", str(spec.train_images),
-            "LOWSSL.FMNIST_DET.VAL_IMAGES", str(spec.val_images), "LOWSSL.FMNIST_DET.CANVAS", str(spec.canvas)]  # fmt: skip
+    return [
+        *EMBEDDED,
+        "LOWSSL.FMNIST_DET.ROOT",
+        str(root),
+        "LOWSSL.FMNIST_DET.TRAIN_IMAGES",
+        str(spec.train_images),
+        "LOWSSL.FMNIST_DET.VAL_IMAGES",
+        str(spec.val_images),
+        "LOWSSL.FMNIST_DET.CANVAS",
+        str(spec.canvas),
+    ]
 
 
 # ---- RPN proposals kept in training -------------------------------------------------------------------
@@ -97,8 +106,12 @@ def test_polygon_mask_format_on_the_embedded_set_names_the_fix(dataset_root):
     with pytest.raises(DatasetError) as error:
         prepare_datasets(cfg)
     message = str(error.value)
-    for part in ("dataset lowssl_fmnist_det_train", "as RLE", "INPUT.MASK_FORMAT is 'polygon'",
-                 "add INPUT.MASK_FORMAT bitmask"):  # fmt: skip
+    for part in (
+        "dataset lowssl_fmnist_det_train",
+        "as RLE",
+        "INPUT.MASK_FORMAT is 'polygon'",
+        "add INPUT.MASK_FORMAT bitmask",
+    ):
         assert part in message
 
 

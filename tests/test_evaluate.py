@@ -29,15 +29,36 @@ def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "last.pth"
     torch.manual_seed(1)
     student, teacher = build_backbone("resnet18").state_dict(), build_backbone("resnet18").state_dict()
-    atomic_torch_save({"format": "lowssl-pretrain-v1", "student_backbone": student, "teacher_backbone": teacher,
-                       "method": "dino", "backbone": "resnet18", "recipe": "ours", "epoch": 3, "config": {}}, path)  # fmt: skip
+    atomic_torch_save(
+        {
+            "format": "lowssl-pretrain-v1",
+            "student_backbone": student,
+            "teacher_backbone": teacher,
+            "method": "dino",
+            "backbone": "resnet18",
+            "recipe": "ours",
+            "epoch": 3,
+            "config": {},
+        },
+        path,
+    )
     return path
 
 
 def run(tmp_path, *args, records="records"):
     """``python -m evaluate`` in this process on the synthetic set (64 train / 32 val images, 4 classes)."""
-    common = ["--dataset", "synthetic", "--workers", "0", "--device", "cpu", "--output-dir", str(tmp_path / "out"),
-              "--records-dir", str(tmp_path / records)]  # fmt: skip
+    common = [
+        "--dataset",
+        "synthetic",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--records-dir",
+        str(tmp_path / records),
+    ]
     return cli.main([args[0], *common, *args[1:]])
 
 
@@ -141,8 +162,14 @@ def test_lars_adapts_the_weight_and_not_the_bias():
 
 
 def test_held_out_split_and_subsets_define_the_evaluation_set():
-    args = argparse.Namespace(dataset="synthetic", data_root=None, held_out=True, held_out_per_class=4,
-                              train_subset=20, eval_subset=None)  # fmt: skip
+    args = argparse.Namespace(
+        dataset="synthetic",
+        data_root=None,
+        held_out=True,
+        held_out_per_class=4,
+        train_subset=20,
+        eval_subset=None,
+    )
     train, evaluation, label = cli.build_splits(args, 32)
     assert (len(train), len(evaluation), label) == (20, 16, "synthetic/held-out-4pc/train20")
     assert evaluation.split == "train" and not set(train.indices) & set(evaluation.indices)
@@ -183,8 +210,19 @@ def test_feature_cache_is_hit_and_no_cache_recomputes(tmp_path, checkpoint, monk
     calls = []
     monkeypatch.setattr(evaluate.features, "extract_features", lambda *a, **k: calls.append(1) or 1 / 0)
     # another records folder: the stored result is not found, the cached features are
-    assert run(tmp_path, "linear", "--checkpoint", str(checkpoint), "--protocol", "fast_tiny", "epochs=5",
-               records="records2") == 0  # fmt: skip
+    assert (
+        run(
+            tmp_path,
+            "linear",
+            "--checkpoint",
+            str(checkpoint),
+            "--protocol",
+            "fast_tiny",
+            "epochs=5",
+            records="records2",
+        )
+        == 0
+    )
     assert calls == []
     with pytest.raises(ZeroDivisionError):
         run(
@@ -279,8 +317,11 @@ def test_raw_pixels_floor_is_the_flattened_crops(tmp_path, monkeypatch):
     assert seen["bank"].shape == (64, 3 * 32 * 32)  # knn_tiny's 32-px crops of the 64 training images
     row = read_records(tmp_path / "records").iloc[0]
     assert (row.run_id, row.method, row.backbone, row.checkpoint_sha256) == (
-        "eval-raw-pixels-pixels-none", "raw-pixels", "pixels", "raw-pixels"
-    )  # fmt: skip
+        "eval-raw-pixels-pixels-none",
+        "raw-pixels",
+        "pixels",
+        "raw-pixels",
+    )
     assert run(tmp_path, "linear", "--raw-pixels", "--protocol", "fast_tiny", "epochs=2") == 0
 
 
@@ -307,11 +348,39 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
 @pytest.mark.slow  # starts two Python processes with torch: ~10 s on the shared 2-core machine
 def test_two_processes_extract_the_same_features_in_order(tmp_path, checkpoint):
     """63 / 31 images over 2 processes: DistributedSampler pads one image, the gather trims it."""
-    common = ["linear", "--checkpoint", str(checkpoint), "--dataset", "synthetic", "--protocol", "fast_tiny",
-              "--train-subset", "63", "--eval-subset", "31", "--workers", "0", "--device", "cpu", "epochs=2"]  # fmt: skip
+    common = [
+        "linear",
+        "--checkpoint",
+        str(checkpoint),
+        "--dataset",
+        "synthetic",
+        "--protocol",
+        "fast_tiny",
+        "--train-subset",
+        "63",
+        "--eval-subset",
+        "31",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "epochs=2",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-               "-m", "evaluate", *common, "--output-dir", str(tmp_path / "ddp"), "--records-dir", str(tmp_path / "r")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "-m",
+        "evaluate",
+        *common,
+        "--output-dir",
+        str(tmp_path / "ddp"),
+        "--records-dir",
+        str(tmp_path / "r"),
+    ]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (

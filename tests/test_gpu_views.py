@@ -171,8 +171,16 @@ def test_jitter_order_is_per_sample():
     factors = torch.tensor([[1.4, 0.6, 1.0, 0.0]] * 2)
     order = torch.tensor([[0, 1, 2, 3], [1, 0, 2, 3]])
     none = torch.zeros(2, dtype=torch.bool)
-    params = {"flip": none, "jitter": ~none, "factors": factors, "order": order, "greyscale": none,
-              "blur": none, "sigma": torch.ones(2), "solarize": none}  # fmt: skip
+    params = {
+        "flip": none,
+        "jitter": ~none,
+        "factors": factors,
+        "order": order,
+        "greyscale": none,
+        "blur": none,
+        "sigma": torch.ones(2),
+        "solarize": none,
+    }
     out = augment.apply(x, params)
     first = F.adjust_contrast(F.adjust_brightness(x[0], 1.4), 0.6)
     second = F.adjust_brightness(F.adjust_contrast(x[1], 0.6), 1.4)

@@ -7,8 +7,10 @@ from lowssl.io import CheckpointError, atomic_torch_save, load_checkpoint, sha25
 
 
 def test_atomic_save_loads_weights_only(tmp_path):
-    path = atomic_torch_save({"state_dict": {"w": torch.ones(2)}, "epoch": 3, "config": {"a": [1, 2]}},
-                             tmp_path / "ckpt" / "last.pth")  # fmt: skip
+    path = atomic_torch_save(
+        {"state_dict": {"w": torch.ones(2)}, "epoch": 3, "config": {"a": [1, 2]}},
+        tmp_path / "ckpt" / "last.pth",
+    )
     assert [p.name for p in path.parent.iterdir()] == ["last.pth"]
     loaded = load_checkpoint(path)
     assert loaded["epoch"] == 3 and torch.equal(loaded["state_dict"]["w"], torch.ones(2))

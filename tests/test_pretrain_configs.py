@@ -10,9 +10,15 @@ from pretrain.config import PretrainConfig
 CONFIGS = Path(__file__).resolve().parent.parent / "pretrain" / "configs"
 
 # Table 2: three methods on MobileNetV2; Table 3: DINO on five more backbones; Table 5: 400 epochs.
-EXPECTED = {f"{m}_mobilenet_v2_{r}" for m in ("dino", "swav", "moco") for r in ("baseline", "ours")} | {
-    f"dino_{b}_{r}" for b in ("resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small") for r in ("baseline", "ours")
-} | {f"dino_{b}_ours_400ep" for b in ("mobilenet_v2", "resnet18", "resnet34")}  # fmt: skip
+EXPECTED = (
+    {f"{m}_mobilenet_v2_{r}" for m in ("dino", "swav", "moco") for r in ("baseline", "ours")}
+    | {
+        f"dino_{b}_{r}"
+        for b in ("resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small")
+        for r in ("baseline", "ours")
+    }
+    | {f"dino_{b}_ours_400ep" for b in ("mobilenet_v2", "resnet18", "resnet34")}
+)
 # The paper's experiments; a config of a method or backbone the paper has not (docs/extending.md) may
 # sit beside them.
 PAPER = sorted(CONFIGS / f"{stem}.yaml" for stem in EXPECTED)
@@ -37,13 +43,19 @@ def test_paper_config_values(path):
     assert cfg.views.global_size == 224
     if cfg.recipe == "ours":  # docs/recipes.md, "Baseline and ours": the four values that differ
         assert (cfg.views.global_scale, cfg.views.local_scale, cfg.views.local_size, cfg.method.alpha) == (
-            (0.3, 1.0), (0.05, 0.3), 128, 0.4,
-        )  # fmt: skip
+            (0.3, 1.0),
+            (0.05, 0.3),
+            128,
+            0.4,
+        )
     else:
         scale = 0.25 if vit else 0.14
         assert (cfg.views.global_scale, cfg.views.local_scale, cfg.views.local_size, cfg.method.alpha) == (
-            (scale, 1.0), (0.05, scale), 96, None,
-        )  # fmt: skip
+            (scale, 1.0),
+            (0.05, scale),
+            96,
+            None,
+        )
     assert cfg.views.n_local == (10 if vit else 6)
     assert cfg.optim.name == ("adamw" if vit else "lars")
     assert cfg.optim.base_lr == (0.0005 if vit else 0.3 if cfg.method_name == "swav" else 0.48)
@@ -56,8 +68,13 @@ def test_tiny_preset_keeps_the_recipe(path):
     for key in ("global_scale", "local_scale", "n_local", "augmentation"):
         assert getattr(tiny.views, key) == getattr(paper.views, key)
     assert (tiny.recipe, tiny.method.alpha, tiny.backbone, tiny.method_name) == (
-        paper.recipe, paper.method.alpha, paper.backbone, paper.method_name,
-    )  # fmt: skip
+        paper.recipe,
+        paper.method.alpha,
+        paper.backbone,
+        paper.method_name,
+    )
     assert (tiny.optim.name, tiny.optim.base_lr, tiny.optim.exclusion_rule) == (
-        paper.optim.name, paper.optim.base_lr, paper.optim.exclusion_rule,
-    )  # fmt: skip
+        paper.optim.name,
+        paper.optim.base_lr,
+        paper.optim.exclusion_rule,
+    )

@@ -31,11 +31,22 @@ def small_heads(method: str) -> list[str]:
 def tiny_overrides(tmp_path, method="dino", **extra):
     """A resnet18 run on 64 synthetic images: 56 to train on (8 held out), 7 steps of 8 per epoch."""
     values = {
-        "backbone": "resnet18", "data.dataset": "synthetic", "data.subset": "null", "data.num_workers": 0,
-        "batch_size": 8, "epochs": 2, "views.global_size": 32, "views.local_size": 16, "views.n_local": 2,
-        "monitor.held_out_per_class": 2, "monitor.knn_bank_size": "null", "monitor.online_linear": "false",
-        "checkpoint.every_steps": 0, "output_dir": str(tmp_path / "run"), "records_dir": str(tmp_path / "records"),
-    }  # fmt: skip
+        "backbone": "resnet18",
+        "data.dataset": "synthetic",
+        "data.subset": "null",
+        "data.num_workers": 0,
+        "batch_size": 8,
+        "epochs": 2,
+        "views.global_size": 32,
+        "views.local_size": 16,
+        "views.n_local": 2,
+        "monitor.held_out_per_class": 2,
+        "monitor.knn_bank_size": "null",
+        "monitor.online_linear": "false",
+        "checkpoint.every_steps": 0,
+        "output_dir": str(tmp_path / "run"),
+        "records_dir": str(tmp_path / "records"),
+    }
     values.update(extra)
     return small_heads(method) + [f"{k}={v}" for k, v in values.items()]
 
@@ -182,8 +193,18 @@ def test_knn_monitor_writes_a_results_record(tmp_path):
 
 def test_two_process_gloo_ddp_runs_on_cpu(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-               "-m", "pretrain", "--config", str(TINY["dino"]), *tiny_overrides(tmp_path, max_steps=2)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        "-m",
+        "pretrain",
+        "--config",
+        str(TINY["dino"]),
+        *tiny_overrides(tmp_path, max_steps=2),
+    ]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     state = schema.load(tmp_path / "run/last.pth")

@@ -50,8 +50,9 @@ def test_records_round_trip_through_pandas(runs_dir):
 
 def test_append_replaces_same_metric_and_keeps_others(runs_dir):
     write_records([_record(), _record(metric="linear_top5", value=95.0)], runs_dir)
-    append_records([_record(value=72.0), _record(stage="knn", protocol="knn20", metric="knn_top1", value=60.0)],
-                   runs_dir)  # fmt: skip
+    append_records(
+        [_record(value=72.0), _record(stage="knn", protocol="knn20", metric="knn_top1", value=60.0)], runs_dir
+    )
     frame = read_records(runs_dir).set_index(["stage", "metric"])
     assert frame.loc[("linear", "linear_top1"), "value"] == 72.0
     assert frame.loc[("linear", "linear_top5"), "value"] == 95.0

@@ -26,14 +26,39 @@ def test_every_sweep_point_is_a_valid_config(scale):
 
 
 def test_plots_and_csvs_are_written(tmp_path):
-    frame = pd.DataFrame([
-        {"figure": "fig3_alpha", "series": "S = 0.14", "x": a, "swept_value": a, "knn_top1_heldout": 50 + a,
-         "ci95": 1.0, "n": 2} for a in (0.143, 0.3, 0.5)
-    ] + [{"figure": "fig2_pixel_scale", "series": "S = 0.3", "x": r, "swept_value": 18, "knn_top1_heldout": 40,
-          "ci95": None, "n": 1} for r in (0.8, 1.2)])  # fmt: skip
+    frame = pd.DataFrame(
+        [
+            {
+                "figure": "fig3_alpha",
+                "series": "S = 0.14",
+                "x": a,
+                "swept_value": a,
+                "knn_top1_heldout": 50 + a,
+                "ci95": 1.0,
+                "n": 2,
+            }
+            for a in (0.143, 0.3, 0.5)
+        ]
+        + [
+            {
+                "figure": "fig2_pixel_scale",
+                "series": "S = 0.3",
+                "x": r,
+                "swept_value": 18,
+                "knn_top1_heldout": 40,
+                "ci95": None,
+                "n": 1,
+            }
+            for r in (0.8, 1.2)
+        ]
+    )
     written = plot(frame, tmp_path, "tiny")
-    assert sorted(p.name for p in written) == ["fig2_pixel_scale.csv", "fig2_pixel_scale.png",
-                                               "fig3_alpha.csv", "fig3_alpha.png"]  # fmt: skip
+    assert sorted(p.name for p in written) == [
+        "fig2_pixel_scale.csv",
+        "fig2_pixel_scale.png",
+        "fig3_alpha.csv",
+        "fig3_alpha.png",
+    ]
     assert pd.read_csv(tmp_path / "fig3_alpha.csv")["knn_top1_heldout"].tolist() == [50.143, 50.3, 50.5]
     assert (tmp_path / "fig3_alpha.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -13,14 +13,36 @@ from results.paper_tables import read_paper_tables
 
 
 def paper_row(**overrides):
-    row = dict(table=5, row="dino-ours-200", method="dino", recipe="ours", backbone="resnet18", teacher="",
-               teacher_epochs=pd.NA, pretrain_epochs=200, protocol="paper-linear", metric="linear_top1", value=65.7)  # fmt: skip
+    row = dict(
+        table=5,
+        row="dino-ours-200",
+        method="dino",
+        recipe="ours",
+        backbone="resnet18",
+        teacher="",
+        teacher_epochs=pd.NA,
+        pretrain_epochs=200,
+        protocol="paper-linear",
+        metric="linear_top1",
+        value=65.7,
+    )
     return row | overrides
 
 
 def record(run_id, **overrides):
-    values = dict(run_id=run_id, stage="linear", method="dino", recipe="ours", backbone="resnet18", pretrain_epochs=2,
-                  dataset="fashion-mnist", protocol="fast", branch="student", metric="linear_top1", value=84.0)  # fmt: skip
+    values = dict(
+        run_id=run_id,
+        stage="linear",
+        method="dino",
+        recipe="ours",
+        backbone="resnet18",
+        pretrain_epochs=2,
+        dataset="fashion-mnist",
+        protocol="fast",
+        branch="student",
+        metric="linear_top1",
+        value=84.0,
+    )
     return Record(**(values | overrides))
 
 
@@ -38,13 +60,30 @@ def board(runs_dir):
         ),  # same protocol name as the paper, other dataset
     ]:
         write_records([rec], runs_dir)
-    paper = pd.DataFrame([
-        paper_row(),
-        paper_row(row="bingo-moco_v2_resnet152", method="bingo", recipe="", teacher="moco_v2_resnet152",
-                  teacher_epochs=400, protocol="bingo-linear", value=65.9),
-        paper_row(table=3, row="backbone", method="", recipe="", pretrain_epochs=pd.NA, protocol="", metric="params_M",
-                  value=11.2),
-    ])  # fmt: skip
+    paper = pd.DataFrame(
+        [
+            paper_row(),
+            paper_row(
+                row="bingo-moco_v2_resnet152",
+                method="bingo",
+                recipe="",
+                teacher="moco_v2_resnet152",
+                teacher_epochs=400,
+                protocol="bingo-linear",
+                value=65.9,
+            ),
+            paper_row(
+                table=3,
+                row="backbone",
+                method="",
+                recipe="",
+                pretrain_epochs=pd.NA,
+                protocol="",
+                metric="params_M",
+                value=11.2,
+            ),
+        ]
+    )
     return build_leaderboard(paper, read_records(runs_dir)).set_index("origin")
 
 
@@ -88,8 +127,23 @@ def test_cli_filters_prints_and_writes_csv(runs_dir, tmp_path, capsys):
     write_records([record("ours")], runs_dir)
     write_records([record("r34", backbone="resnet34")], runs_dir)
     out = tmp_path / "leaderboard.csv"
-    main(["leaderboard", "--flat", "--runs-dir", str(runs_dir), "--backbone", "resnet18", "--metric", "linear_top1",
-          "--dataset", "fashion-mnist", "imagenet-1k", "--out", str(out)])  # fmt: skip
+    main(
+        [
+            "leaderboard",
+            "--flat",
+            "--runs-dir",
+            str(runs_dir),
+            "--backbone",
+            "resnet18",
+            "--metric",
+            "linear_top1",
+            "--dataset",
+            "fashion-mnist",
+            "imagenet-1k",
+            "--out",
+            str(out),
+        ]
+    )
     written = pd.read_csv(out, keep_default_na=False)
     assert set(written["backbone"]) == {"resnet18"} and set(written["metric"]) == {"linear_top1"}
     assert written["origin"].tolist()[0] == "ours"  # fashion-mnist group sorts first
@@ -103,8 +157,18 @@ def test_default_view_answers_how_x_compares_per_metric_and_backbone(runs_dir, c
     for seed, value in enumerate([84.0, 85.0, 86.0]):
         write_records([record(f"ours-s{seed}", seed=seed, value=value)], runs_dir)
     write_records([record("r34", backbone="resnet34")], runs_dir)
-    main(["leaderboard", "--runs-dir", str(runs_dir), "--backbone", "resnet18", "--metric", "linear_top1",
-          "params_M"])  # fmt: skip
+    main(
+        [
+            "leaderboard",
+            "--runs-dir",
+            str(runs_dir),
+            "--backbone",
+            "resnet18",
+            "--metric",
+            "linear_top1",
+            "params_M",
+        ]
+    )
     out = capsys.readouterr().out
     assert re.search(r"\| 85\.00 ± 2\.48 \|\s+3 \|", out)  # t(0.975, 2) * sd 1 / sqrt(3) = 2.48
     assert re.search(r"\| bingo .*\| 65\.9 ", out)  # the paper's KD rows, as printed

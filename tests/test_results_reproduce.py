@@ -24,8 +24,10 @@ def test_scale_points_at_existing_configs_and_protocols(scale):
 
 def test_finished_runs_are_reused_and_others_resumed(tmp_path):
     def checkpoint(epoch, step):
-        return atomic_torch_save({"format": schema.FORMAT, "epoch": epoch, "step_in_epoch": step, "config": {"epochs": 2}},
-                                 tmp_path / f"{epoch}-{step}.pth")  # fmt: skip
+        return atomic_torch_save(
+            {"format": schema.FORMAT, "epoch": epoch, "step_in_epoch": step, "config": {"epochs": 2}},
+            tmp_path / f"{epoch}-{step}.pth",
+        )
 
     assert finished_run(checkpoint(2, 0)) is not None
     assert finished_run(checkpoint(1, 0)) is None

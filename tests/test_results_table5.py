@@ -19,8 +19,18 @@ SETTING = dict(scale="tiny", dataset="fashion-mnist", protocol="fast", hardware=
 
 
 def run(run_id, backbone, top1, top5=None, created="2026-01-02T00:00:00+00:00", **overrides):
-    common = dict(run_id=run_id, stage="linear", method="dino", recipe="ours", backbone=backbone, pretrain_epochs=2,
-                  dataset="fashion-mnist", protocol="fast", branch="student", created_at=created)  # fmt: skip
+    common = dict(
+        run_id=run_id,
+        stage="linear",
+        method="dino",
+        recipe="ours",
+        backbone=backbone,
+        pretrain_epochs=2,
+        dataset="fashion-mnist",
+        protocol="fast",
+        branch="student",
+        created_at=created,
+    )
     common |= overrides
     metrics = {"linear_top1": top1} | ({"linear_top5": top5} if top5 is not None else {})
     return [Record(**common, metric=metric, value=value) for metric, value in metrics.items()]
@@ -29,7 +39,15 @@ def run(run_id, backbone, top1, top5=None, created="2026-01-02T00:00:00+00:00", 
 @pytest.fixture
 def records(runs_dir):
     for rows in [
-        run("r18-random", "resnet18", 81.8, method="random-init", recipe="none", branch="none", pretrain_epochs=0),
+        run(
+            "r18-random",
+            "resnet18",
+            81.8,
+            method="random-init",
+            recipe="none",
+            branch="none",
+            pretrain_epochs=0,
+        ),
         # ResNet18 over three seeds; seed 0 of ours ran twice, its rerun replaces the first record.
         run("r18-baseline-s0", "resnet18", 83.02, 99.41, recipe="baseline", seed=0),
         run("r18-baseline-s1", "resnet18", 82.50, 99.30, recipe="baseline", seed=1),
@@ -40,15 +58,30 @@ def records(runs_dir):
         run("r18-ours-s2", "resnet18", 84.60, 99.61, seed=2),
         run("mnv2-baseline", "mobilenet_v2", 60.25, 95.1, recipe="baseline"),
         run("mnv2-ours", "mobilenet_v2", 63.5, 96.0),
-        run("mnv2-ours-teacher", "mobilenet_v2", 64.0, 96.4, branch="teacher"),  # no teacher baseline: no gain
+        run(
+            "mnv2-ours-teacher", "mobilenet_v2", 64.0, 96.4, branch="teacher"
+        ),  # no teacher baseline: no gain
         run("r34-ours", "resnet34", 85.0, 99.6),  # no baseline: no gain
         # Not Table 5 rows of this setting: another protocol, dataset, method, metric.
         run("r18-sslight", "resnet18", 50.0, protocol="sslight_tiny"),
         run("r18-imagenet", "resnet18", 70.0, dataset="imagefolder"),
         run("r18-swav", "resnet18", 77.0, method="swav"),
-        [Record(run_id="r18-knn", stage="knn", method="dino", recipe="ours", backbone="resnet18", pretrain_epochs=2,
-                dataset="fashion-mnist", protocol="fast", branch="student", metric="knn_top1", value=82.0)],
-    ]:  # fmt: skip
+        [
+            Record(
+                run_id="r18-knn",
+                stage="knn",
+                method="dino",
+                recipe="ours",
+                backbone="resnet18",
+                pretrain_epochs=2,
+                dataset="fashion-mnist",
+                protocol="fast",
+                branch="student",
+                metric="knn_top1",
+                value=82.0,
+            )
+        ],
+    ]:
         write_records(rows, runs_dir)
     return read_records(runs_dir)
 
@@ -75,9 +108,11 @@ def test_this_run_rows_latest_record_wins_and_gains_are_vs_this_runs_baseline(re
     _, frame = render_table5(read_paper_tables(), records, **SETTING)
     this_run = frame[frame["source"] == "this run"]
     assert this_run[["method", "recipe", "branch"]].values.tolist() == [
-        ["random-init", "none", "none"], ["dino", "baseline", "student"], ["dino", "ours", "student"],
+        ["random-init", "none", "none"],
+        ["dino", "baseline", "student"],
+        ["dino", "ours", "student"],
         ["dino", "ours", "teacher"],
-    ]  # fmt: skip
+    ]
     ours = this_run[(this_run["recipe"] == "ours") & (this_run["branch"] == "student")].iloc[0]
     seeds_ours, seeds_baseline = [84.31, 83.90, 84.60], [83.02, 82.50, 83.40]
     assert ours["resnet18_top1"] == pytest.approx(np.mean(seeds_ours)) and ours["resnet18_top1_n"] == 3
@@ -93,8 +128,25 @@ def test_this_run_rows_latest_record_wins_and_gains_are_vs_this_runs_baseline(re
 
 def test_cli_writes_markdown_and_csv(records, runs_dir, tmp_path, capsys):
     out_md, out_csv = tmp_path / "table5.md", tmp_path / "table5.csv"
-    main(["table5", "--scale", "tiny", "--dataset", "fashion-mnist", "--protocol", "fast", "--runs-dir", str(runs_dir),
-          "--hardware", SETTING["hardware"], "--out-md", str(out_md), "--out-csv", str(out_csv)])  # fmt: skip
+    main(
+        [
+            "table5",
+            "--scale",
+            "tiny",
+            "--dataset",
+            "fashion-mnist",
+            "--protocol",
+            "fast",
+            "--runs-dir",
+            str(runs_dir),
+            "--hardware",
+            SETTING["hardware"],
+            "--out-md",
+            str(out_md),
+            "--out-csv",
+            str(out_csv),
+        ]
+    )
     assert out_md.read_text() == GOLDEN.read_text() == capsys.readouterr().out
     written = pd.read_csv(out_csv, keep_default_na=False)
     assert written["source"].value_counts().to_dict() == {"paper": 13, "this run": 4}

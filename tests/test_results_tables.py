@@ -6,14 +6,27 @@ import pytest
 
 from results.paper_tables import KD_METHODS, KEY, read_paper_tables, read_printed_gains, recompute_gains
 
-BACKBONES = {"mobilenet_v2", "resnet18", "resnet34", "resnet50", "vit_tiny_patch16_224", "vit_small_patch16_224"}  # fmt: skip
+BACKBONES = {
+    "mobilenet_v2",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "vit_tiny_patch16_224",
+    "vit_small_patch16_224",
+}
 METHODS = {"", "supervised", "dino", "swav", "moco_v2", "moco_v2_multicrop", *KD_METHODS, "shi2022", "ressl"}
 METRICS = {
     *(f"linear_top{k}" for k in (1, 5)),
     *(f"semi_{p}_top{k}" for p in ("1pct", "10pct") for k in (1, 5)),
-    *(f"coco_{s}_{m}" for s in ("1x", "2x") for m in ("APbb", "APbb50", "APbb75", "APmk", "APmk50", "APmk75")),
-    "params_M", "GFLOPs", "teacher_linear_top1",
-}  # fmt: skip
+    *(
+        f"coco_{s}_{m}"
+        for s in ("1x", "2x")
+        for m in ("APbb", "APbb50", "APbb75", "APmk", "APmk50", "APmk75")
+    ),
+    "params_M",
+    "GFLOPs",
+    "teacher_linear_top1",
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,22 +50,35 @@ def test_every_table_has_all_its_numbers(tables):
     # Table 3: 6 backbones x (#params, GFLOPs + 3 rows x top-1/top-5).
     assert set(numbers_per_row(tables, 3).values()) == {2} and len(numbers_per_row(tables, 3)) == 6 * 4
     # Table 4: 3 backbones x 3 rows x 6 APs.
-    assert numbers_per_row(tables, 4) == {(b, r): 6 for b in ("mobilenet_v2", "resnet18", "resnet34")
-                                          for r in ("supervised", "dino-baseline-200", "dino-ours-200")}  # fmt: skip
+    assert numbers_per_row(tables, 4) == {
+        (b, r): 6
+        for b in ("mobilenet_v2", "resnet18", "resnet34")
+        for r in ("supervised", "dino-baseline-200", "dino-ours-200")
+    }
     # Table 5: per row, the columns it prints (MobileNetV2, ResNet18, ResNet34 x top-1, top-5).
     table5 = tables[tables["table"] == 5].groupby("row").size().to_dict()
     assert table5 == {
-        "supervised": 6, "shi2022": 1, "ressl": 1, "compress-moco_v2_resnet50": 2, "simreg-moco_v2_resnet50": 2,
-        "seed-moco_v2_resnet152": 4, "disco-moco_v2_resnet152": 4, "bingo-moco_v2_resnet152": 4,
-        "seed-swav_resnet50x2": 4, "disco-swav_resnet50x2": 4, "bingo-swav_resnet50x2": 4,
-        "dino-ours-200": 6, "dino-ours-400": 6,
-    }  # fmt: skip
+        "supervised": 6,
+        "shi2022": 1,
+        "ressl": 1,
+        "compress-moco_v2_resnet50": 2,
+        "simreg-moco_v2_resnet50": 2,
+        "seed-moco_v2_resnet152": 4,
+        "disco-moco_v2_resnet152": 4,
+        "bingo-moco_v2_resnet152": 4,
+        "seed-swav_resnet50x2": 4,
+        "disco-swav_resnet50x2": 4,
+        "bingo-swav_resnet50x2": 4,
+        "dino-ours-200": 6,
+        "dino-ours-400": 6,
+    }
     # Table 6: 3 backbones x 3 rows x 4 numbers, plus #params and GFLOPs per backbone.
     semi = tables[(tables["table"] == 6) & tables["metric"].str.startswith("semi_")]
     assert semi.groupby(["backbone", "row"]).size().to_dict() == {
-        (b, r): 4 for b in ("mobilenet_v2", "resnet18", "resnet34")
+        (b, r): 4
+        for b in ("mobilenet_v2", "resnet18", "resnet34")
         for r in ("dino-baseline-200", "dino-ours-200", "dino-ours-400")
-    }  # fmt: skip
+    }
     assert (tables["table"] == 6).sum() == 36 + 3 * 2
     # Table 7: 4 distillation rows x (teacher accuracy, 1%, 10%) + 2 "Ours" rows x (1%, 10%).
     assert (tables["table"] == 7).sum() == 4 * 3 + 2 * 2

@@ -30,12 +30,20 @@ def dino_checkpoint(tmp_path_factory):
                 module.running_var.uniform_(0.5, 2.0)
                 module.weight.normal_()
     path = tmp_path_factory.mktemp("ckpt") / "tiny_dino.pth"
-    torch.save({
-        "format": "lowssl-pretrain-v1", "student_backbone": method.student_backbone.state_dict(),
-        "teacher_backbone": method.teacher_backbone.state_dict(), "method_state": method.state_dict(),
-        "method": "dino", "backbone": "resnet18", "recipe": "ours", "epoch": 1,
-        "config": {"backbone": "resnet18", "method": {"name": "dino"}},
-    }, path)  # fmt: skip
+    torch.save(
+        {
+            "format": "lowssl-pretrain-v1",
+            "student_backbone": method.student_backbone.state_dict(),
+            "teacher_backbone": method.teacher_backbone.state_dict(),
+            "method_state": method.state_dict(),
+            "method": "dino",
+            "backbone": "resnet18",
+            "recipe": "ours",
+            "epoch": 1,
+            "config": {"backbone": "resnet18", "method": {"name": "dino"}},
+        },
+        path,
+    )
     return path
 
 
@@ -49,8 +57,17 @@ def headless_checkpoint(tmp_path_factory, dino_checkpoint):
 
 def smoke(tmp_path, **changes) -> FinetuneArgs:
     """A few steps at 32 px, batch 8, evaluated on 16 images: seconds on a CPU."""
-    options = dict(subset="1pct", protocol="tiny", overrides=["batch_size=8"], max_steps=2, max_eval_images=16, workers=0,
-                   device="cpu", output_dir=str(tmp_path / "run"), records_dir=str(tmp_path / "records"))  # fmt: skip
+    options = dict(
+        subset="1pct",
+        protocol="tiny",
+        overrides=["batch_size=8"],
+        max_steps=2,
+        max_eval_images=16,
+        workers=0,
+        device="cpu",
+        output_dir=str(tmp_path / "run"),
+        records_dir=str(tmp_path / "records"),
+    )
     return FinetuneArgs(**{**options, **changes})
 
 
@@ -104,7 +121,12 @@ def test_two_step_finetune_runs_for_both_subsets(tmp_path, dino_checkpoint):
         assert set(records.metric) == {f"semi_{subset}_top1", f"semi_{subset}_top5"}
         row = records.iloc[0]
         assert (row.stage, row.protocol, row.method, row.recipe, row.branch) == (
-            "semisup", "tiny+batch_size=8+max_eval_images=16+max_steps=2", "dino", "ours", "student")  # fmt: skip
+            "semisup",
+            "tiny+batch_size=8+max_eval_images=16+max_steps=2",
+            "dino",
+            "ours",
+            "student",
+        )
         details = json.loads(row.details)
         assert details["paper_protocol"] is False
         assert details["subset_sha256"] == sha256_file(details["subset_file"])
@@ -122,8 +144,17 @@ def test_two_step_finetune_runs_for_both_subsets(tmp_path, dino_checkpoint):
 def test_checkpoint_without_a_head_gets_a_clear_message_and_the_fallbacks_work(
     tmp_path, headless_checkpoint, capsys
 ):
-    args = ["finetune", "--checkpoint", str(headless_checkpoint), "--subset", "1pct", "--protocol", "tiny",
-            "--output-dir", str(tmp_path / "run")]  # fmt: skip
+    args = [
+        "finetune",
+        "--checkpoint",
+        str(headless_checkpoint),
+        "--subset",
+        "1pct",
+        "--protocol",
+        "tiny",
+        "--output-dir",
+        str(tmp_path / "run"),
+    ]
     assert main(args) == 1
     message = capsys.readouterr().err
     assert "holds no projection head" in message and "--new-head" in message and "linear-frozen" in message
@@ -132,8 +163,14 @@ def test_checkpoint_without_a_head_gets_a_clear_message_and_the_fallbacks_work(
     new_head = finetune(smoke(tmp_path / "new", checkpoint=str(headless_checkpoint), new_head=True))
     assert new_head["head_source"] == "new"
 
-    frozen = finetune(smoke(tmp_path / "frozen", checkpoint=str(headless_checkpoint), protocol="linear-frozen",
-                            overrides=["batch_size=8", "image_size=32"]))  # fmt: skip
+    frozen = finetune(
+        smoke(
+            tmp_path / "frozen",
+            checkpoint=str(headless_checkpoint),
+            protocol="linear-frozen",
+            overrides=["batch_size=8", "image_size=32"],
+        )
+    )
     assert frozen["head_source"] == "none"
     state = load_checkpoint(tmp_path / "frozen" / "run" / "last.pth")["model"]
     original = load_checkpoint(headless_checkpoint)
@@ -144,8 +181,15 @@ def test_checkpoint_without_a_head_gets_a_clear_message_and_the_fallbacks_work(
 
 def test_resume_continues_exactly(tmp_path):
     # synthetic data: 64 training images, 10pct = 6 labelled; batch 4 -> 2 steps per epoch (4 + 2 images)
-    common = dict(random_init=True, arch="resnet18", dataset="synthetic", subset="10pct",
-                  overrides=["epochs=2", "batch_size=4"], max_eval_images=None, protocol="tiny")  # fmt: skip
+    common = dict(
+        random_init=True,
+        arch="resnet18",
+        dataset="synthetic",
+        subset="10pct",
+        overrides=["epochs=2", "batch_size=4"],
+        max_eval_images=None,
+        protocol="tiny",
+    )
     straight = finetune(smoke(tmp_path / "straight", max_steps=None, **common))
     finetune(smoke(tmp_path / "resumed", max_steps=3, **common))  # stops in the middle of epoch 2
     interrupted = load_checkpoint(tmp_path / "resumed" / "run" / "last.pth")
@@ -164,9 +208,28 @@ def test_resume_continues_exactly(tmp_path):
 
 def test_finetune_takes_key_value_overrides_and_names_the_protocol_after_them(tmp_path, capsys):
     # synthetic data, 10pct = 6 labelled images: epochs=1 of batch 4 is 2 steps
-    args = ["finetune", "--random-init", "--arch", "resnet18", "--dataset", "synthetic", "--subset", "10pct",
-            "--protocol", "tiny", "--workers", "0", "--device", "cpu", "--output-dir", str(tmp_path / "run"),
-            "--records-dir", str(tmp_path / "records"), "--max-eval-images", "8"]  # fmt: skip
+    args = [
+        "finetune",
+        "--random-init",
+        "--arch",
+        "resnet18",
+        "--dataset",
+        "synthetic",
+        "--subset",
+        "10pct",
+        "--protocol",
+        "tiny",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--records-dir",
+        str(tmp_path / "records"),
+        "--max-eval-images",
+        "8",
+    ]
     assert main([*args, "epochs=2", "batch_size=4"]) == 0
     row = pd.read_csv(next((tmp_path / "records").glob("*.csv"))).iloc[0]
     assert row.protocol == "tiny+batch_size=4+epochs=2+max_eval_images=8"  # epochs: those of the 10pct run

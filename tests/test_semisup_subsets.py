@@ -76,8 +76,14 @@ def test_simclr_and_authors_lists_name_the_same_images(tmp_path, fake_imagenet):
     simclr.write_text("\n".join(chosen) + "\n")
     # SSLight's semi_1percent.txt layout: index,class_idx,wnid,filename (index: position in the image list)
     authors = tmp_path / "semi_10percent.txt"
-    authors.write_text("\n".join(f"{c * 10 + int(name[-9:-5]) - 1000},{c},{WNIDS[c]},{name}"
-                                 for name in chosen for c in [WNIDS.index(name[:9])]) + "\n")  # fmt: skip
+    authors.write_text(
+        "\n".join(
+            f"{c * 10 + int(name[-9:-5]) - 1000},{c},{WNIDS[c]},{name}"
+            for name in chosen
+            for c in [WNIDS.index(name[:9])]
+        )
+        + "\n"
+    )
     from_simclr = load_subset(simclr, fake_imagenet)  # 3 = floor(10% x 30): the 10% subset
     from_authors = load_subset(authors, fake_imagenet)
     assert from_simclr.label == from_authors.label == "10pct"
@@ -103,8 +109,10 @@ def test_wrong_lists_fail_naming_the_problem(tmp_path, fake_imagenet):
     path.write_text(f"{WNIDS[0]}_1001.JPEG\n{WNIDS[0]}_1001.JPEG\n{WNIDS[1]}_1001.JPEG\n")
     with pytest.raises(SubsetError, match="more than once"):
         load_subset(path, fake_imagenet)
-    path.write_text(f"0,0,{WNIDS[0]},{WNIDS[0]}_1000.JPEG\n1,1,{WNIDS[1]},{WNIDS[0]}_1001.JPEG\n"
-                    f"2,2,{WNIDS[2]},{WNIDS[2]}_1000.JPEG\n")  # fmt: skip
+    path.write_text(
+        f"0,0,{WNIDS[0]},{WNIDS[0]}_1000.JPEG\n1,1,{WNIDS[1]},{WNIDS[0]}_1001.JPEG\n"
+        f"2,2,{WNIDS[2]},{WNIDS[2]}_1000.JPEG\n"
+    )
     with pytest.raises(SubsetError, match=rf"line 2: {WNIDS[0]}_1001\.JPEG is class 0"):
         load_subset(path, fake_imagenet)
     with pytest.raises(SubsetError, match="does not exist"):
