@@ -11,6 +11,7 @@ import argparse
 import csv
 import math
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +49,33 @@ class ResumeError(RuntimeError):
     """Resuming would change the model or the method."""
 
 
+def _configs_help() -> str:
+    """The configs shipped with lowssl, for ``--help``: the paper's experiments and the tiny presets."""
+    root = Path(__file__).resolve().parent / "configs"
+    lines = []
+    for folder, title in (
+        (root, "paper experiments (ImageNet)"),
+        (root / "tiny", "tiny presets (Fashion-MNIST, CPU)"),
+    ):
+        names = sorted(path.stem for path in folder.glob("*.yaml"))
+        lines.append(
+            f"{title}, {folder.relative_to(root.parent.parent)}/:\n  "
+            + textwrap.fill(" ".join(names), 96).replace("\n", "\n  ")
+        )
+    lines.append(
+        "see a run before paying for it: --print-config (the resolved YAML), --dry-run (steps, LR, views, time)"
+    )
+    return "\n".join(lines)
+
+
 def parse_args(argv=None) -> tuple[PretrainConfig, argparse.Namespace]:
-    parser = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pretrain",
+        description="Pre-train a backbone with DINO, SwAV or MoCo-v2* under the paper's or the baseline "
+        "view recipe; one YAML per paper experiment, any key overridden as key=value.",
+        epilog=_configs_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--config", required=True, help="YAML file, e.g. pretrain/configs/tiny/dino_resnet18_ours.yaml"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from pretrain.train import main
@@ -38,3 +39,12 @@ def test_print_config_is_the_resolved_config(capsys):
     assert printed["epochs"] == 7 and printed["backbone"] == "resnet18"
     assert printed["method"]["name"] == "dino" and printed["method"]["alpha"] == 0.4, "defaults filled in"
     assert printed["views"]["local_size"] == 18 and printed["optim"]["base_lr"] == 0.48
+
+
+def test_help_lists_the_shipped_configs(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and "``" not in out, "plain text, no raw RST backticks"
+    assert "paper experiments (ImageNet), pretrain/configs/:" in out and "dino_resnet18_ours_400ep" in out
+    assert "tiny presets (Fashion-MNIST, CPU), pretrain/configs/tiny/:" in out and "--dry-run" in out
