@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import sys
 import textwrap
 import time
@@ -137,7 +138,7 @@ def train(cfg: PretrainConfig) -> dict:
     start_epoch, start_batch = resume(run)
 
     # ---- epochs: each ends with the monitor and its checkpoints, unless the step budget ran out ----
-    logger = RunLogger(run_dir, ctx.is_main, cfg.log_every_steps)
+    logger = RunLogger(run_dir, ctx.is_main, cfg.log_every_steps, run.provenance)
     for epoch in range(start_epoch, cfg.epochs):
         first_batch = start_batch if epoch == start_epoch else 0
         loss = train_one_epoch(run, data, epoch, first_batch, logger)
@@ -551,7 +552,8 @@ class OnlineProbe:
 
 
 class RunLogger:
-    """TensorBoard scalars and a CSV log (``log.csv``) in the run folder.
+    """TensorBoard scalars and a CSV log (``log.csv``) in the run folder, mirrored to Weights & Biases
+    when ``$WANDB_PROJECT`` is set (wandb's own variable; ``pip install wandb``).
 
     A row every ``every_steps`` optimiser steps (counted over the whole run, so a resumed run logs the
     same steps as an uninterrupted one) and at every step ``step(..., last=True)`` marks: the last of
@@ -560,13 +562,16 @@ class RunLogger:
     images skipped so far.
     """
 
-    def __init__(self, run_dir: Path, enabled: bool, every_steps: int) -> None:
+    def __init__(
+        self, run_dir: Path, enabled: bool, every_steps: int, provenance: dict | None = None
+    ) -> None:
         self.enabled = enabled
         if not enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
 
         run_dir.mkdir(parents=True, exist_ok=True)
+        self.wandb = _start_wandb(run_dir, provenance or {}) if os.environ.get("WANDB_PROJECT") else None
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
         self.csv_path = run_dir / "log.csv"
         self.every_steps = every_steps
@@ -621,6 +626,27 @@ class RunLogger:
     def close(self) -> None:
         if self.enabled:
             self.writer.close()
+            if self.wandb is not None:
+                self.wandb.finish()
+
+
+def _start_wandb(run_dir: Path, provenance: dict):
+    """A W&B run that mirrors the TensorBoard scalars (wandb's ``sync_tensorboard``: one set of logging
+    calls, two sinks); a resumed run continues its W&B run (same id: the run folder and config hash)."""
+    try:
+        import wandb
+    except ImportError as error:
+        raise ConfigError("$WANDB_PROJECT is set but wandb is not installed: pip install wandb") from error
+    run_id = f"{run_dir.name}-{provenance.get('config_hash', '')[:8]}".strip("-")
+    return wandb.init(
+        project=os.environ["WANDB_PROJECT"],
+        id=run_id,
+        name=run_dir.name,
+        dir=str(run_dir),
+        config=provenance.get("config", {}),
+        sync_tensorboard=True,
+        resume="allow",
+    )
 
 
 def _write_records(cfg: PretrainConfig, provenance: dict, metrics: dict, run_dir: Path) -> None:

@@ -4,6 +4,7 @@ import csv
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,31 @@ def test_log_rows_hold_the_step_values_and_the_rate_since_the_previous_row(tmp_p
     assert float(rows[0]["images_per_s"]) == pytest.approx(3 * 8 / (0.5 + 1.0 + 1.5))  # steps 1-3
     assert float(rows[1]["images_per_s"]) == pytest.approx(2 * 8 / (2.0 + 2.5))  # steps 4-5
     assert [int(r["skipped_images"]) for r in rows] == [1, 1]  # a running total
+
+
+def test_wandb_mirrors_tensorboard_only_when_its_project_is_set(tmp_path, monkeypatch):
+    calls = []
+
+    class FakeRun:
+        def finish(self):
+            calls.append("finish")
+
+    def init(**kwargs):
+        calls.append(kwargs)
+        return FakeRun()
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    RunLogger(tmp_path / "off", enabled=True, every_steps=1).close()
+    assert calls == [], "no W&B without $WANDB_PROJECT"
+    monkeypatch.setenv("WANDB_PROJECT", "lowssl-test")
+    provenance = {"config": {"epochs": 2}, "config_hash": "0123456789abcdef"}
+    RunLogger(tmp_path / "run", enabled=True, every_steps=1, provenance=provenance).close()
+    assert calls[0]["project"] == "lowssl-test" and calls[0]["sync_tensorboard"] is True
+    assert calls[0]["id"] == "run-01234567" and calls[0]["config"] == {"epochs": 2} and calls[1] == "finish"
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    with pytest.raises(ConfigError, match="pip install wandb"):
+        RunLogger(tmp_path / "missing", enabled=True, every_steps=1)
 
 
 def test_log_every_steps_must_be_positive(tmp_path):
