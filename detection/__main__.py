@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmd.add_argument("--output-dir", type=Path, help="default runs/detection/<config>-<arch>-<weights>")
     train_cmd.add_argument("--records-dir", type=Path, default=default_runs_dir())
     train_cmd.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint")
+    train_cmd.add_argument(
+        "--print-config", action="store_true", help="print the resolved Detectron2 config (YAML) and exit"
+    )
     add_trust_argument(train_cmd, "--weights (Detectron2's own loading)")
     train_cmd.add_argument(
         "opts",

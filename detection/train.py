@@ -257,6 +257,9 @@ def train(args) -> int:
     arch = config_arch(cfg)
     source = weights_source(args.weights, arch, args.trust_checkpoint)
     args.output_dir = Path(args.output_dir or default_output_dir(Path(args.config), arch, source))
+    if args.print_config:
+        print(setup(args).dump(), end="")
+        return 0
     setup_logging(str(args.output_dir), args.machine_rank * args.num_gpus)
     prepare_datasets(cfg)
     if args.machine_rank == 0:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from evaluate import protocols
@@ -117,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--k", type=int, help="neighbours (protocol default 20)")
             sub.add_argument("--temperature", type=float, help="vote temperature (protocol default 0.07)")
         add_overrides_argument(sub, "protocol overrides, e.g. epochs=2")
+        sub.add_argument(
+            "--print-config", action="store_true", help="print the resolved protocol (YAML) and exit"
+        )
     commands.add_parser(
         "inspect", help="what a checkpoint holds (python -m evaluate inspect --help)", add_help=False
     )
@@ -326,6 +330,9 @@ def evaluate(args) -> int:
         overrides += [f"k={args.k}"] if args.k is not None else []
         overrides += [f"temperature={args.temperature}"] if args.temperature is not None else []
     protocol = protocols.load_protocol(args.protocol, stage, overrides)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(protocol), sort_keys=False), end="")
+        return 0
     ctx = distributed.init(args.device)
     subject = load_subject(args, protocol.crop.image_size)
     if stage == "linear":

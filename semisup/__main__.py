@@ -17,13 +17,15 @@ import argparse
 import os
 import sys
 
+import yaml
+
 from lowssl import distributed
 from lowssl.checkpoints import CheckpointLayoutError, add_checkpoint_arguments
-from lowssl.config import ConfigError, add_overrides_argument
+from lowssl.config import ConfigError, add_overrides_argument, to_dict
 from lowssl.data import DATASETS, DatasetError, build_dataset, default_workers
 from lowssl.io import CheckpointError
 from semisup.model import HeadError
-from semisup.protocols import available
+from semisup.protocols import available, load_protocol
 from semisup.subsets import LIST_FORMAT_HELP, SubsetError, load_subset, write_subset
 from semisup.train import FinetuneArgs, NonFiniteLossError, ResumeError, finetune
 
@@ -103,6 +105,9 @@ def parser() -> argparse.ArgumentParser:
         help="data-loading processes per process (default: 4, at most the CPUs available)",
     )
     tune.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    tune.add_argument(
+        "--print-config", action="store_true", help="print the resolved protocol (YAML) and exit"
+    )
     add_overrides_argument(
         tune,
         "protocol overrides, e.g. epochs=1 (the epochs of the subset run) batch_size=64 (the LR follows "
@@ -122,7 +127,11 @@ def main(argv=None) -> int:
             dataset = build_dataset(args.dataset, "train", args.data_root)
             print(load_subset(args.subset, dataset, args.fraction, args.expected_count).report())
         else:
-            options = {k: v for k, v in vars(args).items() if k != "command"}
+            options = {k: v for k, v in vars(args).items() if k not in ("command", "print_config")}
+            if args.print_config:
+                protocol = load_protocol(args.protocol, FinetuneArgs(**options).protocol_overrides()[0])
+                print(yaml.safe_dump(to_dict(protocol), sort_keys=False), end="")
+                return 0
             result = finetune(FinetuneArgs(**options))
             if os.environ.get("RANK", "0") == "0":  # torchrun: one line, from the main process
                 print(
