@@ -57,7 +57,7 @@ def time_steps(cfg: PretrainConfig, processes: int, steps: int, batch: int) -> f
 
 
 def describe(
-    cfg: PretrainConfig, processes: int | None = None, timed_steps: int = 2, timed_batch: int = 8
+    cfg: PretrainConfig, processes: int | None = None, timed_steps: int = 2, timed_batch: int = 64
 ) -> str:
     processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
     images, where = training_images(cfg)
