@@ -36,10 +36,12 @@ def training_images(cfg: PretrainConfig) -> tuple[int, str]:
     return (count if cfg.data.subset is None else min(count, cfg.data.subset)), where
 
 
-def time_steps(cfg: PretrainConfig, processes: int, steps: int, batch: int) -> float:
-    """Seconds per optimiser step of one process at ``batch`` images, timed after one warm-up step."""
-    method = build_run_method(cfg, processes).to(cfg.device if cfg.device != "auto" else "cpu")
-    device = next(method.parameters()).device
+def time_steps(cfg: PretrainConfig, method: torch.nn.Module, steps: int, batch: int) -> float:
+    """Seconds per optimiser step of one process at ``batch`` images, timed after one warm-up step, on
+    the device the run would use."""
+    use_cuda = torch.cuda.is_available() if cfg.device == "auto" else cfg.device == "cuda"
+    device = torch.device("cuda" if use_cuda else "cpu")
+    method = method.to(device)
     optimizer = build_optimizer(method, cfg.optim)
     plan = resolve_views(cfg.views)
     views = [torch.randn(batch, 3, recipe.size, recipe.size, device=device) for recipe in plan.recipes]
@@ -99,7 +101,7 @@ def describe(
     if timed_steps:
         per_process = cfg.batch_size // processes
         batch = min(per_process, timed_batch)
-        seconds = time_steps(cfg, processes, timed_steps, batch) * per_process / batch
+        seconds = time_steps(cfg, method, timed_steps, batch) * per_process / batch
         lines.append(
             f"estimated time  {seconds:.2f} s/step x {total_steps:,} steps = {seconds * total_steps / 3600:.2f} h "
             f"on this machine ({timed_steps} steps timed at batch {batch} on synthetic views, scaled "
