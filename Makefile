@@ -43,7 +43,7 @@ IMAGENET ?=
 GPUS     ?= 8
 SCALE    ?= $(if $(IMAGENET),paper,tiny)
 reproduce-table5: install
-	$(PY) -m results.reproduce table5 --scale $(SCALE) --gpus $(GPUS) $(if $(IMAGENET),--imagenet $(IMAGENET)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(NNODES),--nnodes $(NNODES) --rdzv-endpoint $(RDZV))
+	$(PY) -m results.reproduce table5 --scale $(SCALE) --gpus $(GPUS) $(if $(IMAGENET),--imagenet $(IMAGENET)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(NNODES),--nnodes $(NNODES)) $(if $(RDZV),--rdzv-endpoint $(RDZV))
 
 # The recipe's gain as the paper reports it (Table 2: DINO / SwAV / MoCo-v2* on MobileNetV2, Table 3's
 # ResNet18 row) at tiny scale: paired ours - baseline over seeds, beside the paper's gains.
