@@ -60,8 +60,8 @@ def dataset_root(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("fmnist_det"), DATASET_SPEC)
 
 
-def dataset_opts(root: Path) -> list[str]:
-    spec = DATASET_SPEC
+def dataset_opts(root: Path, spec: FmnistDetSpec = DATASET_SPEC) -> list[str]:
+    """Detectron2 overrides pointing the embedded set at ``root``, generated with ``spec``."""
     return [
         "LOWSSL.FMNIST_DET.ROOT",
         str(root),

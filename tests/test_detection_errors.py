@@ -12,6 +12,7 @@ import json
 
 import pytest
 from detectron2.modeling import build_backbone, build_model
+from test_detection import dataset_opts
 from torch import nn
 
 from detection.config import CONFIG_DIR, load_config
@@ -38,18 +39,7 @@ def dataset_root(tmp_path_factory):
 
 
 def embedded_opts(root) -> list[str]:
-    spec = DATASET_SPEC
-    return [
-        *EMBEDDED,
-        "LOWSSL.FMNIST_DET.ROOT",
-        str(root),
-        "LOWSSL.FMNIST_DET.TRAIN_IMAGES",
-        str(spec.train_images),
-        "LOWSSL.FMNIST_DET.VAL_IMAGES",
-        str(spec.val_images),
-        "LOWSSL.FMNIST_DET.CANVAS",
-        str(spec.canvas),
-    ]
+    return [*EMBEDDED, *dataset_opts(root, DATASET_SPEC)]
 
 
 # ---- RPN proposals kept in training -------------------------------------------------------------------
