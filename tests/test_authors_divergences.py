@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_pretrain_engine import tiny_config
 from timm.layers import DropPath
 from torch import nn
 
@@ -118,30 +119,8 @@ def test_swav_queue_shorter_than_the_global_batch_is_an_error():
 
 
 def test_swav_checkpoint_records_the_queue_it_trained_with(tmp_path):
-    overrides = {
-        "backbone": "resnet18",
-        "data.dataset": "synthetic",
-        "data.subset": "null",
-        "data.num_workers": 0,
-        "batch_size": 8,
-        "epochs": 1,
-        "max_steps": 1,
-        "views.global_size": 32,
-        "views.local_size": 16,
-        "views.n_local": 2,
-        "monitor.held_out_per_class": 2,
-        "monitor.knn_bank_size": "null",
-        "monitor.online_linear": "false",
-        "method.out_dim": 8,
-        "method.queue_length": 36,
-        "output_dir": str(tmp_path / "run"),
-        "records_dir": str(tmp_path / "records"),
-    }
-    cfg = load(
-        PretrainConfig,
-        CONFIGS / "tiny/swav_mobilenet_v2_ours.yaml",
-        [*SMALL_SWAV, *(f"{k}={v}" for k, v in overrides.items())],
-    )
+    queue = {"method.out_dim": 8, "method.queue_length": 36}
+    cfg = tiny_config(tmp_path, "swav", epochs=1, max_steps=1, **queue)
     train(cfg)
     state = schema.load(tmp_path / "run" / "last.pth")
     assert state["config"]["method"]["queue_length"] == 36
