@@ -53,7 +53,7 @@ reproduce-gains: install
 
 # The view-sampling sweeps of Figs. 1-3 (PNG + CSV under results/figures/<scale>/).
 figures: install
-	$(PY) -m results.figures --scale $(SCALE) --gpus $(GPUS) $(if $(IMAGENET),--imagenet $(IMAGENET))
+	$(PY) -m results.figures --scale $(SCALE) --gpus $(GPUS) $(if $(IMAGENET),--imagenet $(IMAGENET)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS))
 
 # Any checkpoint through the chosen stages, then the leaderboard. CKPT is a file, or a released
 # checkpoint's name (python -m lowssl.released list; docs/released.md), fetched into the cache:

@@ -240,15 +240,16 @@ def held_out_split(targets, per_class: int = 50, seed: int = 0) -> tuple[np.ndar
 DATASETS = ("fashion-mnist", "imagefolder", "synthetic")
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may use (its affinity mask where the OS has one, e.g. under taskset or a
+    SLURM allocation; else every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_workers(wanted: int = 4) -> int:
     """Data-loading processes per process: ``wanted``, at most the CPUs this process may use
     (more only makes PyTorch's DataLoader warn and the processes contend)."""
-    return max(
-        0,
-        min(
-            wanted, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        ),
-    )
+    return max(0, min(wanted, usable_cpus()))
 
 
 def build_dataset(

@@ -33,12 +33,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from lowssl.config import from_dict
+from lowssl.config import config_hash, from_dict, load
+from lowssl.data import usable_cpus
 from lowssl.io import atomic_write_text
 from lowssl.paths import home
+from pretrain.config import PretrainConfig
 from pretrain.views import ViewsConfig, pixel_scale_stats
 from results.reproduce import seed_count
-from results.stages import finished_run, report_failure, run
+from results.stages import finished_run, report_failure, run_parallel
 from results.stats import summarise
 
 BASE = {
@@ -47,8 +49,12 @@ BASE = {
 }
 GLOBAL_SIZE = {"tiny": 32, "paper": 224}
 TINY_HELD_OUT_PER_CLASS = 250
+# 1,500 images x 1 epoch (23 steps of 64), Table 5's tiny budget (results/reproduce.py TINY_IMAGES):
+# the 30 distinct runs x 2 seeds of the sweeps fit in an hour on 2 cores, two runs side by side with
+# one loading process each.
 TINY_BUDGET = (
-    "data.subset=2000",
+    "data.subset=1500",
+    "data.num_workers=1",
     "epochs=1",
     "monitor.knn_bank_size=2000",
     f"monitor.held_out_per_class={TINY_HELD_OUT_PER_CLASS}",
@@ -99,9 +105,9 @@ def points(scale: str) -> list[Point]:
             for lc in (64, 80, 96, 112, 128, 144, 160)
         ]
     sweeps += [Point("fig3_local_views", "S = 0.14", n, (f"views.n_local={n}",)) for n in (2, 4, 6, 8, 10)]
-    sweeps += [
-        Point("fig3_alpha", "S = 0.14", a, (f"method.alpha={a}",)) for a in (0.143, 0.2, 0.3, 0.4, 0.5)
-    ]
+    # alpha = 1/7 (0.143) is Eq. 2's equal weighting of every pair: the baseline's own (method.alpha: null)
+    sweeps += [Point("fig3_alpha", "S = 0.14", round(1 / 7, 3), ())]
+    sweeps += [Point("fig3_alpha", "S = 0.14", a, (f"method.alpha={a}",)) for a in (0.2, 0.3, 0.4, 0.5)]
     return sweeps
 
 
@@ -148,7 +154,13 @@ def pixel_scale_ratio(point: Point, scale: str) -> float:
 
 
 def sweep(
-    scale: str, imagenet: str | None, gpus: int, work_dir: Path, only: list[str] | None, seeds: int = 2
+    scale: str,
+    imagenet: str | None,
+    gpus: int,
+    work_dir: Path,
+    only: list[str] | None,
+    seeds: int = 2,
+    jobs: int = 1,
 ) -> pd.DataFrame:
     launcher = (
         [sys.executable, "-m"]
@@ -157,27 +169,40 @@ def sweep(
     )
     extra = TINY_BUDGET if scale == "tiny" else (f"data.root={imagenet}",)
     selected = [point for point in points(scale) if not only or point.figure in only]
-    values: dict[Point, list[float]] = {point: [] for point in selected}
-    for seed in range(seeds):  # every point's seed 0 first: a full first picture early
-        for point in selected:
-            run_dir = work_dir / f"{run_name(point)}-seed{seed}"
-            accuracy = finished_accuracy(run_dir / "last.pth")
-            if accuracy is None:
-                run(
-                    [
-                        *launcher,
-                        "pretrain",
-                        "--config",
-                        BASE[scale],
-                        *extra,
-                        *point.overrides,
-                        f"seed={seed}",
-                        f"output_dir={run_dir}",
-                        f"records_dir={work_dir / 'records'}",
-                    ]
-                )
-                accuracy = finished_accuracy(run_dir / "last.pth")
-            values[point].append(accuracy)
+    # Points of different figures can be the same experiment (Fig. 1's S_g = 0.14 is Fig. 3's six
+    # local views and Fig. 2's LC = 96 at S = 0.14): one run per distinct resolved config, named
+    # after its first point, serves them all.
+    run_of: dict[Point, str] = {}
+    overrides: dict[str, tuple[str, ...]] = {}  # run name -> its first point's overrides, sweep order
+    name_of_config: dict[str, str] = {}
+    for point in selected:
+        key = config_hash(load(PretrainConfig, BASE[scale], [*extra, *point.overrides]))
+        run_of[point] = name_of_config.setdefault(key, run_name(point))
+        overrides.setdefault(run_of[point], point.overrides)
+    run_dirs = {(name, seed): work_dir / f"{name}-seed{seed}" for seed in range(seeds) for name in overrides}
+    commands = [  # every run's seed 0 first: a full first picture early
+        (
+            [
+                *launcher,
+                "pretrain",
+                "--config",
+                BASE[scale],
+                *extra,
+                *overrides[name],
+                f"seed={seed}",
+                f"output_dir={run_dir}",
+                f"records_dir={work_dir / 'records'}",
+            ],
+            work_dir / "logs" / f"{run_dir.name}.log",
+        )
+        for (name, seed), run_dir in run_dirs.items()
+        if finished_accuracy(run_dir / "last.pth") is None
+    ]
+    run_parallel(commands, jobs)
+    values = {
+        point: [finished_accuracy(run_dirs[run_of[point], seed] / "last.pth") for seed in range(seeds)]
+        for point in selected
+    }
     rows = []
     for point, accuracies in values.items():
         summary = summarise(accuracies)
@@ -194,6 +219,7 @@ def sweep(
                 "n": summary.n,
                 "run_standard_error": 100 * math.sqrt(mean * (1 - mean) / HELD_OUT_IMAGES[scale]),
                 "seeds": " ".join(f"{a:.2f}" for a in accuracies),
+                "run": run_of[point],
             }
         )
     return pd.DataFrame(rows)
@@ -238,6 +264,13 @@ def plot(frame: pd.DataFrame, out: Path, scale: str) -> list[Path]:
     return written
 
 
+def job_count(text: str) -> int:
+    count = int(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"--jobs {count}: at least 1 run at a time")
+    return count
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m results.figures", description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=["tiny", "paper"], default="tiny")
@@ -245,6 +278,11 @@ def main(argv=None) -> int:
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--only", nargs="+", choices=list(OPTIMUM), help="run only these figures")
     parser.add_argument("--seeds", type=seed_count, default=2, help="seeds per point (default 2)")
+    parser.add_argument(
+        "--jobs",
+        type=job_count,
+        help="runs side by side (default: one per usable CPU core at tiny scale, 1 at paper scale)",
+    )
     parser.add_argument("--work-dir", type=Path, help="default runs/figures-<scale>")
     parser.add_argument("--out", type=Path, help="default results/figures/<scale>")
     args = parser.parse_args(argv)
@@ -261,6 +299,7 @@ def main(argv=None) -> int:
             args.work_dir or home() / "runs" / f"figures-{args.scale}",
             args.only,
             args.seeds,
+            args.jobs or (usable_cpus() if args.scale == "tiny" else 1),
         )
     except subprocess.CalledProcessError as error:
         return report_failure(error)

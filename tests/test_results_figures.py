@@ -1,5 +1,7 @@
 """make figures: every sweep point is a valid pre-training config, and plots carry the paper's optimum."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -63,18 +65,26 @@ def test_plots_and_csvs_are_written(tmp_path):
     assert (tmp_path / "fig3_alpha.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def fake_runner(values):
+    """A stand-in for run_parallel that "finishes" each run with 60 + seed (+ 0.5 at alpha 0.5)."""
+    commands = []
+
+    def run_parallel(batch, jobs):
+        for command, _log in batch:
+            commands.append(command)
+            run_dir = next(arg.split("=", 1)[1] for arg in command if arg.startswith("output_dir="))
+            seed = int(next(arg.split("=", 1)[1] for arg in command if arg.startswith("seed=")))
+            values[run_dir] = 60.0 + seed + (0.5 if "alpha=0.5" in " ".join(command) else 0.0)
+
+    return commands, run_parallel
+
+
 def test_each_point_is_the_mean_over_seeds_with_its_interval(tmp_path, monkeypatch):
     import results.figures as figures
 
-    commands, values = [], {}
-
-    def fake_run(command):
-        commands.append(command)
-        run_dir = next(arg.split("=", 1)[1] for arg in command if arg.startswith("output_dir="))
-        seed = int(next(arg.split("=", 1)[1] for arg in command if arg.startswith("seed=")))
-        values[run_dir] = 60.0 + seed + (0.5 if "alpha=0.5" in " ".join(command) else 0.0)
-
-    monkeypatch.setattr(figures, "run", fake_run)
+    values = {}
+    commands, run_parallel = fake_runner(values)
+    monkeypatch.setattr(figures, "run_parallel", run_parallel)
     monkeypatch.setattr(figures, "finished_accuracy", lambda checkpoint: values.get(str(checkpoint.parent)))
     frame = figures.sweep("tiny", None, 8, tmp_path, ["fig3_alpha"], seeds=3)
     assert len(commands) == 5 * 3 and all("monitor.held_out_per_class=250" in c for c in commands)
@@ -87,3 +97,41 @@ def test_each_point_is_the_mean_over_seeds_with_its_interval(tmp_path, monkeypat
         row["run_standard_error"] == pytest.approx(100 * (0.615 * 0.385 / 2500) ** 0.5)
         and row["run_standard_error"] < 1
     )
+
+
+def test_points_that_are_the_same_experiment_share_one_run(tmp_path, monkeypatch):
+    import results.figures as figures
+
+    values = {}
+    commands, run_parallel = fake_runner(values)
+    monkeypatch.setattr(figures, "run_parallel", run_parallel)
+    monkeypatch.setattr(figures, "finished_accuracy", lambda checkpoint: values.get(str(checkpoint.parent)))
+    frame = figures.sweep("tiny", None, 8, tmp_path, None, seeds=2)
+    run_dirs = [next(a for a in c if a.startswith("output_dir=")) for c in commands]
+    assert len(run_dirs) == len(set(run_dirs)) < 2 * len(frame)  # each distinct config run once a seed
+    # Fig. 1's S_g = 0.14 is the baseline: Fig. 3's six local views and alpha 1/7 read the same run
+    shared = frame[frame["run"] == "fig1_global_scale-S_l0.14-0.14"]
+    assert set(shared["figure"]) >= {
+        "fig1_global_scale",
+        "fig3_local_views",
+        "fig3_alpha",
+        "fig2_pixel_scale",
+    }
+    assert frame.groupby("run")["seeds"].nunique().eq(1).all()
+    # a rerun finds every run finished and runs nothing
+    commands.clear()
+    figures.sweep("tiny", None, 8, tmp_path, None, seeds=2)
+    assert commands == []
+
+
+def test_runs_side_by_side_stop_at_the_first_failure(tmp_path, capsys):
+    from results.stages import run_parallel
+
+    ok = [sys.executable, "-c", "import os; print('threads', os.environ['OMP_NUM_THREADS'])"]
+    fail = [sys.executable, "-c", "raise SystemExit(3)"]
+    run_parallel([(ok, tmp_path / "a.log"), (ok, tmp_path / "b.log")], jobs=2)
+    assert (tmp_path / "a.log").read_text().startswith("threads ")
+    with pytest.raises(subprocess.CalledProcessError) as error:
+        run_parallel([(fail, tmp_path / "c.log"), (ok, tmp_path / "d.log")], jobs=2)
+    assert error.value.returncode == 3
+    assert "its output is in" in capsys.readouterr().err
