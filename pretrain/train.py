@@ -544,11 +544,20 @@ class OnlineProbe:
         return accuracy
 
     def state_dict(self) -> dict:
-        return {"linear": self.linear.state_dict(), "optimizer": self.optimizer.state_dict()}
+        """The classifier, its optimiser and the epoch's running counts (a run resumed mid-epoch
+        reports the same epoch accuracy as an uninterrupted one)."""
+        return {
+            "linear": self.linear.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "correct": self.correct,
+            "seen": self.seen,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.linear.load_state_dict(state["linear"])
         self.optimizer.load_state_dict(state["optimizer"])
+        # checkpoints written before the counts were saved resume counting from zero, as they did
+        self.correct, self.seen = state.get("correct", 0), state.get("seen", 0)
 
 
 class RunLogger:

@@ -7,8 +7,9 @@ split; the monitor is the cheaper signal the authors also track). At tiny scale 
 :data:`TINY_HELD_OUT_PER_CLASS` images per class (2,500), so that one run's standard error,
 sqrt(p (1 - p) / 2500), is below 1 pt; the paper's 50 per class would give about 2 pt, more than the
 effects the figures show. A point is the mean over seeds with its 95 % Student-t interval as an error
-bar (results/stats.py). Each figure writes ``<name>.csv`` (the numbers behind the plot: mean, interval,
-n, one run's standard error) and ``<name>.png`` with the paper's reported optimum marked.
+bar (results/stats.py), each seed's value a dot beside it. Each figure writes ``<name>.csv`` (the
+numbers behind the plot: mean, interval, n, one run's standard error, the seeds' values and the run
+that made them) and ``<name>.png`` with the paper's reported optimum marked.
 
 - ``fig1_global_scale``: S_g at S_l = 0.14 (Fig. 1 left; paper optimum S_g in [0.3, 0.4]);
 - ``fig1_local_scale``: S_l at S_g = 0.3 (Fig. 1 right; optimum S_l in [0.3, 0.4]);
@@ -198,6 +199,11 @@ def sweep(
         for (name, seed), run_dir in run_dirs.items()
         if finished_accuracy(run_dir / "last.pth") is None
     ]
+    print(
+        f"{len(selected)} points, {len(run_dirs)} runs ({len(overrides)} distinct configs x {seeds} seeds): "
+        f"{len(run_dirs) - len(commands)} finished already, {len(commands)} to run, {jobs} at a time",
+        flush=True,
+    )
     run_parallel(commands, jobs)
     values = {
         point: [finished_accuracy(run_dirs[run_of[point], seed] / "last.pth") for seed in range(seeds)]
@@ -212,12 +218,12 @@ def sweep(
             {
                 "figure": point.figure,
                 "series": point.series,
-                "x": x,
+                "x": round(x, 4),
                 "swept_value": point.x,
-                "knn_top1_heldout": summary.mean,
-                "ci95": summary.half_width,
+                "knn_top1_heldout": round(summary.mean, 2),
+                "ci95": None if summary.half_width is None else round(summary.half_width, 2),
                 "n": summary.n,
-                "run_standard_error": 100 * math.sqrt(mean * (1 - mean) / HELD_OUT_IMAGES[scale]),
+                "run_standard_error": round(100 * math.sqrt(mean * (1 - mean) / HELD_OUT_IMAGES[scale]), 2),
                 "seeds": " ".join(f"{a:.2f}" for a in accuracies),
                 "run": run_of[point],
             }
@@ -236,13 +242,26 @@ def plot(frame: pd.DataFrame, out: Path, scale: str) -> list[Path]:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for series, points_ in rows.groupby("series", sort=False):
             points_ = points_.sort_values("x")
-            ax.errorbar(
+            line = ax.errorbar(
                 points_["x"],
                 points_["knn_top1_heldout"],
                 yerr=points_["ci95"].fillna(0),
                 marker="o",
                 capsize=3,
                 label=f"{series} (mean ± 95 % CI, n={points_['n'].min()})",
+            )
+            seeds = [
+                (x, float(v))
+                for x, text in zip(points_["x"], points_["seeds"], strict=True)
+                for v in text.split()
+            ]
+            ax.scatter(
+                [x for x, _ in seeds],
+                [v for _, v in seeds],
+                s=8,
+                color=line[0].get_color(),
+                alpha=0.5,
+                zorder=3,
             )
         optimum = OPTIMUM[figure]
         if optimum is not None:
@@ -251,6 +270,8 @@ def plot(frame: pd.DataFrame, out: Path, scale: str) -> list[Path]:
                 ax.axvline(low, color="purple", linestyle="--", label=f"paper optimum ({low:g})")
             else:
                 ax.axvspan(low, high, color="purple", alpha=0.15, label=f"paper optimum [{low:g}, {high:g}]")
+        bottom, top = ax.get_ylim()  # an n=2 interval can reach past what a top-1 can be
+        ax.set_ylim(max(bottom, 0), min(top, 100))
         ax.set_xlabel(X_LABEL[figure])
         ax.set_ylabel("held-out 20-NN top-1 (%)")
         ax.set_title(f"{figure} ({scale} scale)", fontsize=9)
