@@ -51,7 +51,8 @@ reproduce-table5: install
 reproduce-gains: install
 	$(PY) -m results.gains $(if $(IMAGES),--images $(IMAGES)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(SEEDS),--seeds $(SEEDS))
 
-# The view-sampling sweeps of Figs. 1-3 (PNG + CSV under results/figures/<scale>/).
+# The view-sampling sweeps of Figs. 1-3 (PNG + CSV under results/figures/<scale>/):
+#   make figures [SEEDS=2] [JOBS=<usable cores>] (tiny: ~54 min on 2 cores, README)
 figures: install
 	$(PY) -m results.figures --scale $(SCALE) --gpus $(GPUS) $(if $(IMAGENET),--imagenet $(IMAGENET)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS))
 
