@@ -112,10 +112,10 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_resume_mid_epoch_reports_the_online_probes_whole_epoch(tmp_path):
-    probe = {"monitor.online_linear": "true", "monitor.knn_every_epochs": 0}
-    train(tiny_config(tmp_path / "a", max_steps=7, **probe))  # epoch 0 is steps 1-7
-    train(tiny_config(tmp_path / "b", max_steps=4, **probe))
-    train(tiny_config(tmp_path / "b", max_steps=7, **probe))
+    probe = {"monitor.online_linear": "true", "monitor.knn_every_epochs": 0, "batch_size": 16}
+    train(tiny_config(tmp_path / "a", max_steps=3, **probe))  # epoch 0 is steps 1-3 (56 images / 16)
+    train(tiny_config(tmp_path / "b", max_steps=1, **probe))
+    train(tiny_config(tmp_path / "b", max_steps=3, **probe))
     a, b = (schema.load(tmp_path / run / "run/last.pth")["metrics"] for run in ("a", "b"))
     assert a["epoch"] == b["epoch"] == 1
     assert a["online_linear_top1"] == b["online_linear_top1"]

@@ -109,6 +109,8 @@ def test_points_that_are_the_same_experiment_share_one_run(tmp_path, monkeypatch
     commands, run_parallel = fake_runner(values)
     monkeypatch.setattr(figures, "run_parallel", run_parallel)
     monkeypatch.setattr(figures, "finished_accuracy", lambda checkpoint: values.get(str(checkpoint.parent)))
+    # Fig. 2's x (the PS ratio, sampled from the crop distributions) is not what is tested here: 1 s a point
+    monkeypatch.setattr(figures, "pixel_scale_ratio", lambda point, scale: float(point.x))
     frame = figures.sweep("tiny", None, 8, tmp_path, None, seeds=2)
     run_dirs = [next(a for a in c if a.startswith("output_dir=")) for c in commands]
     assert len(run_dirs) == len(set(run_dirs)) < 2 * len(frame)  # each distinct config run once a seed
