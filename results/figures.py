@@ -181,7 +181,9 @@ def sweep(
         run_of[point] = name_of_config.setdefault(key, run_name(point))
         overrides.setdefault(run_of[point], point.overrides)
     run_dirs = {(name, seed): work_dir / f"{name}-seed{seed}" for seed in range(seeds) for name in overrides}
-    commands = [  # every run's seed 0 first: a full first picture early
+    accuracy = {key: finished_accuracy(run_dir / "last.pth") for key, run_dir in run_dirs.items()}
+    pending = [key for key, value in accuracy.items() if value is None]  # every run's seed 0 first
+    commands = [
         (
             [
                 *launcher,
@@ -191,24 +193,21 @@ def sweep(
                 *extra,
                 *overrides[name],
                 f"seed={seed}",
-                f"output_dir={run_dir}",
+                f"output_dir={run_dirs[name, seed]}",
                 f"records_dir={work_dir / 'records'}",
             ],
-            work_dir / "logs" / f"{run_dir.name}.log",
+            work_dir / "logs" / f"{run_dirs[name, seed].name}.log",
         )
-        for (name, seed), run_dir in run_dirs.items()
-        if finished_accuracy(run_dir / "last.pth") is None
+        for name, seed in pending
     ]
     print(
         f"{len(selected)} points, {len(run_dirs)} runs ({len(overrides)} distinct configs x {seeds} seeds): "
-        f"{len(run_dirs) - len(commands)} finished already, {len(commands)} to run, {jobs} at a time",
+        f"{len(run_dirs) - len(pending)} finished already, {len(pending)} to run, {jobs} at a time",
         flush=True,
     )
     run_parallel(commands, jobs)
-    values = {
-        point: [finished_accuracy(run_dirs[run_of[point], seed] / "last.pth") for seed in range(seeds)]
-        for point in selected
-    }
+    accuracy.update({key: finished_accuracy(run_dirs[key] / "last.pth") for key in pending})
+    values = {point: [accuracy[run_of[point], seed] for seed in range(seeds)] for point in selected}
     rows = []
     for point, accuracies in values.items():
         summary = summarise(accuracies)
