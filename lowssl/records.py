@@ -96,6 +96,18 @@ def recorded_budget(details: str) -> str:
     return str(json.loads(details or "{}").get("pretrain_budget", ""))
 
 
+#: Protocol fields that describe a protocol or vary over the runs a cell pools, not how it evaluates.
+NOT_SETTINGS = ("name", "seed", "note", "source")
+
+
+def recorded_protocol(details: str) -> dict:
+    """The evaluation settings a record's ``details`` JSON holds: its resolved ``protocol`` less the
+    fields of :data:`NOT_SETTINGS` ({} where none was recorded). Two records under one protocol name
+    but other settings were made before and after a preset changed."""
+    protocol = json.loads(details or "{}").get("protocol") or {}
+    return {key: value for key, value in protocol.items() if key not in NOT_SETTINGS}
+
+
 def write_records(records: list[Record], runs_dir: str | Path | None = None) -> Path:
     """Write (or replace) the records of one run as ``<runs_dir>/<run_id>.csv``."""
     if not records:

@@ -11,6 +11,7 @@ from lowssl.io import atomic_write_text
 from lowssl.records import read_records
 from results.leaderboard import load_leaderboard, select, summarise_leaderboard
 from results.paper_tables import read_paper_tables
+from results.stats import AggregationError
 from results.table5 import render_table5
 
 
@@ -29,7 +30,8 @@ def leaderboard(args: argparse.Namespace) -> None:
     if not args.flat:
         frame = summarise_leaderboard(frame)
     printable = frame.astype(object).where(frame.notna(), None)  # tabulate shows None (not pd.NA) as blank
-    shown = printable if args.flat else printable.drop(columns="comparable_group")
+    # The flat view's settings (each run's resolved protocol as JSON) go to --out only: too wide to print.
+    shown = printable.drop(columns="settings" if args.flat else "comparable_group")
     print(shown.to_markdown(index=False, floatfmt=".2f"))
     if not args.flat:
         print("\nRows are comparable only within one group:")
@@ -92,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     t5.set_defaults(run=table5)
 
     args = parser.parse_args(argv)
-    args.run(args)
+    try:
+        args.run(args)
+    except AggregationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -22,13 +22,14 @@ dataset, and have neither dataset nor protocol.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
-from lowssl.records import read_records
+from lowssl.records import read_records, recorded_protocol
 from results.paper_tables import read_paper_tables
-from results.stats import summarise
+from results.stats import require_one_protocol, summarise
 
 COLUMNS = [
     "dataset",
@@ -46,6 +47,7 @@ COLUMNS = [
     "source",
     "origin",
     "comparable_group",
+    "settings",  # a run's resolved protocol (lowssl.records.recorded_protocol) as JSON; "" for the paper
 ]
 #: One row of the default view: what a comparison varies, then the number over seeds and where it holds.
 ENTRY = ["source", "method", "recipe", "teacher", "teacher_epochs", "pretrain_epochs", "branch"]
@@ -91,12 +93,15 @@ def paper_rows(paper: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_rows(records: pd.DataFrame) -> pd.DataFrame:
-    return records.assign(teacher="", teacher_epochs=pd.NA, source="lowssl-run", origin=records["run_id"])
+    settings = records["details"].map(lambda details: json.dumps(recorded_protocol(details), sort_keys=True))
+    return records.assign(
+        teacher="", teacher_epochs=pd.NA, source="lowssl-run", origin=records["run_id"], settings=settings
+    )
 
 
 def build_leaderboard(paper: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     """Paper rows and run records in :data:`COLUMNS`, sorted by comparable group, then best value first."""
-    frame = pd.concat([paper_rows(paper), run_rows(records)], ignore_index=True)
+    frame = pd.concat([paper_rows(paper).assign(settings=""), run_rows(records)], ignore_index=True)
     frame["pretrain_epochs"] = frame["pretrain_epochs"].astype("Int64")
     frame["teacher_epochs"] = frame["teacher_epochs"].astype("Int64")
     frame["comparable_group"] = comparable_group(frame)
@@ -113,10 +118,7 @@ def summarise_leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
     Architecture rows (params, GFLOPs) describe no training and are left out."""
     frame = frame[~frame["metric"].isin(ARCHITECTURE_METRICS)]
     # One number per seed: a record without a seed (a third-party checkpoint, a paper row) is its own.
-    seed = frame["seed"].astype("string").fillna(frame["origin"])
-    frame = frame.assign(seed_key=seed).drop_duplicates(
-        [*ENTRY, "metric", "backbone", "comparable_group", "seed_key"]
-    )
+    frame = frame.assign(seed_key=frame["seed"].astype("string").fillna(frame["origin"]))
     keys = ["metric", "backbone", "comparable_group", *ENTRY, "protocol", "dataset"]
     rows = []
     for key, group in frame.groupby(keys, dropna=False, sort=False):
@@ -124,6 +126,12 @@ def summarise_leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
         if row["source"] == "paper":
             row["value"], row["n"] = f"{group['value'].iloc[0]:.1f}", ""
         else:
+            # Before one row per seed is kept: a seed re-run under a changed preset must not hide.
+            require_one_protocol(
+                dict(zip(group["origin"], group["settings"].map(json.loads), strict=True)),
+                f"{row['metric']} of {row['method']} {row['recipe']} {row['backbone']} under {row['protocol']}",
+            )
+            group = group.drop_duplicates("seed_key")
             summary = summarise(group["value"].tolist())
             row["value"], row["n"] = summary.format().rsplit(" (", 1)[0], summary.n
         row["mean"] = group["value"].mean()

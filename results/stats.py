@@ -8,6 +8,7 @@ baseline at the same budget, taken per seed (paired) and summarised the same way
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -65,3 +66,27 @@ def paired_difference(ours: Mapping[int, float], baseline: Mapping[int, float]) 
             f"baseline {sorted(baseline)}; run the missing seeds or drop the extra ones"
         )
     return summarise([ours[seed] - baseline[seed] for seed in sorted(ours)])
+
+
+def require_one_protocol(settings: Mapping[str, Mapping], cell: str) -> None:
+    """Refuse to pool records of one protocol name whose settings differ: ``settings`` maps each run id
+    to its record's settings (:func:`lowssl.records.recorded_protocol`); the error names the fields
+    that differ and the runs on each side."""
+    runs_by_variant: dict[str, list[str]] = {}
+    for run_id, setting in settings.items():
+        runs_by_variant.setdefault(json.dumps(dict(setting), sort_keys=True), []).append(run_id)
+    if len(runs_by_variant) <= 1:
+        return
+    variants = [json.loads(text) for text in runs_by_variant]
+    keys = sorted({key for variant in variants for key in variant})
+    listed = "; ".join(
+        f"{key}: {' vs '.join(json.dumps(variant.get(key)) for variant in variants)}"
+        for key in keys
+        if len({json.dumps(variant.get(key)) for variant in variants}) > 1
+    )
+    runs = " vs ".join(", ".join(run_ids) for run_ids in runs_by_variant.values())
+    raise AggregationError(
+        f"records of {cell} share a protocol name but not its settings ({listed}; runs {runs}): the "
+        "preset changed between runs; re-run the older records under the current preset, or move them "
+        "to another records folder"
+    )

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lowssl.records import recorded_budget
+from lowssl.records import recorded_budget, recorded_protocol
 from results.paper_tables import KD_METHODS
-from results.stats import AggregationError, paired_difference, summarise
+from results.stats import AggregationError, paired_difference, require_one_protocol, summarise
 
 BACKBONES = {"mobilenet_v2": "MobileNetV2", "resnet18": "ResNet18", "resnet34": "ResNet34"}
 METRICS = {"linear_top1": "top-1", "linear_top5": "top-5"}
@@ -82,6 +82,9 @@ def run_long(records: pd.DataFrame, dataset: str, protocol: str) -> pd.DataFrame
     rows = rows.assign(
         budget=rows["details"].map(recorded_budget), seed=rows["seed"].fillna(UNKNOWN_SEED).astype(int)
     )
+    for key, group in rows.groupby(CELL, sort=False):  # before a re-run seed replaces its older record
+        settings = dict(zip(group["run_id"], group["details"].map(recorded_protocol), strict=True))
+        require_one_protocol(settings, f"one cell ({', '.join(map(str, key))})")
     rows = rows.sort_values("created_at", kind="stable").drop_duplicates([*CELL, "seed"], keep="last")
     cells = {}
     for key, group in rows.groupby(CELL, sort=False):

@@ -395,6 +395,7 @@ def _write_records(
         changes[SUBSET_EPOCHS] = protocol.epochs(subset.label)
     changes.update({key: overrides[key] for key in ("max_steps", "max_eval_images") if key in overrides})
     details = {
+        "protocol": to_dict(protocol),  # lowssl.records.recorded_protocol: a changed preset never pools
         "protocol_source": protocol.source,
         "paper_protocol": protocol.paper_protocol and not changes,
         "network": protocol.network,

@@ -174,3 +174,26 @@ def test_default_view_answers_how_x_compares_per_metric_and_backbone(runs_dir, c
     assert re.search(r"\| bingo .*\| 65\.9 ", out)  # the paper's KD rows, as printed
     assert "params_M" not in out
     assert "G1: fashion-mnist, fast, linear_top1" in out and "imagenet-1k, bingo-linear, linear_top1" in out
+
+
+def settings(**protocol):
+    return {"details": {"protocol": {"name": "sslight_tiny", "seed": 0, "epochs": 40} | protocol}}
+
+
+def test_a_protocol_name_whose_settings_changed_between_runs_is_never_pooled(runs_dir, capsys):
+    """Seeds 0 and 1 under the preset as it was, seed 1 again after it changed: the re-run must not
+    be averaged with, nor hidden behind, the older records; the error names the fields and the fix."""
+    write_records([record("s0", seed=0, protocol="sslight_tiny", **settings(seed=0))], runs_dir)
+    write_records([record("s1", seed=1, protocol="sslight_tiny", **settings(seed=1))], runs_dir)
+    with_notes = settings(seed=2, note="same settings, other words")
+    write_records([record("s2", seed=2, protocol="sslight_tiny", **with_notes)], runs_dir)
+    main(["leaderboard", "--runs-dir", str(runs_dir)])  # other seeds and notes pool
+    assert re.search(r"\|\s+3 \| sslight_tiny", capsys.readouterr().out)
+
+    changed = settings(seed=1, epochs=100, train_input="features")
+    write_records([record("s1-rerun", seed=1, protocol="sslight_tiny", **changed)], runs_dir)
+    assert main(["leaderboard", "--runs-dir", str(runs_dir)]) == 2
+    error = capsys.readouterr().err
+    assert 'epochs: 40 vs 100; train_input: null vs "features"' in error
+    assert "re-run the older records under the current preset" in error
+    assert main(["leaderboard", "--runs-dir", str(runs_dir), "--flat"]) == 0  # the flat dump still lists them

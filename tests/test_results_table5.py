@@ -172,3 +172,13 @@ def test_one_cell_never_pools_budgets_and_a_gain_never_compares_two(runs_dir):
     )
     with pytest.raises(AggregationError, match="gain .* different pre-training budgets: ours 5000"):
         render_table5(read_paper_tables(), read_records(runs_dir), **SETTING)
+
+
+def test_one_cell_never_pools_records_of_a_changed_preset(runs_dir):
+    def protocol(**settings):
+        return {"details": {"protocol": {"name": "fast", "weight_decay": 1e-4} | settings}}
+
+    write_records(run("a", "resnet18", 80.0, seed=0, **protocol()), runs_dir)
+    write_records(run("b", "resnet18", 81.0, seed=1, **protocol(weight_decay=5.0)), runs_dir)
+    with pytest.raises(AggregationError, match="share a protocol name but not its settings .*weight_decay"):
+        render_table5(read_paper_tables(), read_records(runs_dir), **SETTING)

@@ -9,6 +9,7 @@ from torch import nn
 
 from lowssl.checkpoints import open_checkpoint
 from lowssl.io import load_checkpoint, sha256_file
+from lowssl.records import recorded_protocol
 from pretrain.methods import build_method
 from pretrain.methods.dino import DinoConfig
 from semisup.__main__ import main
@@ -135,6 +136,8 @@ def test_two_step_finetune_runs_for_both_subsets(tmp_path, dino_checkpoint):
             "checkpoint",
             labelled,
         )
+        settings = recorded_protocol(row.details)  # what pools it with other records, or refuses to
+        assert (settings["batch_size"], settings["epochs_1pct"], "name" in settings) == (8, 10, False)
         trained = load_checkpoint(tmp_path / subset / "run" / "last.pth")
         assert trained["global_step"] == 2 and trained["step_in_epoch"] == 2
         start = load_checkpoint(dino_checkpoint)["student_backbone"]["conv1.weight"]
