@@ -110,10 +110,10 @@ def test_tiny_preset_keeps_the_kind_and_scales_lr_batch_and_epochs():
     """sslight_tiny stays LARS on a Linear without BN, cosine, with the linear scaling rule; its batch,
     base LR and epochs give LARS a step budget (sum of lr x trust) like the paper's (its YAML says why)."""
     tiny, paper = load_protocol("sslight_tiny", "linear"), load_protocol("sslight", "linear")
-    assert (tiny.batch_size, tiny.crop.image_size, tiny.epochs) == (64, 32, 40)
-    assert tiny.peak_lr() == pytest.approx(10.0) and tiny.optimizer == "lars" and not tiny.paper_protocol
+    assert (tiny.batch_size, tiny.crop.image_size, tiny.epochs, tiny.train_input) == (64, 32, 100, "features")
+    assert tiny.peak_lr() == pytest.approx(0.25) and tiny.optimizer == "lars" and not tiny.paper_protocol
     assert (tiny.schedule, tiny.feature_normalisation, tiny.lr_batch_scaling) == ("cosine", "none", True)
-    steps = 5000 // tiny.batch_size + 1  # the README's 5,000-image command
+    steps = 60_000 // tiny.batch_size + 1  # all Fashion-MNIST training images
     tiny_budget = 0.5 * tiny.peak_lr() * tiny.epochs * steps * 0.001
     paper_budget = 0.5 * paper.peak_lr() * paper.epochs * (1_281_167 // paper.batch_size + 1) * 0.001
     assert paper_budget / 2 < tiny_budget < paper_budget * 2
@@ -266,11 +266,16 @@ def test_sslight_tiny_runs_end_to_end_with_best_epoch_selection(tmp_path, checkp
         row.protocol == "sslight_tiny+batch_size=32+epochs=2"
         and '"best_epoch_selection": true' in row.details
     )
-    assert '"optimizer": "lars"' in row.details and '"train_input": "augmented"' in row.details
+    assert '"optimizer": "lars"' in row.details and '"train_input": "features"' in row.details
     head = torch.load(
         next((tmp_path / "out").glob("eval-*/linear-sslight_tiny+batch_size=32+epochs=2-synthetic-head.pth"))
     )
     assert head["linear.weight"].shape == (4, 512)
+    # moco_tiny trains on fresh augmented crops through the frozen backbone
+    args = ["--checkpoint", str(checkpoint), "--protocol", "moco_tiny", "epochs=2", "milestones=[1]"]
+    assert run(tmp_path, "linear", *args, "batch_size=32") == 0
+    rows = read_records(tmp_path / "records")
+    assert '"train_input": "augmented"' in rows[rows.protocol.str.startswith("moco_tiny")].details.iloc[0]
 
 
 def test_random_init_baseline(tmp_path):
