@@ -123,15 +123,15 @@ def summarise_leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, group in frame.groupby(keys, dropna=False, sort=False):
         row = dict(zip(keys, key, strict=True))
-        if row["source"] == "paper":
-            row["value"], row["n"] = f"{group['value'].iloc[0]:.1f}", ""
-        else:
-            # Before one row per seed is kept: a seed re-run under a changed preset must not hide.
+        if row["source"] != "paper":  # before one row per seed is kept: a re-run seed must not hide
             require_one_protocol(
                 dict(zip(group["origin"], group["settings"].map(json.loads), strict=True)),
                 f"{row['metric']} of {row['method']} {row['recipe']} {row['backbone']} under {row['protocol']}",
             )
-            group = group.drop_duplicates("seed_key")
+        group = group.drop_duplicates("seed_key")
+        if row["source"] == "paper":
+            row["value"], row["n"] = f"{group['value'].iloc[0]:.1f}", ""
+        else:
             summary = summarise(group["value"].tolist())
             row["value"], row["n"] = summary.format().rsplit(" (", 1)[0], summary.n
         row["mean"] = group["value"].mean()
