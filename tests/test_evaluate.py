@@ -110,7 +110,7 @@ def test_tiny_preset_keeps_the_kind_and_scales_lr_batch_and_epochs():
     """sslight_tiny stays LARS on a Linear without BN, cosine, with the linear scaling rule; its batch,
     base LR and epochs give LARS a step budget (sum of lr x trust) like the paper's (its YAML says why)."""
     tiny, paper = load_protocol("sslight_tiny", "linear"), load_protocol("sslight", "linear")
-    assert (tiny.batch_size, tiny.crop.image_size, tiny.epochs, tiny.train_input) == (64, 32, 100, "features")
+    assert (tiny.batch_size, tiny.crop.image_size, tiny.epochs, tiny.train_input) == (64, 32, 200, "features")
     assert tiny.peak_lr() == pytest.approx(0.25) and tiny.optimizer == "lars" and not tiny.paper_protocol
     assert (tiny.schedule, tiny.feature_normalisation, tiny.lr_batch_scaling) == ("cosine", "none", True)
     steps = 60_000 // tiny.batch_size + 1  # all Fashion-MNIST training images
