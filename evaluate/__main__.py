@@ -34,7 +34,14 @@ from lowssl import distributed
 from lowssl.backbones import build_backbone, get_spec
 from lowssl.checkpoints import CheckpointLayoutError, add_checkpoint_arguments, open_from_arguments
 from lowssl.config import ConfigError, add_overrides_argument, config_hash, to_dict
-from lowssl.data import DATASETS, DatasetError, build_dataset, default_workers, held_out_split
+from lowssl.data import (
+    DATASETS,
+    DatasetError,
+    add_held_out_arguments,
+    build_dataset,
+    default_workers,
+    held_out_split,
+)
 from lowssl.export import TARGETS, export_backbone
 from lowssl.features import FrozenFeatures
 from lowssl.io import CheckpointError, atomic_torch_save, atomic_write_text, git_commit
@@ -42,7 +49,6 @@ from lowssl.knn import knn_evaluate
 from lowssl.paths import home
 from lowssl.records import Record, append_records, default_runs_dir, read_records
 
-PAPER_HELD_OUT_PER_CLASS = 50  # the paper's ablations: 50 images per class held out of train (Sec. 3.2)
 SUBSET_SEED = 0  # --train-subset / --eval-subset: a fixed random choice, the same on every run
 METRICS = {"linear": ("linear_top1", "linear_top5"), "knn": ("knn_top1", "knn1_top1")}
 
@@ -78,18 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
         sub.add_argument("--data-root", help="imagefolder: the folder holding train/ and val/")
-        sub.add_argument(
-            "--held-out",
-            action="store_true",
-            help="evaluate on 50 images per class held out of train (paper Sec. 3.2), not val",
-        )
-        sub.add_argument(
-            "--held-out-per-class",
-            type=int,
-            default=PAPER_HELD_OUT_PER_CLASS,
-            metavar="N",
-            help="images per class held out with --held-out (default 50, the paper's)",
-        )
+        add_held_out_arguments(sub, "the paper's ablations, Sec. 3.2; or to choose a hyper-parameter")
         sub.add_argument("--train-subset", type=int, metavar="N", help="train on N random training images")
         sub.add_argument(
             "--eval-subset", type=int, metavar="N", help="evaluate on N random images (smoke runs)"

@@ -214,7 +214,29 @@ class SyntheticImages(Dataset):
         return (self.transform(image) if self.transform else image), int(self.targets[index])
 
 
-def held_out_split(targets, per_class: int = 50, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+#: The paper's ablations report linear accuracy on 50 images per class held out of train (Sec. 3.2).
+PAPER_HELD_OUT_PER_CLASS = 50
+
+
+def add_held_out_arguments(parser, purpose: str) -> None:
+    """``--held-out`` / ``--held-out-per-class N``: evaluate on images held out of train, not val."""
+    parser.add_argument(
+        "--held-out",
+        action="store_true",
+        help=f"evaluate on images per class held out of train, not val ({purpose})",
+    )
+    parser.add_argument(
+        "--held-out-per-class",
+        type=int,
+        default=PAPER_HELD_OUT_PER_CLASS,
+        metavar="N",
+        help=f"images per class held out with --held-out (default {PAPER_HELD_OUT_PER_CLASS}, the paper's)",
+    )
+
+
+def held_out_split(
+    targets, per_class: int = PAPER_HELD_OUT_PER_CLASS, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Split training indices into (train, held-out) with ``per_class`` held-out images per class.
 
     The paper's ablations (Sec. 3.2, "Setting") report linear accuracy on 50 images per class held

@@ -22,7 +22,7 @@ import yaml
 from lowssl import distributed
 from lowssl.checkpoints import CheckpointLayoutError, add_checkpoint_arguments
 from lowssl.config import ConfigError, add_overrides_argument, to_dict
-from lowssl.data import DATASETS, DatasetError, build_dataset, default_workers
+from lowssl.data import DATASETS, DatasetError, add_held_out_arguments, build_dataset, default_workers
 from lowssl.io import CheckpointError
 from semisup.model import HeadError
 from semisup.protocols import available, load_protocol
@@ -97,6 +97,7 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--records-dir", help="results records (default results/runs/)")
     tune.add_argument("--resume", default="auto", help="auto (from <output-dir>/last.pth), never, or a path")
     tune.add_argument("--max-steps", type=int, help="smoke runs: stop after N steps")
+    add_held_out_arguments(tune, "to choose a hyper-parameter without touching val")
     tune.add_argument("--max-eval-images", type=int, help="smoke runs: evaluate on the first N images")
     tune.add_argument(
         "--workers",

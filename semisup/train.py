@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -32,7 +33,14 @@ from lowssl import distributed
 from lowssl.backbones import build_backbone
 from lowssl.checkpoints import OpenedCheckpoint, open_from_arguments
 from lowssl.config import ConfigError, changed_values, config_hash, derived_name, parse_overrides, to_dict
-from lowssl.data import IndexedImages, SeededSamples, build_dataset, default_workers
+from lowssl.data import (
+    PAPER_HELD_OUT_PER_CLASS,
+    IndexedImages,
+    SeededSamples,
+    build_dataset,
+    default_workers,
+    held_out_split,
+)
 from lowssl.distributed import Context
 from lowssl.io import atomic_torch_save, git_commit, load_checkpoint
 from lowssl.metrics import topk_hits
@@ -82,6 +90,8 @@ class FinetuneArgs:
     resume: str = "auto"  # "auto", "never" or a path
     max_steps: int | None = None  # smoke runs: stop after this many optimiser steps in total
     max_eval_images: int | None = None  # smoke runs: evaluate on the first N evaluation images only
+    held_out: bool = False  # evaluate on images held out of train (minus the labelled ones), not val
+    held_out_per_class: int = PAPER_HELD_OUT_PER_CLASS
     workers: int = field(default_factory=default_workers)
     device: str = "auto"
 
@@ -162,12 +172,7 @@ def finetune(args: FinetuneArgs) -> dict:
     loader = DataLoader(
         crops, batch_size=batch, sampler=order, num_workers=args.workers, pin_memory=ctx.device.type == "cuda"
     )
-    val_images = build_dataset(args.dataset, "val", args.data_root, protocol.image_size)
-    val = IndexedImages(
-        val_images,
-        range(min(args.max_eval_images or len(val_images), len(val_images))),
-        eval_transform(protocol),
-    )
+    evaluation = evaluation_set(args, train_images, subset, protocol)
 
     # ---- model, optimiser ----------------------------------------------------------------------------
     if ctx.distributed and ctx.device.type == "cuda":
@@ -198,6 +203,8 @@ def finetune(args: FinetuneArgs) -> dict:
         "format": opened.format if opened else None,
         "branch": opened.branch if opened else None,
     }
+    if args.held_out:  # only then, so that the identity (and config hash) of a run on val is unchanged
+        identity["eval_set"] = _eval_set_label(args)
     start_epoch, start_batch, global_step, history = 0, 0, 0, []
     resume_file = _resume_path(args.resume, run_dir)
     if resume_file is not None:
@@ -282,7 +289,7 @@ def finetune(args: FinetuneArgs) -> dict:
             f"loss {loss.item():.4f}, lr {lr:.3g}"
         )
         if stopped or epoch + 1 == epochs or (complete and protocol.report == "best"):
-            top1, top5 = evaluate(model, val, ctx, protocol.eval_batch_size, args.workers)
+            top1, top5 = evaluate(model, evaluation, ctx, protocol.eval_batch_size, args.workers)
             history.append({"epoch": epoch + 1, "complete": complete, "top1": top1, "top5": top5})
             message += f", top-1 {top1:.2f}, top-5 {top5:.2f}"
         _say(ctx, message)
@@ -299,12 +306,34 @@ def finetune(args: FinetuneArgs) -> dict:
         epochs=epochs,
         subset=subset.label,
         labelled_images=len(subset.indices),
+        eval_images=len(evaluation),
         head_source=head_source,
         arch=arch,
     )
     if ctx.is_main:
         _write_records(args, protocol, subset, opened, identity, result, history, ctx)
     return result
+
+
+def evaluation_set(args: FinetuneArgs, train_images, subset: LabelSubset, protocol: SemisupProtocol):
+    """The images a run is scored on: val, or with ``--held-out`` images held out of train.
+
+    The held-out images are ``held_out_split``'s, less any the labelled subset holds (a subset drawn
+    from all of train meets about fraction x N of them), so a score never counts a labelled image:
+    a hyper-parameter is chosen there without touching the val split it is then reported on.
+    """
+    if args.held_out:
+        images = train_images
+        held = held_out_split(train_images.targets, args.held_out_per_class)[1]
+        indices = np.setdiff1d(held, subset.indices)
+    else:
+        images = build_dataset(args.dataset, "val", args.data_root, protocol.image_size)
+        indices = np.arange(len(images))
+    return IndexedImages(images, indices[: args.max_eval_images], eval_transform(protocol))
+
+
+def _eval_set_label(args: FinetuneArgs) -> str:
+    return f"held-out-{args.held_out_per_class}pc" if args.held_out else "val"
 
 
 @torch.no_grad()
@@ -413,13 +442,15 @@ def _write_records(
         "overrides": overrides,
         "world_size": ctx.world_size,
         "run_dir": result["run_dir"],
+        "eval_set": _eval_set_label(args),
+        "eval_images": result["eval_images"],
         **subset.summary(),
     }
     common = dict(
         run_id=f"semisup-{Path(result['run_dir']).name}",
         stage="semisup",
         backbone=identity["arch"],
-        dataset=args.dataset,
+        dataset=args.dataset if not args.held_out else f"{args.dataset}/{_eval_set_label(args)}",
         protocol=derived_name(protocol.name, changes),
         branch=opened.branch if opened else "none",
         checkpoint_sha256=identity["checkpoint_sha256"],

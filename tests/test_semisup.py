@@ -8,13 +8,16 @@ import torch
 from torch import nn
 
 from lowssl.checkpoints import open_checkpoint
+from lowssl.data import build_dataset, held_out_split
 from lowssl.io import load_checkpoint, sha256_file
 from lowssl.records import recorded_protocol
 from pretrain.methods import build_method
 from pretrain.methods.dino import DinoConfig
 from semisup.__main__ import main
 from semisup.model import HeadError, SemiSupervisedNet, build_head, dino_head_layout
-from semisup.train import FinetuneArgs, ResumeError, finetune
+from semisup.protocols import load_protocol
+from semisup.subsets import load_subset
+from semisup.train import FinetuneArgs, ResumeError, evaluation_set, finetune
 
 HIDDEN = 64
 
@@ -248,3 +251,41 @@ def test_finetune_takes_key_value_overrides_and_names_the_protocol_after_them(tm
 def test_finetune_reads_the_checkpoint_once(tmp_path, dino_checkpoint, torch_loads):
     finetune(smoke(tmp_path, checkpoint=str(dino_checkpoint), max_steps=1))
     assert torch_loads.count(str(dino_checkpoint)) == 1  # weights, head and provenance from one read
+
+
+def test_held_out_evaluation_never_scores_a_labelled_image_and_is_another_run(tmp_path):
+    # synthetic data: 64 training images of 4 classes, 10pct = 6 labelled; 8 per class held out
+    common = dict(
+        random_init=True,
+        arch="resnet18",
+        dataset="synthetic",
+        subset="10pct",
+        overrides=["epochs=1", "batch_size=4"],
+        max_steps=None,
+        max_eval_images=None,
+    )
+    on_val = finetune(smoke(tmp_path, **common))
+    with pytest.raises(ResumeError, match="eval_set"):  # the same output dir, scored elsewhere
+        finetune(smoke(tmp_path, held_out=True, held_out_per_class=8, **common))
+    held = finetune(smoke(tmp_path, held_out=True, held_out_per_class=8, resume="never", **common))
+    subset = load_subset(
+        tmp_path / "run" / "subset_synthetic_10pct_seed0.txt", build_dataset("synthetic", "train"), 0.1
+    )
+    scored = evaluation_set(
+        smoke(tmp_path, held_out=True, held_out_per_class=8, **common),
+        build_dataset("synthetic", "train"),
+        subset,
+        load_protocol("tiny"),
+    )
+    assert not set(scored.indices) & set(subset.indices.tolist())
+    assert len(scored) == 32 - len(
+        set(held_out_split(scored.base.targets, 8)[1]) & set(subset.indices.tolist())
+    )
+    assert len(scored) < 32  # this subset meets the held-out images: the overlap was dropped
+    assert held["eval_images"] == len(scored)
+    assert on_val["eval_images"] == len(build_dataset("synthetic", "val"))
+    rows = pd.read_csv(next((tmp_path / "records").glob("*.csv")))
+    assert set(rows.dataset) == {"synthetic", "synthetic/held-out-8pc"}
+    details = {row.dataset: json.loads(row.details) for row in rows.itertuples()}
+    assert details["synthetic/held-out-8pc"]["eval_set"] == "held-out-8pc"
+    assert details["synthetic"]["eval_set"] == "val"
