@@ -271,11 +271,18 @@ def test_sslight_tiny_runs_end_to_end_with_best_epoch_selection(tmp_path, checkp
         next((tmp_path / "out").glob("eval-*/linear-sslight_tiny+batch_size=32+epochs=2-synthetic-head.pth"))
     )
     assert head["linear.weight"].shape == (4, 512)
-    # moco_tiny trains on fresh augmented crops through the frozen backbone
+    # moco_tiny: SGD on cached features at the LR chosen on held-out images (its YAML), MoCo's steps
     args = ["--checkpoint", str(checkpoint), "--protocol", "moco_tiny", "epochs=2", "milestones=[1]"]
     assert run(tmp_path, "linear", *args, "batch_size=32") == 0
     rows = read_records(tmp_path / "records")
-    assert '"train_input": "augmented"' in rows[rows.protocol.str.startswith("moco_tiny")].details.iloc[0]
+    details = rows[rows.protocol.str.startswith("moco_tiny")].details.iloc[0]
+    assert '"train_input": "features"' in details and '"base_lr": 0.03' in details
+    # the augmented path of the paper's protocols still runs through the frozen backbone
+    args = [*args, "train_input=augmented"]
+    assert run(tmp_path, "linear", *args, "batch_size=32") == 0
+    rows = read_records(tmp_path / "records")
+    augmented = rows[rows.protocol.str.contains("train_input")].details.iloc[0]
+    assert '"train_input": "augmented"' in augmented
 
 
 def test_random_init_baseline(tmp_path):
