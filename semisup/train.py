@@ -371,7 +371,8 @@ def run_name(args: FinetuneArgs, arch: str) -> str:
     source = f"random_{arch}" if args.random_init else Path(args.checkpoint).stem
     subset = args.subset if args.subset in ("1pct", "10pct") else Path(args.subset).stem
     head = "_newhead" if args.new_head else ""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{source}{head}_{args.protocol}_{args.dataset}_{subset}")
+    scored = f"_{_eval_set_label(args)}" if args.held_out else ""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{source}{head}_{args.protocol}_{args.dataset}_{subset}{scored}")
 
 
 def _resume_path(resume: str, run_dir: Path) -> Path | None:

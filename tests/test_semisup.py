@@ -17,7 +17,7 @@ from semisup.__main__ import main
 from semisup.model import HeadError, SemiSupervisedNet, build_head, dino_head_layout
 from semisup.protocols import load_protocol
 from semisup.subsets import load_subset
-from semisup.train import FinetuneArgs, ResumeError, evaluation_set, finetune
+from semisup.train import FinetuneArgs, ResumeError, evaluation_set, finetune, run_name
 
 HIDDEN = 64
 
@@ -289,3 +289,5 @@ def test_held_out_evaluation_never_scores_a_labelled_image_and_is_another_run(tm
     details = {row.dataset: json.loads(row.details) for row in rows.itertuples()}
     assert details["synthetic/held-out-8pc"]["eval_set"] == "held-out-8pc"
     assert details["synthetic"]["eval_set"] == "val"
+    default_dir = run_name(FinetuneArgs(**{**common, "held_out": True, "held_out_per_class": 8}), "resnet18")
+    assert default_dir.endswith("_10pct_held-out-8pc")  # not the val run's folder
