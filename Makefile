@@ -5,6 +5,15 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMPS := $(VENV)/.lowssl-stamps
 
+# The values a user gives the targets below (paths, names, lists) reach the recipes as environment
+# variables, read there as "$$NAME": the shell never parses them as text, so a CKPT of
+# 'dir`id`/ck.pth' is a file name, not a command. $(value ...) keeps make itself from expanding a
+# '$(shell ...)' in a value given on the command line or in the environment. (PYTHON and PY name
+# programs to run, as CC does.)
+USER_VALUES := CKPT FORMAT PROTOCOLS IMAGENET GPUS SCALE SEEDS NNODES RDZV IMAGES EPOCHS JOBS
+$(foreach name,$(USER_VALUES),$(if $(filter command line environment,$(origin $(name))),$(eval override $(name) := $$(value $(name)))))
+export $(USER_VALUES)
+
 .PHONY: install test lint clean-venv reproduce-table5 reproduce-gains bench evaluate-checkpoint figures
 
 install: $(STAMPS)/deps $(STAMPS)/detectron2 $(STAMPS)/fashion-mnist
@@ -43,18 +52,18 @@ IMAGENET ?=
 GPUS     ?= 8
 SCALE    ?= $(if $(IMAGENET),paper,tiny)
 reproduce-table5: install
-	$(PY) -m results.reproduce table5 --scale $(SCALE) --gpus $(GPUS) $(if $(IMAGENET),--imagenet $(IMAGENET)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(NNODES),--nnodes $(NNODES)) $(if $(RDZV),--rdzv-endpoint $(RDZV))
+	$(PY) -m results.reproduce table5 --scale "$$SCALE" --gpus "$$GPUS" $${IMAGENET:+--imagenet "$$IMAGENET"} $${SEEDS:+--seeds "$$SEEDS"} $${NNODES:+--nnodes "$$NNODES"} $${RDZV:+--rdzv-endpoint "$$RDZV"}
 
 # The recipe's gain as the paper reports it (Table 2: DINO / SwAV / MoCo-v2* on MobileNetV2, Table 3's
 # ResNet18 row) at tiny scale: paired ours - baseline over seeds, beside the paper's gains.
 #   make reproduce-gains [IMAGES=2000] [EPOCHS=1] [SEEDS=3]
 reproduce-gains: install
-	$(PY) -m results.gains $(if $(IMAGES),--images $(IMAGES)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(SEEDS),--seeds $(SEEDS))
+	$(PY) -m results.gains $${IMAGES:+--images "$$IMAGES"} $${EPOCHS:+--epochs "$$EPOCHS"} $${SEEDS:+--seeds "$$SEEDS"}
 
 # The view-sampling sweeps of Figs. 1-3 (PNG + CSV under results/figures/<scale>/):
 #   make figures [SEEDS=2] [JOBS=<usable cores>] (tiny: ~54 min on 2 cores, README)
 figures: install
-	$(PY) -m results.figures --scale $(SCALE) --gpus $(GPUS) $(if $(IMAGENET),--imagenet $(IMAGENET)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS))
+	$(PY) -m results.figures --scale "$$SCALE" --gpus "$$GPUS" $${IMAGENET:+--imagenet "$$IMAGENET"} $${SEEDS:+--seeds "$$SEEDS"} $${JOBS:+--jobs "$$JOBS"}
 
 # Any checkpoint through the chosen stages, then the leaderboard. CKPT is a file, or a released
 # checkpoint's name (python -m lowssl.released list; docs/released.md), fetched into the cache:
@@ -62,8 +71,8 @@ figures: install
 FORMAT    ?= auto
 PROTOCOLS ?= linear,knn,semisup,detection
 evaluate-checkpoint: install
-	@test -n "$(CKPT)" || { echo "usage: make evaluate-checkpoint CKPT=path|name [FORMAT=auto] [PROTOCOLS=...] (names: python -m lowssl.released list)" >&2; exit 2; }
-	$(PY) -m results.evaluate_checkpoint "$(CKPT)" --format $(FORMAT) --protocols $(PROTOCOLS)
+	@test -n "$$CKPT" || { echo "usage: make evaluate-checkpoint CKPT=path|name [FORMAT=auto] [PROTOCOLS=...] (names: python -m lowssl.released list)" >&2; exit 2; }
+	$(PY) -m results.evaluate_checkpoint "$$CKPT" --format "$$FORMAT" --protocols "$$PROTOCOLS"
 
 # Benchmarks (not tests): JSON + a markdown summary under benchmarks/results/.
 bench: install

@@ -17,9 +17,11 @@ from detection.convert import ConversionError, convert_checkpoint, write_pickle
 from detection.fmnist_det import FmnistDetSpec, generate
 from detection.train import TrainError, train
 from lowssl.checkpoints import CheckpointLayoutError, add_checkpoint_arguments, add_trust_argument
+from lowssl.config import ConfigError
 from lowssl.data import DatasetError
 from lowssl.io import CheckpointError
 from lowssl.records import default_runs_dir
+from lowssl.run_lock import RunFolderBusy
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         CheckpointLayoutError,
         CheckpointError,
         ConversionError,
+        ConfigError,
         DatasetError,
+        RunFolderBusy,
         TrainError,
         FileNotFoundError,
     ) as error:

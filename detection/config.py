@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
 from detectron2.config import CfgNode, get_cfg
 
 import detection.backbones  # noqa: F401 - registers the MobileNetV2 builders the configs name
+from lowssl.config import ConfigError, yaml_file_error
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -33,6 +35,16 @@ def add_lowssl_config(cfg: CfgNode) -> None:
     )
 
 
+#: How yacs refuses a config: an unknown key (KeyError), a value of the wrong type or text that is not
+#: UTF-8 (ValueError), KEY VALUE not in pairs or a section replaced by a value (AssertionError).
+YACS_REFUSALS = (KeyError, ValueError, AssertionError)
+
+
+def _reason(error: Exception) -> str:
+    """The message of a yacs refusal (``str()`` of a KeyError would quote it)."""
+    return error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+
+
 def load_config(path: str | Path, opts: list[str] | tuple[str, ...] = ()) -> CfgNode:
     """The config at ``path`` (its ``_BASE_`` chain merged) with ``KEY VALUE`` overrides applied.
 
@@ -44,8 +56,18 @@ def load_config(path: str | Path, opts: list[str] | tuple[str, ...] = ()) -> Cfg
         raise FileNotFoundError(f"detection config {path} does not exist; configs live in {CONFIG_DIR}")
     cfg = get_cfg()
     add_lowssl_config(cfg)
-    cfg.merge_from_file(str(path))
-    cfg.merge_from_list(list(opts))
+    try:
+        # Detectron2's default (allow_unsafe=True) retries a file that safe_load refuses with
+        # yaml.unsafe_load, which runs the Python a tag names: refused here, in every file of the chain.
+        cfg.merge_from_file(str(path), allow_unsafe=False)
+    except yaml.YAMLError as error:
+        raise yaml_file_error(error, path) from None
+    except YACS_REFUSALS as error:
+        raise ConfigError(f"detection config {path}: {_reason(error)}") from None
+    try:
+        cfg.merge_from_list(list(opts))
+    except YACS_REFUSALS as error:
+        raise ConfigError(f"detection overrides '{' '.join(opts)}': {_reason(error)}") from None
     if cfg.MODEL.DEVICE == "cpu":
         _replace_norm(cfg, "SyncBN", "BN")
     return cfg

@@ -6,9 +6,11 @@ convention; docs/detection.md, "Converting checkpoints"), plus ``"lowssl"``: whe
 Names are backbone names without a model prefix; Detectron2 matches each to the model key it is a
 suffix of (``res2.0.conv1.weight`` -> ``backbone.bottom_up.res2.0.conv1.weight``).
 
-The conversion is checked before anything is written: the pickle is loaded into the Mask R-CNN the
-architecture's config builds, with Detectron2's own checkpointer, and any backbone key left missing,
-any weight left unused or of the wrong shape is an error.
+The conversion is checked before anything is written: the checkpoint's backbone must be exactly the
+architecture's (``OpenedCheckpoint.require_loadable``: no key missing, none of another architecture or
+shape, no NaN / inf), and the pickle is loaded into the Mask R-CNN the architecture's config builds,
+with Detectron2's own checkpointer, where any backbone key left missing, any weight left unused or of
+the wrong shape is an error.
 """
 
 from __future__ import annotations
@@ -66,12 +68,7 @@ def convert_checkpoint(
         raise ConversionError(
             f"{checkpoint} holds a {opened.arch}; detection has configs for {', '.join(ARCH_CONFIGS)}"
         )
-    if opened.missing:
-        raise ConversionError(
-            f"{checkpoint} ({opened.format}, branch {opened.branch}) lacks {len(opened.missing)} backbone "
-            f"keys of {opened.arch}, which would keep their random initialisation: "
-            f"{', '.join(opened.missing[:10])}{' ...' if len(opened.missing) > 10 else ''}"
-        )
+    opened.require_loadable()  # another architecture's weights, missing keys, NaN / inf: refused
     source = opened.provenance
     payload = {
         "model": {

@@ -32,6 +32,8 @@ from lowssl.config import derived_name
 from lowssl.io import atomic_write_text, git_commit, load_checkpoint, sha256_file
 from lowssl.paths import home
 from lowssl.records import Record, append_records
+from lowssl.released import record_details
+from lowssl.run_lock import run_folder_lock
 
 METRICS = {
     ("bbox", "AP"): "APbb",
@@ -176,6 +178,9 @@ def result_records(cfg: CfgNode, args, source: dict, results: dict, wall_s: floa
         "overrides": list(args.opts),
         "output_dir": cfg.OUTPUT_DIR,
         "seed": cfg.SEED,
+        **record_details(
+            source.get("source"), source["source_sha256"]
+        ),  # a released checkpoint: how verified
     }
     changes = protocol_changes(args.config, args.opts)
     details["paper_protocol"] = schedule in ("1x", "2x") and not changes
@@ -260,16 +265,18 @@ def train(args) -> int:
     if args.print_config:
         print(setup(args).dump(), end="")
         return 0
-    setup_logging(str(args.output_dir), args.machine_rank * args.num_gpus)
-    prepare_datasets(cfg)
-    if args.machine_rank == 0:
-        atomic_write_text(args.output_dir / "config.yaml", setup(args).dump())
-    launch(
-        train_worker,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args, source),
-    )
+    # one live run per OUTPUT_DIR (lowssl.run_lock), held by the first machine's launcher for the run
+    with run_folder_lock(args.output_dir, args.machine_rank == 0):
+        setup_logging(str(args.output_dir), args.machine_rank * args.num_gpus)
+        prepare_datasets(cfg)
+        if args.machine_rank == 0:
+            atomic_write_text(args.output_dir / "config.yaml", setup(args).dump())
+        launch(
+            train_worker,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args, source),
+        )
     return 0

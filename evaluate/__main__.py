@@ -7,11 +7,12 @@
 
 Every result is appended to the results records (``results/runs/<run_id>.csv``, one file per evaluated
 checkpoint + arch + branch). The same evaluation again (same checkpoint sha256, protocol, branch,
-evaluation set, metric and config hash) is read back from the records and printed instead of
-recomputed, unless ``--no-cache``. ``--random-init`` evaluates the same backbone at its seeded random
-initialisation: the baseline every result is compared with; ``--raw-pixels`` the protocol's
-normalised centre crops themselves, flattened (the floor any feature should beat). Run under torchrun
-for several processes.
+evaluation set, metric and config hash) on the same images and labels (the datasets' fingerprints,
+lowssl.data) is read back from the records and printed instead of recomputed, unless ``--no-cache``;
+a stored result of data changed since (a class folder swapped, an image edited) is recomputed.
+``--random-init`` evaluates the same backbone at its seeded random initialisation: the baseline every
+result is compared with; ``--raw-pixels`` the protocol's normalised centre crops themselves, flattened
+(the floor any feature should beat). Run under torchrun for several processes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ import yaml
 from torch import nn
 
 from evaluate import protocols
-from evaluate.features import BN_RECALIBRATION_IMAGES, FeatureStore, Split, recalibrate_bn
+from evaluate.features import (
+    BN_RECALIBRATION_IMAGES,
+    FeatureStore,
+    NonFiniteFeaturesError,
+    Split,
+    recalibrate_bn,
+)
 from evaluate.linear import DivergedError, augmented_batches, feature_batches, train_linear, train_transform
 from lowssl import distributed
 from lowssl.backbones import build_backbone, get_spec
@@ -44,10 +51,11 @@ from lowssl.data import (
 )
 from lowssl.export import TARGETS, export_backbone
 from lowssl.features import FrozenFeatures
-from lowssl.io import CheckpointError, atomic_torch_save, atomic_write_text, git_commit
+from lowssl.io import CheckpointError, DiskFullError, atomic_torch_save, atomic_write_text, git_commit
 from lowssl.knn import knn_evaluate
 from lowssl.paths import home
-from lowssl.records import Record, append_records, default_runs_dir, read_records
+from lowssl.records import Record, RecordsWriteError, append_records, default_runs_dir, read_records
+from lowssl.released import record_details
 
 SUBSET_SEED = 0  # --train-subset / --eval-subset: a fixed random choice, the same on every run
 METRICS = {"linear": ("linear_top1", "linear_top5"), "knn": ("knn_top1", "knn1_top1")}
@@ -146,13 +154,20 @@ def main(argv: list[str] | None = None) -> int:
         from evaluate.inspect_cmd import inspect_main
 
         return inspect_main(argv[1:])
-    args = build_parser().parse_args(argv)
     try:
+        # Building the parser reads every protocol file (its --protocol help lists them): one may be refused.
+        args = build_parser().parse_args(argv)
         return export_main(args) if args.command == "export" else evaluate(args)
-    except (ConfigError, CheckpointLayoutError, CheckpointError, DatasetError) as error:
+    except (
+        ConfigError,
+        CheckpointLayoutError,
+        CheckpointError,
+        DatasetError,
+        NonFiniteFeaturesError,
+    ) as error:
         print("error: " + " ".join(str(error).split()), file=sys.stderr)
         return 2
-    except DivergedError as error:  # not bad input: the run itself failed
+    except (DivergedError, DiskFullError) as error:  # not bad input: the run itself failed
         print(f"error: {error}", file=sys.stderr)
         return 1
 
@@ -291,8 +306,18 @@ def build_splits(args, image_size: int) -> tuple[Split, Split, str]:
 # ---- records -------------------------------------------------------------------------------------------
 
 
-def stored_result(records_dir: Path, stage: str, subject: Subject, protocol: str, dataset: str, chash: str):
-    """The stored rows of this exact evaluation, or None if any metric is missing."""
+def stored_result(
+    records_dir: Path,
+    stage: str,
+    subject: Subject,
+    protocol: str,
+    dataset: str,
+    chash: str,
+    fingerprint: dict,
+):
+    """The stored rows of this exact evaluation on the same images and labels, or None, and a line
+    saying why not where rows were found but computed from other data (``fingerprint``: the datasets'
+    fingerprints, lowssl.data; a class folder swapped or an image edited since changes it)."""
     frame = read_records(records_dir)
     # The backbone too: random-init subjects of different architectures share one "checkpoint" id.
     rows = frame[
@@ -304,7 +329,33 @@ def stored_result(records_dir: Path, stage: str, subject: Subject, protocol: str
         & (frame.dataset == dataset)
         & (frame.config_hash == chash)
     ]
-    return rows if set(METRICS[stage]) <= set(rows.metric) else None
+    if not set(METRICS[stage]) <= set(rows.metric):
+        return None, ""
+    recorded = [_recorded_fingerprint(details) for details in rows.details]
+    if any(value != fingerprint for value in recorded):
+        return None, (
+            f"the stored result in {records_dir / subject.run_id}.csv was computed on other images or "
+            f"labels (dataset fingerprint {_fingerprint_text(recorded[0])}, now {_fingerprint_text(fingerprint)}): "
+            "recomputing"
+        )
+    return rows, ""
+
+
+def _recorded_fingerprint(details: str) -> dict | None:
+    """A record's ``dataset_fingerprint``; None where it has none or its details are not JSON."""
+    try:
+        fingerprint = json.loads(details or "{}").get("dataset_fingerprint")
+    except (ValueError, AttributeError):
+        return None
+    return fingerprint if isinstance(fingerprint, dict) else None
+
+
+def _fingerprint_text(fingerprint: dict | None) -> str:
+    return (
+        ", ".join(f"{split} {value}" for split, value in sorted(fingerprint.items()))
+        if fingerprint
+        else "not recorded"
+    )
 
 
 # ---- the evaluation ------------------------------------------------------------------------------------
@@ -326,6 +377,9 @@ def evaluate(args) -> int:
         overrides += [f"temperature={args.temperature}"] if args.temperature is not None else []
     protocol = protocols.load_protocol(args.protocol, stage, overrides)
     if args.print_config:
+        # With --arch, the protocol as that backbone's family runs it (a ViT's batch and LR differ).
+        if stage == "linear" and args.arch is not None:
+            protocol = protocol.for_family(get_spec(args.arch).family)
         print(yaml.safe_dump(to_dict(protocol), sort_keys=False), end="")
         return 0
     ctx = distributed.init(args.device)
@@ -333,13 +387,21 @@ def evaluate(args) -> int:
     if stage == "linear":
         protocol = protocol.for_family(subject.family)
     train, evaluation, dataset = build_splits(args, protocol.crop.image_size)
+    if stage == "knn" and protocol.k > len(train):  # lowssl.knn refuses it too, after the features
+        raise ConfigError(
+            f"k={protocol.k} neighbours, but the bank holds {len(train)} training images: "
+            f"pass --k {len(train)} or less (or more training images)"
+        )
     chash = config_hash({"protocol": to_dict(protocol), "dataset": dataset, "root": train.root})
 
-    stored = (
-        None
+    fingerprint = {"train": train.fingerprint, "eval": evaluation.fingerprint}  # once per run
+    stored, stale = (
+        (None, "")
         if args.no_cache
-        else stored_result(args.records_dir, stage, subject, protocol.name, dataset, chash)
+        else stored_result(args.records_dir, stage, subject, protocol.name, dataset, chash, fingerprint)
     )
+    if stale and ctx.is_main:
+        print(stale)
     if stored is not None:
         values = {row.metric: row.value for row in stored.itertuples()}
         _report(
@@ -373,6 +435,7 @@ def evaluate(args) -> int:
         args.workers,
         args.cache_dir or args.output_dir / "feature-cache",
         refresh=args.no_cache,
+        source=str(args.checkpoint or subject.checkpoint),
     )
     run = run_knn if stage == "knn" else run_linear
     outcome = run(protocol, store, train, evaluation, ctx, args.workers)
@@ -389,7 +452,9 @@ def evaluate(args) -> int:
             "eval_images": len(evaluation),
             "world_size": ctx.world_size,
             "eval_set": "held-out of train" if args.held_out else "val",
+            "dataset_fingerprint": fingerprint,
             **outcome.summary,
+            **record_details(args.checkpoint, subject.checkpoint),  # a released checkpoint: how verified
         }
         common = dict(
             run_id=subject.run_id,
@@ -407,15 +472,46 @@ def evaluate(args) -> int:
             details=details,
             seed=subject.seed,
         )
-        path = append_records(
-            [Record(**common, metric=m, value=v) for m, v in outcome.values.items()], args.records_dir
+        rows = [Record(**common, metric=m, value=v) for m, v in outcome.values.items()]
+        stem = f"{stage}-{protocol.name}-{dataset}"
+        where, errors = _keep_result(
+            args.output_dir / subject.run_id, stem, outcome, details, chash, rows, args.records_dir
         )
-        _write_outputs(
-            args.output_dir / subject.run_id, f"{stage}-{protocol.name}-{dataset}", outcome, details, chash
-        )
-        _report(ctx, stage, protocol, dataset, subject, outcome.values, f"records: {path}")
+        _report(ctx, stage, protocol, dataset, subject, outcome.values, where)
+        for error in errors:  # after the result: a full disk loses a file, never the printed numbers
+            print(f"error: {error}", file=sys.stderr)
+        if errors:
+            distributed.shutdown()
+            return 1
     distributed.shutdown()
     return 0
+
+
+def _keep_result(
+    folder: Path, stem: str, outcome: Outcome, details: dict, chash: str, rows: list, records_dir: Path
+) -> tuple[str, list[OSError]]:
+    """Write the result JSON (and head) into the run folder, then append the records; returns where the
+    result is kept, for the printed line, and the errors of the writes that failed (one line each). The
+    folder comes first, so a full or read-only records disk still leaves the result beside the run."""
+    errors = []
+    try:
+        result_file = _write_outputs(folder, stem, outcome, details, chash)
+    except OSError as error:  # DiskFullError names the disk, its free space and the file
+        result_file, errors = None, [error]
+    try:
+        records_file = append_records(rows, records_dir)
+    except RecordsWriteError as error:
+        records_file = None
+        errors.append(error)
+    if not errors:
+        return f"records: {records_file}", []
+    kept = [
+        f"records: {records_file}" if records_file else "records NOT written",
+        f"result: {result_file}" if result_file else "result file NOT written",
+    ]
+    if not (records_file or result_file):
+        kept.append("this printed line is all that is kept")
+    return "; ".join(kept), errors
 
 
 def run_knn(protocol, store: FeatureStore, train: Split, evaluation: Split, ctx, workers: int) -> Outcome:
@@ -467,14 +563,16 @@ def run_linear(protocol, store: FeatureStore, train: Split, evaluation: Split, c
     )
 
 
-def _write_outputs(folder: Path, stem: str, outcome: Outcome, details: dict, chash: str) -> None:
-    """The result as JSON (with per-epoch curves) and the trained classifier, next to each other."""
+def _write_outputs(folder: Path, stem: str, outcome: Outcome, details: dict, chash: str) -> Path:
+    """The result as JSON (with per-epoch curves) and the trained classifier, next to each other;
+    returns the JSON's path."""
     stem = stem.replace("/", "_").replace(":", "_")
     folder.mkdir(parents=True, exist_ok=True)
     payload = {"metrics": outcome.values, "config_hash": chash, "details": details, "curves": outcome.curves}
-    atomic_write_text(folder / f"{stem}.json", json.dumps(payload, indent=2))
+    result_file = atomic_write_text(folder / f"{stem}.json", json.dumps(payload, indent=2))
     if outcome.head_state is not None:
         atomic_torch_save(outcome.head_state, folder / f"{stem}-head.pth")
+    return result_file
 
 
 def _report(ctx, stage: str, protocol, dataset: str, subject: Subject, values: dict, where: str) -> None:

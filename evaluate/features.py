@@ -3,8 +3,10 @@
 Extraction (sharded over processes under torchrun) is :func:`lowssl.features.extract_features`.
 Features of centre crops are deterministic for a given backbone, so they are cached on disk, keyed by
 everything that changes them: checkpoint sha256, arch, branch, feature kind, dataset, root, split,
-the exact images (a hash of their indices) and the transform. A cache file carries its key and is
-used only when the key matches; it is memory-mapped, not read whole (an ImageNet-size file is 10 GB).
+the images' content and labels (the dataset's ``fingerprint``, lowssl.data: a class folder swapped or
+an image edited is another key), the exact images (a hash of their indices) and the transform. A cache
+file carries its key and is used only when the key matches; it is memory-mapped, not read whole (an
+ImageNet-size file is 10 GB).
 """
 
 from __future__ import annotations
@@ -73,12 +75,27 @@ class Split:
     def num_classes(self) -> int:
         return len(self.images.classes)
 
+    @property
+    def fingerprint(self) -> str:
+        """The content and labels of the split's dataset (computed once per dataset object)."""
+        return self.images.fingerprint
+
     def with_transform(self, transform) -> IndexedImages:
         return IndexedImages(self.images, self.indices, transform)
 
     def key(self) -> dict:
         digest = hashlib.sha256(np.asarray(self.indices, dtype=np.int64).tobytes()).hexdigest()[:16]
-        return {"dataset": self.dataset, "root": self.root, "split": self.split, "indices": digest}
+        return {
+            "dataset": self.dataset,
+            "root": self.root,
+            "split": self.split,
+            "fingerprint": self.fingerprint,
+            "indices": digest,
+        }
+
+
+class NonFiniteFeaturesError(ValueError):
+    """A backbone's features hold NaN or inf: nothing can be computed from them."""
 
 
 @dataclass
@@ -86,7 +103,8 @@ class FeatureStore:
     """Centre-crop features of one backbone, from the on-disk cache when the key matches.
 
     ``identity``: checkpoint (sha256 or random-init id), arch, branch. ``cache_dir`` None turns the
-    cache off; ``refresh`` re-extracts and overwrites.
+    cache off; ``refresh`` re-extracts and overwrites. Features holding NaN or inf are an error
+    (:class:`NonFiniteFeaturesError`), never cached, never returned.
     """
 
     model: FrozenFeatures
@@ -96,6 +114,7 @@ class FeatureStore:
     workers: int
     cache_dir: Path | None
     refresh: bool = False
+    source: str = ""  # where the backbone came from, for errors (the checkpoint's path)
 
     def key(self, split: Split, crop: CentreCrop) -> dict:
         return {**self.identity, "feature": self.model.kind, **split.key(), "transform": crop.describe()}
@@ -111,7 +130,7 @@ class FeatureStore:
         if path is not None and path.is_file() and not self.refresh:
             stored = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
             if stored.get("key") == key:
-                return stored["features"]
+                return self._finite(stored["features"], split)
         images = split.with_transform(crop.transform())
         features, _ = extract_features(
             self.model,
@@ -122,7 +141,21 @@ class FeatureStore:
             self.ctx,
             desc=f"features {split.split}",
         )
+        self._finite(features, split)
         if path is not None and self.ctx.is_main:
             atomic_torch_save({"key": key, "features": features}, path)
         distributed.barrier()
+        return features
+
+    def _finite(self, features: torch.Tensor, split: Split) -> torch.Tensor:
+        """``features``, or :class:`NonFiniteFeaturesError`: a k-NN vote or a linear probe on NaN / inf
+        returns a number (chance, or whatever argmax makes of NaN) that means nothing."""
+        bad = int((~torch.isfinite(features)).any(dim=1).sum())
+        if bad:
+            source = self.source or self.identity["checkpoint"]
+            raise NonFiniteFeaturesError(
+                f"{source} ({self.identity['arch']}, branch {self.identity['branch']}): the features of "
+                f"{bad} of {len(features)} {split.dataset} {split.split} images hold NaN or inf (its "
+                "weights or BN statistics overflow): no result is computed or recorded"
+            )
         return features

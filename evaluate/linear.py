@@ -40,6 +40,7 @@ from lowssl import schedules
 from lowssl.config import ConfigError
 from lowssl.distributed import Context
 from lowssl.metrics import topk_hits
+from lowssl.stopping import StopSignals
 from lowssl.transforms import random_crop_transform
 
 
@@ -223,27 +224,36 @@ def train_linear(
     bar = tqdm(
         range(protocol.epochs), desc=f"linear {protocol.name}", disable=not ctx.is_main, dynamic_ncols=True
     )
-    for epoch in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = epoch_lr(protocol, epoch)
-        head.train()
-        for features, labels in batches(epoch):
-            loss = F.cross_entropy(trained(features), labels)
-            if not torch.isfinite(loss):
-                raise DivergedError(
-                    f"the linear probe diverged (loss {loss.item()}) in epoch {epoch + 1} of protocol "
-                    f"{protocol.name} at lr {epoch_lr(protocol, epoch):g}; no result was recorded"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        head.eval()
-        top1, top5 = accuracy(head, eval_features, eval_labels, ctx.device)
-        if not top1s or top1 > max(top1s):
-            best_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
-        top1s.append(top1)
-        top5s.append(top5)
-        bar.set_postfix(loss=f"{loss.item():.4f}", top1=f"{top1:.2f}")
+    # The probe keeps no checkpoint: a stop signal ends it after a step, with nothing recorded.
+    with StopSignals(ctx.device) as stop:
+        for epoch in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = epoch_lr(protocol, epoch)
+            head.train()
+            for step, (features, labels) in enumerate(batches(epoch), start=1):
+                loss = F.cross_entropy(trained(features), labels)
+                if not torch.isfinite(loss):
+                    raise DivergedError(
+                        f"the linear probe diverged (loss {loss.item()}) in epoch {epoch + 1} of protocol "
+                        f"{protocol.name} at lr {epoch_lr(protocol, epoch):g}; no result was recorded"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if stop.requested():
+                    bar.close()
+                    stop.stop(
+                        f"the linear probe ({protocol.name}) at epoch {epoch + 1} of {protocol.epochs}, "
+                        f"step {step}",
+                        saved=None,
+                    )
+            head.eval()
+            top1, top5 = accuracy(head, eval_features, eval_labels, ctx.device)
+            if not top1s or top1 > max(top1s):
+                best_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+            top1s.append(top1)
+            top5s.append(top5)
+            bar.set_postfix(loss=f"{loss.item():.4f}", top1=f"{top1:.2f}")
     if protocol.report == "best":
         best = max(range(len(top1s)), key=top1s.__getitem__)  # the first of equal epochs
         return LinearResult(top1s[best], top5s[best], best + 1, top1s, top5s, best_state)

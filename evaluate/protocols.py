@@ -67,9 +67,11 @@ class VitSettings:
     last_blocks: int = 1  # the feature: CLS tokens of the last N blocks (after the final norm), concatenated
     optimizer: Literal["lars", "sgd", "adamw"] | None = None  # None: the protocol's optimizer
     base_lr: float | None = None  # None: the protocol's base_lr
+    batch_size: int | None = None  # None: the protocol's batch_size (global, as the protocol's)
 
     def __post_init__(self) -> None:
         require(self.last_blocks >= 1, "last_blocks", f"must be >= 1, got {self.last_blocks}")
+        require(self.batch_size is None or self.batch_size > 0, "batch_size", "must be > 0 or null")
 
 
 @dataclass
@@ -144,7 +146,9 @@ class LinearProtocol:
         if family != "vit":
             return self
         changes = {
-            k: getattr(self.vit, k) for k in ("optimizer", "base_lr") if getattr(self.vit, k) is not None
+            k: getattr(self.vit, k)
+            for k in ("optimizer", "base_lr", "batch_size")
+            if getattr(self.vit, k) is not None
         }
         return dataclasses.replace(self, **changes)
 

@@ -17,7 +17,9 @@ import timm
 import torch
 import torchvision
 from timm.layers import DropPath
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+from torch.nn import functional as F
 
 
 @dataclass(frozen=True)
@@ -92,12 +94,51 @@ def _torchvision_cnn(arch: str) -> Callable[..., nn.Module]:
     return build
 
 
+def resample_position_embedding(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """The position embeddings (class token first) for a ``grid`` of patches, as the authors' and DINO's
+    ``interpolate_pos_encoding`` computes them (saic-fi/SSLight@557e54a:src/sslight/backbone/
+    vision_transformer.py; facebookresearch/dino:vision_transformer.py): bicubic without antialiasing,
+    by ``scale_factor=(n + 0.1) / sqrt(N)``. timm's ``resample_abs_pos_embed`` resamples to the size
+    itself with antialiasing, which gives other values for the smaller local crops; the paper is silent,
+    so the authors' code decides."""
+    height, width = grid
+    patches = pos_embed.shape[1] - 1
+    side = math.isqrt(patches)
+    if (height, width) == (side, side):
+        return pos_embed
+    dim = pos_embed.shape[-1]
+    grid_embed = F.interpolate(
+        pos_embed[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2),
+        scale_factor=((height + 0.1) / side, (width + 0.1) / side),  # + 0.1: DINO's guard against rounding
+        mode="bicubic",
+    )
+    return torch.cat([pos_embed[:, :1], grid_embed.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
+
+
+class AuthorsVisionTransformer(VisionTransformer):
+    """timm's ViT (its modules and parameter names) with the authors' position-embedding interpolation
+    for crops of any size (:func:`resample_position_embedding`). Holds for a class token and no register
+    tokens, which every registered ViT has (checked at build)."""
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, dim = x.shape  # dynamic_img_size: patch tokens as a grid
+        tokens = torch.cat([self.cls_token.expand(batch, -1, -1), x.reshape(batch, -1, dim)], dim=1)
+        return self.pos_drop(tokens + resample_position_embedding(self.pos_embed, (height, width)))
+
+
 def _timm_vit(arch: str) -> Callable[..., nn.Module]:
     def build(drop_path_rate: float = 0.0) -> nn.Module:
-        # dynamic_img_size interpolates the position embeddings for local crops (96/128 px).
-        return timm.create_model(
+        # dynamic_img_size: local crops (96/128 px) get resampled position embeddings.
+        model = timm.create_model(
             arch, pretrained=False, num_classes=0, dynamic_img_size=True, drop_path_rate=drop_path_rate
         )
+        if not (model.has_class_token and model.num_prefix_tokens == 1 and not model.no_embed_class):
+            raise ValueError(f"{arch}: the authors' position embedding needs one class token and no others")
+        model.__class__ = AuthorsVisionTransformer  # same modules and weights; only _pos_embed differs
+        # The authors' init of the class token: truncated normal, std 0.02 (timm: normal, std 1e-6);
+        # saic-fi/SSLight@557e54a:src/sslight/backbone/vision_transformer.py, VisionTransformer.__init__.
+        nn.init.trunc_normal_(model.cls_token, std=0.02)
+        return model
 
     return build
 

@@ -169,6 +169,27 @@ def _merge(base: dict, child: dict) -> dict:
     return merged
 
 
+def yaml_file_error(error: yaml.YAMLError, path: str | Path) -> ConfigError:
+    """One line for a config file that yaml.safe_load refuses, naming the file (the one of a base chain
+    that holds the problem: the error's mark says which), the line and the fix.
+
+    Config files are read as plain YAML only: a Python tag (``!!python/object/apply:os.system``)
+    asks the loader to build an object, that is, to run code named by a file from elsewhere, so
+    safe_load refuses it and so does every config reader of lowssl (never yaml.unsafe_load).
+    """
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:  # not a parse error: the text itself (bytes that are not UTF-8, a NUL ...)
+        file = getattr(error, "name", None) or path  # a ReaderError names its stream
+        return ConfigError(f"config file {file}: not readable as YAML: {' '.join(str(error).split())}")
+    where = f"config file {mark.name}, line {mark.line + 1}"
+    if isinstance(error, yaml.constructor.ConstructorError):
+        return ConfigError(
+            f"{where}: {error.problem}; config files are read as plain YAML, never as Python objects "
+            "(building one would run code from the file): remove the tag"
+        )
+    return ConfigError(f"{where}: {error.problem}; fix the YAML syntax")
+
+
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML mapping, resolving its ``_base_`` chain."""
     path = Path(path).resolve()
@@ -176,7 +197,11 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: '_base_' chain loops back to itself")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    with path.open("rb") as stream:  # a stream, so a YAML error's mark names this file of the chain
+        try:
+            data = yaml.safe_load(stream) or {}
+        except yaml.YAMLError as error:
+            raise yaml_file_error(error, path) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
     bases = data.pop(BASE_KEY, None) or []
@@ -200,7 +225,14 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in override:
             raise ConfigError(f"override '{override}' must look like key.sub=value")
         dotted, raw = override.split("=", 1)
-        parsed[dotted.strip()] = yaml.safe_load(raw)
+        try:
+            parsed[dotted.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or " ".join(str(error).split())
+            raise ConfigError(
+                f"override '{override}': {problem}; a value is plain YAML (a number, string, list or "
+                "true/false), never a tagged Python object"
+            ) from None
     return parsed
 
 

@@ -2,7 +2,10 @@
 splits and a tiny synthetic set for tests.
 
 All datasets yield ``(PIL RGB image, int label)`` before their ``transform``, so the same view
-sampler and evaluation transforms work on each of them.
+sampler and evaluation transforms work on each of them. Each has a ``fingerprint``: a short hash of its
+images and labels as read, computed once per dataset object, which keys whatever is cached or stored
+from them (the evaluation's feature cache and stored results), so a changed dataset is never answered
+from an old one's numbers.
 
 Fashion-MNIST is real data shipped offline by Debian's ``dataset-fashion-mnist`` package
 (``make install`` installs it where apt is available). Its 28x28 grey images are served as RGB
@@ -13,11 +16,13 @@ Fashion-MNIST is real data shipped offline by Debian's ``dataset-fashion-mnist``
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import random
 import struct
 import warnings
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +54,17 @@ _IDX_FILES = {
 
 class DatasetError(RuntimeError):
     """Bad or missing data; the message names the file or folder and the fix."""
+
+
+def arrays_fingerprint(*arrays: np.ndarray) -> str:
+    """Short sha256 of in-memory arrays' bytes (with their shapes and dtypes): all of Fashion-MNIST's
+    train images and labels in ~0.05 s on one core (sha256 has CPU instructions; blake2b took 0.13 s)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()[:16]
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -127,6 +143,12 @@ class FashionMNIST(Dataset):
         self.image_size = image_size
         self.transform = transform
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """The decoded pixels and labels themselves (not the files' stat: exact, and ~0.05 s) and the
+        size they are upsampled to."""
+        return arrays_fingerprint(self.images, self.targets, np.array(self.image_size))
+
     def __len__(self) -> int:
         return len(self.targets)
 
@@ -139,6 +161,25 @@ class FashionMNIST(Dataset):
     def __getitem__(self, index: int):
         image = self.load_image(index)
         return (self.transform(image) if self.transform else image), int(self.targets[index])
+
+
+_16_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _rgb(image: Image.Image, path: Path) -> Image.Image:
+    """``image`` as 8-bit RGB. PIL's ``convert`` clips 16-bit grey (a 16-bit PNG opens as "I;16") at
+    255, leaving two values; it is scaled instead, keeping the top byte (v >> 8), as torchvision's
+    ``ToDtype(torch.uint8)`` does for a uint16 image and libpng's ``png_set_strip_16``: it inverts the
+    usual 8 -> 16-bit widening (v * 257) exactly. 32-bit integer or float pixels have no range to scale
+    from, so they are refused."""
+    if image.mode in _16_BIT_MODES:
+        return Image.fromarray((np.asarray(image) >> 8).astype(np.uint8)).convert("RGB")
+    if image.mode in ("I", "F"):
+        raise DatasetError(
+            f"cannot read image {path}: its pixels are 32-bit (PIL mode {image.mode}), with no fixed "
+            "range to scale to 8 bits; save it as an 8- or 16-bit image"
+        )
+    return image.convert("RGB")
 
 
 class ImageFolder(Dataset):
@@ -168,6 +209,27 @@ class ImageFolder(Dataset):
         self.root = root
         self.transform = transform
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """Every image's class (name and label), file name, size, mtime_ns and inode number, in order.
+
+        Stat, not content: hashing every byte of an ImageNet-size tree would cost more than the
+        evaluation; this costs ~16 us an image (20,000 in 0.33 s on the shared 2-core machine).
+        Class + name catch a renamed class or image, size + mtime_ns an edit, the inode a swap or a
+        replacement by another file even where timestamps are too coarse to tell the files apart
+        (whole seconds on some file systems). Missed: an in-place edit that keeps the size and
+        restores the mtime (``touch -r``); --no-cache recomputes.
+        """
+        digest = hashlib.sha256()
+        for path, label in self.samples:
+            try:
+                stat = os.stat(path)
+            except OSError as error:
+                raise DatasetError(f"cannot read image {path}: {error}") from error
+            name = f"{self.classes[label]}/{path.name}"
+            digest.update(f"{name}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ino}\n".encode())
+        return digest.hexdigest()[:16]
+
     def __len__(self) -> int:
         return len(self.samples)
 
@@ -175,7 +237,7 @@ class ImageFolder(Dataset):
         path = self.samples[index][0]
         try:
             with Image.open(path) as image:
-                return image.convert("RGB")
+                return _rgb(image, path)
         except (OSError, UnidentifiedImageError) as error:
             raise DatasetError(f"cannot read image {path}: {error}") from error
 
@@ -202,6 +264,10 @@ class SyntheticImages(Dataset):
             self.images[index, top : top + step * 2, left : left + step * 2] = 255
         self.classes = [f"class_{k}" for k in range(num_classes)]
         self.transform = transform
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return arrays_fingerprint(self.images, self.targets)
 
     def __len__(self) -> int:
         return len(self.targets)

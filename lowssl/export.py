@@ -29,13 +29,7 @@ TIMM_NAMES = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resne
 
 def _checked(opened: OpenedCheckpoint) -> dict[str, torch.Tensor]:
     """The backbone's tensors, refused unless they are exactly the weights of ``opened.arch``."""
-    if opened.missing or opened.unexpected:
-        raise CheckpointLayoutError(
-            f"{opened.path} ({opened.format}, branch {opened.branch}) does not hold a {opened.arch}: "
-            f"{len(opened.missing)} of its keys missing (e.g. {opened.missing[:3]}), "
-            f"{len(opened.unexpected)} unexpected (e.g. {opened.unexpected[:3]}); "
-            "check --arch (python -m evaluate inspect shows what the file holds)"
-        )
+    opened.require_loadable()
     return {key: tensor.detach().clone().contiguous() for key, tensor in opened.state_dict.items()}
 
 

@@ -7,12 +7,14 @@ tensors and plain data, so they load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import pickle
 import pickletools
 import re
+import shutil
 import subprocess
 import tempfile
 import zipfile
@@ -27,6 +29,45 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be read: missing, truncated, corrupt or not weights-only."""
 
 
+class DiskFullError(OSError):
+    """A write ran out of disk space (ENOSPC): one line naming the disk, its free space and the file;
+    :func:`atomic_write` has kept any previous version of the file."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path).absolute()
+        disk = _mount_point(path)
+        free_mib = shutil.disk_usage(disk).free / 2**20
+        super().__init__(
+            errno.ENOSPC,
+            f"No space left on device: the disk mounted at {disk} ({free_mib:.1f} MiB free) could not hold "
+            f"{path}; any previous version of it is kept. Free space there or write elsewhere",
+            str(path),
+        )
+
+    def __str__(self) -> str:
+        return self.strerror  # the message alone: OSError's own adds "[Errno 28]" and the path again
+
+
+def _mount_point(path: Path) -> Path:
+    """The mount point of the file system holding ``path`` (its nearest existing folder)."""
+    while not path.exists():
+        path = path.parent
+    path = path.resolve()
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
+
+
+def _ran_out_of_space(error: BaseException | None) -> bool:
+    """Whether ``error`` or an error it was raised from is ENOSPC: torch.save's zip writer reports a
+    failed write as a RuntimeError ("unexpected pos") raised while handling the OSError."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(file)`` on a temp file next to ``path``, then rename it over ``path``."""
     path = Path(path)
@@ -38,8 +79,10 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if _ran_out_of_space(error):
+            raise DiskFullError(path) from error
         raise
     return path
 
@@ -60,6 +103,25 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def first_non_finite(state: Any, name: str = "") -> str | None:
+    """The dotted name of the first floating-point tensor in ``state`` (nested dicts, lists, tuples)
+    holding a NaN or an infinity, or None. The trainers check what they save with it: an update that
+    overflowed is caught before it is written over the last good checkpoint."""
+    if isinstance(state, torch.Tensor):
+        return name if state.is_floating_point() and not bool(torch.isfinite(state).all()) else None
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, list | tuple):
+        items = enumerate(state)
+    else:
+        return None
+    for key, value in items:
+        found = first_non_finite(value, f"{name}.{key}" if name else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
@@ -97,11 +159,18 @@ def load_checkpoint(path: str | Path, trust: bool = False, safe_globals: list | 
 
     A checkpoint from elsewhere is an untrusted pickle: ``weights_only=True`` refuses code
     execution. ``safe_globals`` allow-lists the few plain classes known formats carry. A file that
-    is refused is explained by :func:`_refusal`: corrupt, or well-formed but holding objects.
+    is refused is explained by :func:`_refusal`: corrupt, or well-formed but holding objects. A zip
+    archive is checked first for what it declares it expands to (:func:`_check_declared_sizes`), so a zip
+    bomb is refused before anything decompresses it, trusted or not. A safetensors file is read as one.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if _is_safetensors(path):  # tensors only, whatever its name: torch.load would try it as a pickle
+        return _load_safetensors(path)
+    if _is_zip(path):
+        with _open_zip(path) as archive:
+            _check_declared_sizes(path, archive)
     if trust:
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
@@ -112,6 +181,31 @@ def load_checkpoint(path: str | Path, trust: bool = False, safe_globals: list | 
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch's weights-only unpickler raises many types on malformed bytes
         raise _refusal(path, error) from error
+
+
+def _is_safetensors(path: str | Path) -> bool:
+    """A safetensors file, by its first bytes: the header's length (8 bytes, little-endian), then the
+    header, a JSON object (no torch zip archive or pickle starts so)."""
+    with open(path, "rb") as file:
+        return file.read(9)[8:] == b"{"
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (which holds nothing else, so nothing in it runs); the library
+    checks the header (its length, each tensor's dtype, shape and byte range) before reading any."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError) as error:
+        with open(path, "rb") as file:
+            header_bytes = int.from_bytes(file.read(8), "little")
+        raise CheckpointError(
+            f"checkpoint {path} is a safetensors file (by its first bytes), corrupt or truncated "
+            f"({_one_line(error)}; its header declares {header_bytes:,} bytes, the file holds "
+            f"{path.stat().st_size:,}); re-download or re-create it"
+        ) from error
 
 
 def _corrupt(path: Path, error: BaseException) -> str:
@@ -175,19 +269,91 @@ def pickle_imports(path: str | Path) -> list[str]:
     """
     path = Path(path)
     try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
+        if _is_zip(path):
+            with _open_zip(path) as archive:
+                _check_declared_sizes(path, archive)
                 names = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
                 if not names:
                     raise ValueError("a zip archive without the data.pkl of torch.save")
                 return _scan_pickle(io.BytesIO(archive.read(names[0])))[0]
         with open(path, "rb") as file:
-            imports, legacy = _scan_pickle(file)
+            stream = _ReadsWithinFile(file)
+            imports, legacy = _scan_pickle(stream)
             for _ in range(3 if legacy else 0):  # the protocol, system info, then the object itself
-                imports += _scan_pickle(file)[0]
+                imports += _scan_pickle(stream)[0]
             return imports
     except (ValueError, zipfile.BadZipFile, EOFError, OSError, IndexError, KeyError) as error:
         raise CheckpointError(_corrupt(path, error)) from error
+
+
+# What a zip archive may declare before it is read. torch.save stores every member uncompressed
+# (ZIP_STORED), so its members add up to the file's size; only a compressed member can declare more.
+# data.pkl (the pickle that torch's pure-Python weights-only unpickler and the scan above read in full)
+# measures 27 KB for a ViT-S/16 state dict, 39 KB for a ResNet50 one, 90-92 KB for ResNet50 and ViT-B
+# training checkpoints with student, teacher and optimizer state: the limit is ~700x the largest.
+MAX_PICKLE_BYTES = 64 << 20
+MAX_EXPANSION = 100  # declared bytes of all members / bytes of the file: 1.0 for torch.save
+
+
+def _is_zip(path: Path) -> bool:
+    """A zip archive, by either test: Python's (an end record) or torch.load's (a local header first)."""
+    with open(path, "rb") as file:
+        return file.read(4) == b"PK\x03\x04" or zipfile.is_zipfile(file)
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    """The archive, or "corrupt" when Python cannot read its directory: it is not left to torch's
+    reader, which would decompress what this module could not check."""
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as error:
+        raise CheckpointError(_corrupt(path, error)) from error
+
+
+def _check_declared_sizes(path: str | Path, archive: zipfile.ZipFile) -> None:
+    """Refuse a zip archive that declares a larger data.pkl than :data:`MAX_PICKLE_BYTES`, or members
+    adding up to more than :data:`MAX_EXPANSION` times the file (a zip bomb: a small file that
+    decompresses to gigabytes in memory), from its directory alone, before anything is decompressed.
+    No option lifts either limit: no torch.save checkpoint comes near them."""
+    members = archive.infolist()
+    pickles = [m for m in members if m.filename == "data.pkl" or m.filename.endswith("/data.pkl")]
+    for member in pickles:
+        if member.file_size > MAX_PICKLE_BYTES:
+            raise CheckpointError(
+                f"checkpoint {path}: its member {member.filename} declares {member.file_size:,} bytes, over "
+                f"the {MAX_PICKLE_BYTES:,}-byte limit for the pickle of a checkpoint (tens of KB for a "
+                "ResNet50 or ViT), so nothing was read. If the file is genuine, it holds large non-tensor "
+                "data: save only its tensors with torch.save"
+            )
+    declared, size = sum(m.file_size for m in members), Path(path).stat().st_size
+    if declared > MAX_EXPANSION * size:
+        largest = max(members, key=lambda m: m.file_size)
+        raise CheckpointError(
+            f"checkpoint {path}: its {len(members)} members declare {declared:,} bytes uncompressed, over "
+            f"{MAX_EXPANSION}x the file's {size:,} (the largest, {largest.filename}, declares "
+            f"{largest.file_size:,} bytes in {largest.compress_size:,}), so nothing was decompressed. "
+            "torch.save writes members uncompressed: if the file is genuine, re-create it with torch.save"
+        )
+
+
+class _ReadsWithinFile:
+    """A binary file whose reads never ask for more than the bytes left in it. A pickle's length fields
+    are data from the file: a read of the length a hostile file declares (terabytes) would allocate it
+    before finding the file shorter. The short read that comes back is a truncated pickle, as it is."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self._size = os.fstat(file.fileno()).st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = max(self._size - self._file.tell(), 0)
+        return self._file.read(left if size is None or size < 0 else min(size, left))
+
+    def readline(self) -> bytes:
+        return self._file.readline()  # ends at a newline or the end of the file: within it either way
+
+    def tell(self) -> int:
+        return self._file.tell()
 
 
 def _scan_pickle(stream: BinaryIO) -> tuple[list[str], bool]:

@@ -38,13 +38,16 @@ def nearest_neighbours(
     bank_chunk: int = 65536,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine similarities and bank indices (n_queries, k) of each query's k nearest bank rows, best
-    first, on the queries' device; computed on ``device`` (default: the queries' device).
+    first, on the queries' device; computed on ``device`` (default: the queries' device). ``k`` larger
+    than the bank is an error.
 
     The bank is the outer loop, so each bank row moves to the device once; every query keeps a
     running top-k, merged with each chunk's top-k.
     """
+    if not 1 <= k <= len(bank):
+        # Never capped silently: a result would be recorded under a k it was not computed with.
+        raise ValueError(f"k={k} neighbours: the bank holds {len(bank)} features, k must be 1 to {len(bank)}")
     device = queries.device if device is None else torch.device(device)
-    k = min(k, len(bank))
     queries_on_device = F.normalize(queries.to(device).float(), dim=1)
     best = torch.full((len(queries), 0), -2.0, device=device)
     best_index = torch.zeros((len(queries), 0), dtype=torch.long, device=device)

@@ -4,8 +4,10 @@ cache (docs/released.md).
 :func:`fetch` downloads into ``$LOWSSL_CACHE`` (default ``~/.cache/lowssl/checkpoints``) as
 ``<name>.pth``: through a ``.partial`` file that a later call resumes with an HTTP Range request, then
 checked (the published SHA-256 / MD5 prefix where there is one, then that the bytes are a checkpoint
-the entry's format reads) and renamed into place, so the cache holds only verified files. Without a
-network it says where to put a file downloaded by hand. Standard library (urllib) and tqdm only;
+the entry's format reads) and renamed into place, so the cache holds only verified files. No source
+publishes a SHA-256 today, so the first fetch records the file's own beside it (``<name>.pth.sha256``,
+trust-on-first-use) and every later use checks the file against that record. Without a network it
+says where to put a file downloaded by hand. Standard library (urllib) and tqdm only;
 torch and the checkpoint readers (every backbone) are imported by the checks that need them, so that
 ``list`` answers at once.
 
@@ -70,6 +72,12 @@ class Released:
     def filename(self) -> str:
         """The file's name in the cache; published names differ by host (a Drive id has none)."""
         return f"{self.name}.pth"
+
+    @property
+    def sha256_source(self) -> str:
+        """What a cached file's SHA-256 is checked against: the authors' published digest, or the one
+        recorded when this cache first fetched it (which proves it unchanged since, not genuine)."""
+        return "published" if self.sha256 else "trust-on-first-use"
 
 
 def _entry(name: str, data: dict) -> Released:
@@ -169,16 +177,54 @@ def _digests(path: Path) -> tuple[str, str]:
     return sha256.hexdigest(), md5.hexdigest()
 
 
-def _check_digests(entry: Released, path: Path) -> None:
-    if entry.sha256 is None and entry.md5_prefix is None:
-        return
-    sha256, md5 = _digests(path)
+def _check_digests(entry: Released, sha256: str, md5: str) -> None:
     if entry.sha256 is not None and sha256 != entry.sha256.lower():
         raise ReleasedError(f"{entry.name}: SHA-256 mismatch, expected {entry.sha256}, got {sha256}")
     if entry.md5_prefix is not None and not md5.startswith(entry.md5_prefix.lower()):
         raise ReleasedError(
             f"{entry.name}: MD5 mismatch, expected a digest starting {entry.md5_prefix}, got {md5}"
         )
+
+
+def sha256_record(target: Path) -> Path:
+    """Where the cache keeps the SHA-256 of ``target`` seen at its first fetch, as ``sha256sum`` writes
+    it (``sha256sum -c`` checks it)."""
+    return target.with_name(target.name + ".sha256")
+
+
+def _recorded_sha256(entry: Released, target: Path) -> str | None:
+    record = sha256_record(target)
+    if not record.is_file():
+        return None
+    fields = record.read_text().split()
+    if not fields or not re.fullmatch(r"[0-9a-f]{64}", fields[0]):
+        raise ReleasedError(
+            f"{entry.name}: {record} is not a SHA-256 record; delete it and {target}, then fetch again"
+        )
+    return fields[0]
+
+
+def _record_sha256(target: Path, sha256: str) -> None:
+    from lowssl.io import atomic_write_text
+
+    atomic_write_text(sha256_record(target), f"{sha256}  {target.name}\n")
+
+
+def record_details(checkpoint: str | Path | None, sha256: str) -> dict[str, str]:
+    """What a result record says about its checkpoint when it is a released one from the cache: the
+    name, and what its SHA-256 was checked against. Empty for any other file, and for a cached file
+    whose digest ``sha256`` is not the one recorded at its first fetch (it is no longer that release)."""
+    if not checkpoint:
+        return {}
+    path = Path(checkpoint)
+    entry = registry().get(path.name.removesuffix(".pth")) if path.name.endswith(".pth") else None
+    try:
+        recorded = _recorded_sha256(entry, path) if entry else None
+    except ReleasedError:
+        return {}
+    if recorded != sha256:
+        return {}
+    return {"released": entry.name, "sha256_source": entry.sha256_source}
 
 
 def _looks_like_markup(path: Path) -> bool:
@@ -220,16 +266,31 @@ def fetch(name: str, cache_dir: str | Path | None = None, progress: bool = True,
     published digests and for being a checkpoint; a download is also read with the entry's format. A
     download that fails a check is deleted, nothing of it kept; one cut short stays as ``.partial`` and
     the next call resumes it. ``trust`` is :func:`lowssl.checkpoints.open_checkpoint`'s.
+
+    Trust-on-first-use: the SHA-256 of the first file that passes is recorded beside it
+    (:func:`sha256_record`); a cached file or a later download with another digest is refused, the
+    cached file kept for the user to look at.
     """
     entry = resolve(name)
     target = Path(cache_dir or default_cache_dir()) / entry.filename
     if target.is_file():
+        sha256, md5 = _digests(target)
         try:
-            _check_digests(entry, target)
+            _check_digests(entry, sha256, md5)
             _check_is_checkpoint(entry, target, f"the cached file {target}", target)
         except ReleasedError as error:
             target.unlink()
             raise ReleasedError(f"{error} (the cached file was removed)") from error
+        recorded = _recorded_sha256(entry, target)
+        if recorded is None:  # saved into the cache by hand: this is its first use
+            _record_sha256(target, sha256)
+        elif sha256 != recorded:
+            raise ReleasedError(
+                f"{entry.name}: the cached file {target} has SHA-256 {sha256}, but {recorded} was recorded "
+                f"when it was first fetched ({sha256_record(target)}, trust-on-first-use): it was replaced "
+                f"or damaged since. Delete it and fetch again: rm {target} && python -m lowssl.released "
+                f"fetch {entry.name}"
+            )
         return target
     url = download_url(entry)
     if url is None:
@@ -248,29 +309,52 @@ def fetch(name: str, cache_dir: str | Path | None = None, progress: bool = True,
         raise ReleasedError(
             f"{entry.name}: cannot download {url} ({reason}); {_by_hand(entry, target)}"
         ) from error
+    sha256, md5 = _digests(partial)
+    recorded = None
     try:
-        _check_digests(entry, partial)
+        _check_digests(entry, sha256, md5)
+        recorded = _recorded_sha256(entry, target)
+        if recorded not in (None, sha256):
+            raise ReleasedError(
+                f"{entry.name}: what {url} sent has SHA-256 {sha256}, but {recorded} was recorded when it "
+                f"was first fetched ({sha256_record(target)}, trust-on-first-use): the published file "
+                f"changed, or this is not it. Only if the change is expected: rm {sha256_record(target)} "
+                "and fetch again"
+            )
         _check_is_checkpoint(entry, partial, f"what {url} sent", target)
         _check_format(entry, partial, trust)
     except ReleasedError:
         partial.unlink()
         raise
+    if recorded is None:
+        _record_sha256(target, sha256)  # before the file: a cached file never lacks its record
     os.replace(partial, target)
     return target
 
 
+def _published_digest(entry: Released) -> str:
+    if entry.sha256:
+        return "sha256"
+    return "md5-prefix" if entry.md5_prefix else "none (TOFU)"
+
+
 def _list(cache_dir: Path) -> None:
+    print(f"{'name':42s} {'backbone':22s} {'format':14s} {'cached':7s} {'published digest':17s} paper rows")
     for entry in registry().values():
         cached = "cached" if (cache_dir / entry.filename).is_file() else "-"
         rows = "; ".join(map(str, entry.paper)) or "official release (not a paper row)"
-        print(f"{entry.name:42s} {entry.arch:22s} {entry.format:14s} {cached:7s} {rows}")
+        print(
+            f"{entry.name:42s} {entry.arch:22s} {entry.format:14s} {cached:7s} {_published_digest(entry):17s} {rows}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lowssl.released", description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", type=Path, help=f"default ${CACHE_ENV} or ~/.cache/lowssl/checkpoints")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="every released checkpoint: name, backbone, format, cached, paper rows")
+    commands.add_parser(
+        "list", help="every released checkpoint: name, backbone, format, cached, published digest, paper rows"
+    )
     get = commands.add_parser("fetch", help="download (or find in the cache) and verify; prints the path")
     get.add_argument("name")
     get.add_argument("--no-progress", action="store_true")

@@ -30,10 +30,12 @@ from lowssl.checkpoints import schema
 from lowssl.config import ConfigError, config_hash, load, to_dict
 from lowssl.data import DatasetError, IndexedImages, build_dataset, held_out_split
 from lowssl.features import extract_features
-from lowssl.io import atomic_write_text, git_commit, remove_stale_temp_files
+from lowssl.io import DiskFullError, atomic_write_text, first_non_finite, git_commit, remove_stale_temp_files
 from lowssl.knn import knn_evaluate
 from lowssl.records import Record, append_records, pretrain_budget
 from lowssl.rng import rng_state, set_rng_state
+from lowssl.run_lock import RunFolderBusy, run_folder_lock
+from lowssl.stopping import StopSignals
 from lowssl.transforms import centre_crop_transform
 from pretrain.config import PretrainConfig
 from pretrain.loader import build_loader
@@ -44,6 +46,10 @@ from pretrain.views import CropViews, GpuViewAugment, MultiCropViews, resolve_vi
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stops and the last good checkpoint is kept."""
+
+
+class NonFiniteWeightsError(NonFiniteLossError):
+    """An update left a weight NaN or infinite; the run stops before it is saved, as on a NaN loss."""
 
 
 class ResumeError(RuntimeError):
@@ -113,16 +119,28 @@ def main(argv=None) -> int:
             )
             return 0
         train(cfg)
-    except (ConfigError, DatasetError, NonFiniteLossError, ResumeError, ValueError) as error:
+    except RunFolderBusy as error:  # another live run owns the folder: this one changed nothing
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ConfigError as error:  # bad input (a hostile or mistyped config): exit 2, as every stage's CLI
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (DatasetError, DiskFullError, NonFiniteLossError, ResumeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
 
 
 def train(cfg: PretrainConfig) -> dict:
-    """Run (or resume) pre-training; returns the final metrics."""
-    # ---- processes and determinism ------------------------------------------------------------
+    """Run (or resume) pre-training; returns the final metrics. Rank 0 holds the run folder's lock
+    (lowssl.run_lock); SIGTERM / SIGUSR1 / SIGUSR2 stop the run at a step, saved (lowssl.stopping)."""
     ctx = distributed.init(cfg.device)
+    with run_folder_lock(cfg.run_dir, ctx.is_main), StopSignals(ctx.device) as stop:
+        return _train(cfg, ctx, stop)
+
+
+def _train(cfg: PretrainConfig, ctx: distributed.Context, stop: StopSignals) -> dict:
+    # ---- determinism ----------------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     if ctx.device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -141,11 +159,14 @@ def train(cfg: PretrainConfig) -> dict:
     logger = RunLogger(run_dir, ctx.is_main, cfg.log_every_steps, run.provenance)
     for epoch in range(start_epoch, cfg.epochs):
         first_batch = start_batch if epoch == start_epoch else 0
-        loss = train_one_epoch(run, data, epoch, first_batch, logger)
+        loss = train_one_epoch(run, data, epoch, first_batch, logger, stop)
         if loss is not None:  # None: max_steps ran out inside the epoch; last.pth holds the position
             end_epoch(run, data, epoch, loss, logger)
         if run.budget_spent:
             break
+        if epoch + 1 < cfg.epochs and stop.requested():  # end_epoch saved last.pth at this epoch's end
+            logger.close()
+            stop.stop(f"pre-training after epoch {epoch + 1} (global step {run.global_step})", run.last_path)
     logger.close()
 
     # ---- records: the final monitor values --------------------------------------------------------
@@ -214,6 +235,7 @@ class Run:
     probe: OnlineProbe | None
     total_steps: int
     global_step: int = 0  # optimiser steps taken, over all epochs
+    saved_step: int | None = None  # the global step whose weights last.pth holds, once saved or resumed
     metrics: dict = field(default_factory=dict)  # of the last finished epoch
 
     @property
@@ -317,6 +339,12 @@ def resume(run: Run) -> tuple[int, int]:
     if resume_path is None:
         return 0, 0
     state = schema.load(resume_path)
+    broken = first_non_finite(state["method_state"])
+    if broken is not None:  # written before checkpoints were checked: it would be NaN at the first step
+        raise ResumeError(
+            f"refusing to resume {resume_path}: its tensor method_state.{broken} is NaN or infinite; "
+            "resume from an earlier checkpoint (resume=PATH), or resume=never to start over"
+        )
     differences = schema.model_differences(state["config"], run.provenance["config"])
     if differences:
         raise ResumeError(
@@ -331,6 +359,7 @@ def resume(run: Run) -> tuple[int, int]:
         run.probe.load_state_dict(state["online_probe"])
     set_rng_state(state["rng"])
     run.global_step = state["global_step"]
+    run.saved_step = run.global_step if resume_path == run.last_path else None
     epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
     _say(
         ctx,
@@ -362,17 +391,52 @@ def save_checkpoint(run: Run, path: Path, epoch: int, step_in_epoch: int) -> Pat
         "recipe": run.cfg.recipe,
         **run.provenance,
     }
-    return schema.save(path, state)
+    stop_if_not_finite(run, state, path)
+    schema.save(path, state)
+    if path == run.last_path:
+        run.saved_step = run.global_step
+    return path
+
+
+def stop_if_not_finite(run: Run, state: dict, unsaved: Path) -> None:
+    """Stop the run, as a NaN loss does, when a floating tensor of ``state`` is NaN or infinite: the
+    last step's update overflowed, and ``unsaved`` is not written from it (the loss that would show it
+    is only computed at the next step)."""
+    broken = first_non_finite(state)
+    if broken is not None:
+        raise NonFiniteWeightsError(
+            f"{broken} is NaN or infinite after the update of global step {run.global_step - 1} "
+            f"(lower optim.base_lr, or set optim.clip_grad). The run stopped without saving this state to "
+            f"{unsaved.name}; {last_good_checkpoint(run)}"
+        )
+
+
+def last_good_checkpoint(run: Run) -> str:
+    """Where a run stopped by a NaN or infinity can resume from: every checkpoint it wrote was checked
+    finite (:func:`stop_if_not_finite`), but one saved just before this step holds the very weights the
+    NaN loss was computed from (an exact resume meets it again)."""
+    if not run.last_path.exists():
+        return "no checkpoint was written yet"
+    if run.saved_step == run.global_step:
+        return (
+            f"its last checkpoint, {run.last_path}, holds the weights this loss was computed from, so "
+            "resuming it meets the same loss: start over (resume=never) or from an earlier "
+            "checkpoint_epochNNNN.pth (resume=PATH), with a lower optim.base_lr"
+        )
+    return f"the last good checkpoint is {run.last_path}"
 
 
 # ---- epochs -----------------------------------------------------------------------------------------
 
 
-def train_one_epoch(run: Run, data: RunData, epoch: int, first_batch: int, logger: RunLogger) -> float | None:
+def train_one_epoch(
+    run: Run, data: RunData, epoch: int, first_batch: int, logger: RunLogger, stop: StopSignals
+) -> float | None:
     """Steps ``first_batch`` onwards of ``epoch``, refreshing last.pth every ``checkpoint.every_steps``.
 
     Returns the last step's loss when the epoch ran to its end, and None when the step budget
-    (``max_steps``) ran out inside it, after saving last.pth at that step.
+    (``max_steps``) ran out inside it, after saving last.pth at that step. A stop signal ends the
+    process after the step it came in, with last.pth saved at that step.
     """
     cfg, ctx = run.cfg, run.ctx
     steps_per_epoch = data.sampler.steps_per_epoch
@@ -416,6 +480,16 @@ def train_one_epoch(run: Run, data: RunData, epoch: int, first_batch: int, logge
             save_checkpoint(run, run.last_path, epoch, step_in_epoch + 1)
         if run.budget_spent:
             break
+        if not epoch_done and stop.requested():  # at an epoch's last step, train() stops after end_epoch
+            if ctx.is_main and not save_now:
+                save_checkpoint(run, run.last_path, epoch, step_in_epoch + 1)
+            bar.close()
+            logger.close()
+            stop.stop(
+                f"pre-training after global step {run.global_step} (epoch {epoch + 1}, step "
+                f"{step_in_epoch + 1})",
+                run.last_path,
+            )
     bar.close()
     return out.loss.item() if epoch_done else None
 
@@ -432,8 +506,7 @@ def train_step(run: Run, views: list[torch.Tensor], labels: torch.Tensor, epoch:
     if not math.isfinite(out.loss.item()):
         raise NonFiniteLossError(
             f"loss is {out.loss.item()} at epoch {epoch}, step {step_in_epoch} (global step "
-            f"{run.global_step}); loss terms: {out.terms}. The run stopped; the last good checkpoint is "
-            f"{run.last_path if run.last_path.exists() else 'none (no checkpoint was written yet)'}"
+            f"{run.global_step}); loss terms: {out.terms}. The run stopped; {last_good_checkpoint(run)}"
         )
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(out.loss).backward()
@@ -454,11 +527,15 @@ def end_epoch(run: Run, data: RunData, epoch: int, loss: float, logger: RunLogge
     """The epoch's monitor values (kNN, online probe), its log line, last.pth and, every
     ``checkpoint.every_epochs`` and at the last epoch, checkpoint_epochNNNN.pth."""
     cfg, ctx = run.cfg, run.ctx
+    # before the monitor, which would score weights the last update broke, on every process
+    stop_if_not_finite(run, {"method_state": run.method.state_dict()}, run.last_path)
     metrics = {"epoch": epoch + 1, "loss": loss}
     if ctx.is_main and _every(cfg.monitor.knn_every_epochs, epoch + 1):
-        metrics["knn_top1_heldout"] = monitor_knn(
+        knn_top1 = monitor_knn(
             cfg, run.method.student_backbone, data.images, data.train_index, data.held_index, ctx.device
         )
+        if knn_top1 is not None:
+            metrics["knn_top1_heldout"] = knn_top1
     if run.probe is not None:
         metrics["online_linear_top1"] = run.probe.epoch_accuracy()
     logger.epoch(epoch + 1, metrics)
@@ -498,8 +575,10 @@ def _say(ctx, message: str) -> None:
         tqdm.write(message)
 
 
-def monitor_knn(cfg: PretrainConfig, backbone, images, train_index, held_index, device) -> float:
-    """The authors' online monitor: weighted 20-NN (T 0.07) of held-out training images."""
+def monitor_knn(cfg: PretrainConfig, backbone, images, train_index, held_index, device) -> float | None:
+    """The authors' online monitor: weighted 20-NN (T 0.07) of held-out training images; None (no
+    number, said in one line) where the bank holds fewer images than ``monitor.knn_k``, since a k-NN
+    over fewer neighbours would be recorded as the 20-NN it is not."""
     transform = centre_crop_transform(cfg.views.global_size, "bicubic", cfg.views.mean, cfg.views.std)
     bank_index = (
         train_index if cfg.monitor.knn_bank_size is None else train_index[: cfg.monitor.knn_bank_size]
@@ -512,6 +591,12 @@ def monitor_knn(cfg: PretrainConfig, backbone, images, train_index, held_index, 
         backbone, IndexedImages(images, held_index, transform), device, skip_unreadable=skip
     )
     num_classes, k, temperature = len(images.classes), cfg.monitor.knn_k, cfg.monitor.knn_temperature
+    if len(bank) < k:
+        tqdm.write(
+            f"kNN monitor skipped: its bank holds {len(bank)} readable images, fewer than monitor.knn_k={k} "
+            "(more training images, or a smaller monitor.knn_k)"
+        )
+        return None
     return knn_evaluate(bank, bank_labels, queries, query_labels, num_classes, k, temperature).top1
 
 

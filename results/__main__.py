@@ -8,7 +8,7 @@ import platform
 import sys
 
 from lowssl.io import atomic_write_text
-from lowssl.records import read_records
+from lowssl.records import markdown_safe, read_records, spreadsheet_safe, text_cells
 from results.leaderboard import load_leaderboard, select, summarise_leaderboard
 from results.paper_tables import read_paper_tables
 from results.stats import AggregationError
@@ -32,13 +32,13 @@ def leaderboard(args: argparse.Namespace) -> None:
     printable = frame.astype(object).where(frame.notna(), None)  # tabulate shows None (not pd.NA) as blank
     # The flat view's settings (each run's resolved protocol as JSON) go to --out only: too wide to print.
     shown = printable.drop(columns="settings" if args.flat else "comparable_group")
-    print(shown.to_markdown(index=False, floatfmt=".2f"))
+    print(text_cells(shown, markdown_safe).to_markdown(index=False, floatfmt=".2f"))
     if not args.flat:
         print("\nRows are comparable only within one group:")
         for group, name in dict(zip(frame["group"], frame["comparable_group"], strict=True)).items():
             print(f"  {group}: {name.replace('|', ', ')}")
     if args.out:
-        atomic_write_text(args.out, frame.to_csv(index=False))
+        atomic_write_text(args.out, text_cells(frame, spreadsheet_safe).to_csv(index=False))
         print(f"wrote {len(frame)} rows to {args.out}", file=sys.stderr)
 
 
@@ -53,7 +53,8 @@ def table5(args: argparse.Namespace) -> None:
         budget=args.budget or "",
     )
     print(markdown, end="")
-    for path, text in ((args.out_md, markdown), (args.out_csv, frame.to_csv(index=False))):
+    csv_text = text_cells(frame, spreadsheet_safe).to_csv(index=False)
+    for path, text in ((args.out_md, markdown), (args.out_csv, csv_text)):
         if path:
             atomic_write_text(path, text)
             print(f"wrote {path}", file=sys.stderr)

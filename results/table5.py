@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lowssl.records import recorded_budget, recorded_protocol
+from lowssl.records import markdown_safe, recorded_budget, recorded_protocol, text_cells
 from results.paper_tables import KD_METHODS
 from results.stats import AggregationError, paired_difference, require_one_protocol, summarise
 
@@ -214,7 +214,7 @@ def markdown_table(frame: pd.DataFrame, dataset: str, scale: str) -> str:
         shown[heading] = [
             cell(row, column, places) for (_, row), places in zip(frame.iterrows(), decimals, strict=True)
         ]
-    return shown.to_markdown(index=False, disable_numparse=True)
+    return text_cells(shown, markdown_safe).to_markdown(index=False, disable_numparse=True)
 
 
 def render_table5(

@@ -23,7 +23,8 @@ from lowssl import distributed
 from lowssl.checkpoints import CheckpointLayoutError, add_checkpoint_arguments
 from lowssl.config import ConfigError, add_overrides_argument, to_dict
 from lowssl.data import DATASETS, DatasetError, add_held_out_arguments, build_dataset, default_workers
-from lowssl.io import CheckpointError
+from lowssl.io import CheckpointError, DiskFullError
+from lowssl.run_lock import RunFolderBusy
 from semisup.model import HeadError
 from semisup.protocols import available, load_protocol
 from semisup.subsets import LIST_FORMAT_HELP, SubsetError, load_subset, write_subset
@@ -139,11 +140,17 @@ def main(argv=None) -> int:
                     f"{result['subset']} top-1 {result['top1']:.2f}, top-5 {result['top5']:.2f} "
                     f"(epoch {result['reported_epoch']} of {result['epochs']}); run: {result['run_dir']}"
                 )
+    except RunFolderBusy as error:  # another live run owns the folder: this one changed nothing
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ConfigError as error:  # bad input (a hostile or mistyped protocol): exit 2, as every CLI
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except (
         CheckpointLayoutError,
         CheckpointError,
-        ConfigError,
         DatasetError,
+        DiskFullError,
         HeadError,
         NonFiniteLossError,
         ResumeError,

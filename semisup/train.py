@@ -13,6 +13,7 @@ epoch, step, evaluations, RNG; ``resume auto`` continues from it exactly.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import sys
@@ -42,11 +43,14 @@ from lowssl.data import (
     held_out_split,
 )
 from lowssl.distributed import Context
-from lowssl.io import atomic_torch_save, git_commit, load_checkpoint
+from lowssl.io import atomic_torch_save, first_non_finite, git_commit, load_checkpoint
 from lowssl.metrics import topk_hits
 from lowssl.paths import home
 from lowssl.records import Record, append_records
+from lowssl.released import record_details
 from lowssl.rng import rng_state, set_rng_state
+from lowssl.run_lock import run_folder_lock
+from lowssl.stopping import StopSignals
 from semisup.data import EpochOrder, eval_transform, train_transform
 from semisup.model import SemiSupervisedNet, build_head
 from semisup.protocols import SemisupProtocol, load_protocol
@@ -60,6 +64,10 @@ SUBSET_EPOCHS = "epochs"
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stops and its last checkpoint is kept."""
+
+
+class NonFiniteWeightsError(NonFiniteLossError):
+    """An update left a weight NaN or infinite; the run stops before it is saved, as on a NaN loss."""
 
 
 class ResumeError(RuntimeError):
@@ -119,7 +127,14 @@ class FinetuneArgs:
 
 
 def finetune(args: FinetuneArgs) -> dict:
-    """Run (or resume) one fine-tuning; returns the reported metrics and where the run lives."""
+    """Run (or resume) one fine-tuning; returns the reported metrics and where the run lives. Rank 0
+    holds the run folder's lock (lowssl.run_lock) from when the folder is known; SIGTERM / SIGUSR1 /
+    SIGUSR2 stop the run at a step, saved (lowssl.stopping)."""
+    with contextlib.ExitStack() as held:
+        return _finetune(args, held)
+
+
+def _finetune(args: FinetuneArgs, held: contextlib.ExitStack) -> dict:
     ctx = distributed.init(args.device)
     if ctx.device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -154,6 +169,7 @@ def finetune(args: FinetuneArgs) -> dict:
 
     # ---- labelled subset -----------------------------------------------------------------------------
     run_dir = Path(args.output_dir or home() / "runs" / "semisup" / run_name(args, arch))
+    held.enter_context(run_folder_lock(run_dir, ctx.is_main))
     list_file, generate = subset_path(args.subset, train_images, args.dataset, run_dir, args.subset_seed)
     if generate and ctx.is_main:
         write_subset(list_file, train_images, args.dataset, SUBSETS[args.subset], args.subset_seed)
@@ -206,9 +222,17 @@ def finetune(args: FinetuneArgs) -> dict:
     if args.held_out:  # only then, so that the identity (and config hash) of a run on val is unchanged
         identity["eval_set"] = _eval_set_label(args)
     start_epoch, start_batch, global_step, history = 0, 0, 0, []
+    last = run_dir / "last.pth"
+    saved_step = None  # the global step whose weights last.pth holds, where this run saved or resumed it
     resume_file = _resume_path(args.resume, run_dir)
     if resume_file is not None:
         state = load_checkpoint(resume_file)
+        broken = first_non_finite(state.get("model"))
+        if broken is not None:  # written before checkpoints were checked: it would be NaN at the first step
+            raise ResumeError(
+                f"refusing to resume {resume_file}: its tensor model.{broken} is NaN or infinite; "
+                "use --resume never to start over"
+            )
         differences = [
             f"{k}: {state['identity'].get(k)!r} -> {v!r}"
             for k, v in identity.items()
@@ -229,9 +253,23 @@ def finetune(args: FinetuneArgs) -> dict:
             state["global_step"],
             state["history"],
         )
+        saved_step = global_step if resume_file == last else None
         _say(ctx, f"resumed from {resume_file} at epoch {start_epoch}, step {start_batch}")
 
+    def stop_if_not_finite() -> None:
+        """Stop, as a NaN loss does, when the last update left a weight NaN or infinite (the loss that
+        would show it is only computed at the next step): nothing is evaluated or saved from it."""
+        broken = first_non_finite({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+        if broken is not None:
+            raise NonFiniteWeightsError(
+                f"{broken} is NaN or infinite after optimiser step {global_step} (lower base_lr). The run "
+                f"stopped without saving this state to {last.name}; "
+                + _last_good(last, saved_step, global_step)
+            )
+
     def save(epoch: int, step_in_epoch: int) -> None:
+        nonlocal saved_step
+        stop_if_not_finite()
         if ctx.is_main:
             atomic_torch_save(
                 {
@@ -245,11 +283,13 @@ def finetune(args: FinetuneArgs) -> dict:
                     "rng": rng_state(),
                     "identity": identity,
                 },
-                run_dir / "last.pth",
+                last,
             )
+        saved_step = global_step
         distributed.barrier()
 
     # ---- epochs --------------------------------------------------------------------------------------
+    stop = held.enter_context(StopSignals(ctx.device))
     tick = time.perf_counter()
     stopped = False
     for epoch in range(start_epoch, epochs):
@@ -271,8 +311,8 @@ def finetune(args: FinetuneArgs) -> dict:
             loss = F.cross_entropy(trained(images.to(ctx.device, non_blocking=True)), labels.to(ctx.device))
             if not math.isfinite(loss.item()):
                 raise NonFiniteLossError(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; "
-                    f"the last good state is {run_dir / 'last.pth'}"
+                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; the run stopped; "
+                    + _last_good(last, saved_step, global_step)
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -282,6 +322,13 @@ def finetune(args: FinetuneArgs) -> dict:
             stopped = args.max_steps is not None and global_step >= args.max_steps
             if stopped:
                 break
+            if step < order.steps_per_epoch and stop.requested():  # an epoch's end stops after its save
+                bar.close()
+                save(epoch, step)
+                stop.stop(
+                    f"fine-tuning after global step {global_step} (epoch {epoch + 1}, step {step})",
+                    run_dir / "last.pth",
+                )
         bar.close()
         complete = step == order.steps_per_epoch
         message = (
@@ -289,6 +336,7 @@ def finetune(args: FinetuneArgs) -> dict:
             f"loss {loss.item():.4f}, lr {lr:.3g}"
         )
         if stopped or epoch + 1 == epochs or (complete and protocol.report == "best"):
+            stop_if_not_finite()  # never score weights the last update broke
             top1, top5 = evaluate(model, evaluation, ctx, protocol.eval_batch_size, args.workers)
             history.append({"epoch": epoch + 1, "complete": complete, "top1": top1, "top5": top5})
             message += f", top-1 {top1:.2f}, top-5 {top5:.2f}"
@@ -296,6 +344,10 @@ def finetune(args: FinetuneArgs) -> dict:
         save(epoch + 1 if complete else epoch, 0 if complete else step)
         if stopped:
             break
+        if epoch + 1 < epochs and stop.requested():  # last.pth was saved at this epoch's end
+            stop.stop(
+                f"fine-tuning after epoch {epoch + 1} (global step {global_step})", run_dir / "last.pth"
+            )
 
     if not history:  # resumed a finished run
         raise ResumeError(f"{resume_file} holds no evaluation; use --resume never to run again")
@@ -313,6 +365,20 @@ def finetune(args: FinetuneArgs) -> dict:
     if ctx.is_main:
         _write_records(args, protocol, subset, opened, identity, result, history, ctx)
     return result
+
+
+def _last_good(last: Path, saved_step: int | None, global_step: int) -> str:
+    """What a run stopped by a NaN or infinity can resume from: every checkpoint it wrote was checked
+    finite, but one saved just before this step holds the very weights the NaN loss was computed from
+    (an exact resume meets it again)."""
+    if not last.exists():
+        return "no checkpoint was written yet"
+    if saved_step == global_step:
+        return (
+            f"its last checkpoint, {last}, holds the weights this loss was computed from, so resuming "
+            "it meets the same loss: start over (--resume never) with a lower base_lr"
+        )
+    return f"the last good checkpoint is {last}"
 
 
 def evaluation_set(args: FinetuneArgs, train_images, subset: LabelSubset, protocol: SemisupProtocol):
@@ -446,6 +512,9 @@ def _write_records(
         "eval_set": _eval_set_label(args),
         "eval_images": result["eval_images"],
         **subset.summary(),
+        **record_details(
+            args.checkpoint, identity["checkpoint_sha256"]
+        ),  # a released checkpoint: how verified
     }
     common = dict(
         run_id=f"semisup-{Path(result['run_dir']).name}",

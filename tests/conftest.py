@@ -1,4 +1,7 @@
+import contextlib
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,3 +49,26 @@ def torch_loads(monkeypatch):
 
     monkeypatch.setattr(torch, "load", counting_load)
     return reads
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path):
+    """A real 1 MiB tmpfs at ``folder`` (needs root; the test is skipped where mount is refused),
+    unmounted afterwards: a disk that fills up, for the disk-full tests."""
+    folder.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def fill_disk(folder: Path) -> None:
+    """Fill the disk of ``folder`` to its last byte."""
+    with open(folder / "filler", "wb", buffering=0) as filler, contextlib.suppress(OSError):
+        while filler.write(b"\0" * 4096):
+            pass

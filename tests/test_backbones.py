@@ -106,3 +106,46 @@ def test_fvcore_plain_gflops(name):
 def test_gflops_with_attention_products_match_paper(name):
     """(CNNs have no attention: their plain count is already checked against the paper above.)"""
     assert count_gflops(_backbone(name)) == pytest.approx(get_spec(name).paper_gflops, rel=TOLERANCE)
+
+
+def _dino_tokens(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """What DINO's / the authors' ``prepare_tokens`` adds up before the first block, written from
+    facebookresearch/dino:vision_transformer.py (``interpolate_pos_encoding``): bicubic, no antialias,
+    ``scale_factor = (size // patch + 0.1) / sqrt(N)``."""
+    patches = vit.patch_embed.proj(images).flatten(2).transpose(1, 2)
+    tokens = torch.cat([vit.cls_token.expand(len(images), -1, -1), patches], dim=1)
+    n, dim = vit.pos_embed.shape[1] - 1, vit.pos_embed.shape[2]
+    side = int(n**0.5)
+    w0 = h0 = images.shape[-1] // 16 + 0.1
+    if tokens.shape[1] - 1 == n:
+        return tokens + vit.pos_embed
+    grid = nn.functional.interpolate(
+        vit.pos_embed[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2),
+        scale_factor=(w0 / side, h0 / side),
+        mode="bicubic",
+    )
+    assert grid.shape[-2:] == (int(w0), int(h0))
+    return tokens + torch.cat([vit.pos_embed[:, :1], grid.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
+
+
+@pytest.mark.parametrize("name", VITS)
+@pytest.mark.parametrize("size", [224, 128, 96, 32])
+def test_vit_position_embeddings_are_interpolated_as_the_authors_do(name, size):
+    vit = _backbone(name)
+    seen = []
+    hook = vit.pos_drop.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    images = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        vit(images)
+        expected = _dino_tokens(vit, images)
+    hook.remove()
+    # Same operations in the same order: equal to float32 rounding (measured max |diff| 0 on this CPU).
+    torch.testing.assert_close(seen[0], expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", VITS)
+def test_vit_class_token_is_initialised_as_the_authors_do(name):
+    # trunc_normal_(std=.02) (saic-fi/SSLight vision_transformer.py), not timm's normal_(std=1e-6).
+    torch.manual_seed(0)
+    cls_token = build_backbone(name).cls_token
+    assert 0.015 < cls_token.std().item() < 0.025  # timm's would be ~1e-6

@@ -89,6 +89,54 @@ def test_imagefolder_errors_name_the_problem(tmp_path):
         dataset[1]
 
 
+def test_imagefolder_fingerprint_sees_a_swap_an_edit_and_a_replacement(tmp_path, fashion_train):
+    """What keys the evaluation's feature cache and stored results: stable for the same files, another
+    for swapped class folders (same file names in both), an edited image, a file replaced by another."""
+    _tree(tmp_path, {"a": 2, "b": 2})
+    for name in ("a", "b"):  # the same relative names in both classes
+        for i, path in enumerate(sorted((tmp_path / name).iterdir())):
+            path.rename(tmp_path / name / f"{i}.JPEG")
+    dataset = ImageFolder(tmp_path)
+    dataset[0]
+    assert "fingerprint" not in vars(dataset)  # loading images does not compute it
+    seen = [dataset.fingerprint]
+    assert "fingerprint" in vars(dataset)  # computed once per dataset object, then kept
+    assert ImageFolder(tmp_path).fingerprint == seen[0]
+    (tmp_path / "a").rename(tmp_path / "swap")
+    (tmp_path / "b").rename(tmp_path / "a")
+    (tmp_path / "swap").rename(tmp_path / "b")
+    seen.append(ImageFolder(tmp_path).fingerprint)
+    Image.new("RGB", (20, 16), (0, 99, 0)).save(tmp_path / "a" / "0.JPEG")  # edited in place
+    seen.append(ImageFolder(tmp_path).fingerprint)
+    replacement = tmp_path / "replacement.JPEG"
+    (tmp_path / "b" / "1.JPEG").rename(replacement)
+    (tmp_path / "a" / "1.JPEG").rename(tmp_path / "b" / "1.JPEG")  # another file, same size and mtime
+    replacement.rename(tmp_path / "a" / "1.JPEG")
+    seen.append(ImageFolder(tmp_path).fingerprint)
+    assert len(set(seen)) == 4
+    # Fashion-MNIST's is its decoded pixels and labels, and the size they are served at
+    test = FashionMNIST("test")
+    assert (
+        len({fashion_train.fingerprint, test.fingerprint, FashionMNIST("test", image_size=28).fingerprint})
+        == 3
+    )
+    assert FashionMNIST("test").fingerprint == test.fingerprint
+
+
+def test_16_bit_png_keeps_its_grey_levels_and_32_bit_is_refused(tmp_path):
+    """Before: PIL's convert("RGB") clipped a 16-bit PNG (mode I;16) at 255: 144 grey levels -> 2."""
+    levels = (np.arange(144, dtype=np.uint16) * 455).reshape(12, 12)  # 0 .. 65065
+    (tmp_path / "grey").mkdir()
+    Image.fromarray(levels).save(tmp_path / "grey" / "deep.png")
+    with Image.open(tmp_path / "grey" / "deep.png") as saved:
+        assert saved.mode == "I;16"
+    image = np.asarray(ImageFolder(tmp_path)[0][0])
+    assert len(np.unique(image)) == 144 and np.array_equal(image[..., 1], levels >> 8)
+    Image.fromarray(levels.astype(np.int32) * 1000).save(tmp_path / "grey" / "deep.png.tif")
+    with pytest.raises(DatasetError, match=r"deep.png.tif: its pixels are 32-bit \(PIL mode I\)"):
+        ImageFolder(tmp_path)[1]
+
+
 def test_held_out_split_is_deterministic_and_balanced(fashion_train):
     train, held = held_out_split(fashion_train.targets, per_class=50, seed=0)
     again_train, again_held = held_out_split(fashion_train.targets, per_class=50, seed=0)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import COCOEvaluator
@@ -259,6 +260,24 @@ def test_convert_fails_on_a_checkpoint_missing_backbone_keys(tmp_path, capsys):
     assert code == 2 and payload == {}
     err = capsys.readouterr().err
     assert "lacks" in err and "layer4.1.conv1.weight" in err
+
+
+def test_convert_refuses_weights_of_another_architecture_and_nan_weights(tmp_path, capsys):
+    """Before: ResNet34 weights converted --arch resnet18 printed "120 backbone tensors load into Mask
+    R-CNN FPN, none missing" (96 ResNet34 keys left behind) and wrote the pickle."""
+    resnet34 = torchvision.models.resnet34(weights=None).state_dict()
+    code, payload = _converted(tmp_path, resnet34, "--arch", "resnet18")
+    assert code == 2 and payload == {} and not (tmp_path / "out.pkl").exists()
+    err = capsys.readouterr().err
+    assert (
+        "does not hold a resnet18: 96 backbone keys that resnet18 does not have: layer1.2.conv1.weight" in err
+    )
+    assert "pass --arch resnet34" in err
+    state = build_backbone("resnet18").state_dict()
+    state["layer3.1.conv2.weight"][0, 0, 0, 0] = float("inf")
+    code, payload = _converted(tmp_path, state)
+    assert code == 2 and payload == {}
+    assert "hold NaN or inf (first: layer3.1.conv2.weight)" in capsys.readouterr().err
 
 
 def test_load_check_names_keys_that_do_not_load():

@@ -3,13 +3,16 @@ feature extraction themselves: tests/test_knn.py, tests/test_features.py)."""
 
 import argparse
 import glob
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import evaluate.__main__ as cli
 import evaluate.features
@@ -87,7 +90,9 @@ def test_protocols_carry_their_documented_values():
     )
     assert sslight.peak_lr() == pytest.approx(0.05 * 4096 / 256) and sslight.crop.image_size == 224
     vit = sslight.for_family("vit")
-    assert (vit.optimizer, vit.peak_lr(), vit.vit.last_blocks) == ("sgd", pytest.approx(0.01 * 4096 / 256), 4)
+    # SSLight's ViT probe: 128 per GPU x 8 (dino_vit_linear.yaml), so peak 0.01 x 1024/256 = 0.04
+    assert (vit.optimizer, vit.batch_size, vit.peak_lr(), vit.vit.last_blocks) == ("sgd", 1024, 0.04, 4)
+    assert load_protocol("sslight_tiny", "linear").for_family("vit").batch_size == 64
     assert sslight.for_family("cnn") is sslight
     moco = load_protocol("moco", "linear")
     assert (moco.base_lr, moco.peak_lr(), moco.milestones, moco.epochs, moco.batch_size) == (
@@ -257,6 +262,55 @@ def test_stored_result_is_printed_instead_of_recomputed(tmp_path, checkpoint, mo
     assert rows[rows.protocol == "knn_tiny+k=5"].config_hash.iloc[0] not in set(first.config_hash)
 
 
+def _separable_image_folder(root: Path) -> None:
+    """train/ (10 a class) and val/ (5 a class): 16-px PNGs bright in channel k for class k, so a
+    nearest neighbour or a linear layer on raw pixels gets every one right. Every class has the same
+    file names (0.png, 1.png, ...): a swap of two class folders keeps every relative path."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 10), ("val", 5)):
+        for k, name in enumerate("abc"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 40, (16, 16, 3), dtype=np.uint8)
+                pixels[..., k] += 200
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+
+
+def test_swapped_class_folders_are_recomputed_not_stored(tmp_path, capsys):
+    """Before: with val/a and val/b swapped, knn printed its stored 100.00 and a new linear run recorded
+    100.00 from the cached val features (true: 33.33, only class c right). Now the datasets'
+    fingerprints key both the stored results and the feature cache: the swap is recomputed, and said."""
+    data = tmp_path / "data"
+    _separable_image_folder(data)
+
+    def evaluate(stage: str, *protocol: str) -> str:
+        argv = [stage, "--raw-pixels", "--protocol", *protocol, "--dataset", "imagefolder"]
+        argv += ["--data-root", str(data), "--workers", "0", "--device", "cpu"]
+        argv += ["--output-dir", str(tmp_path / "out"), "--records-dir", str(tmp_path / "records")]
+        assert cli.main(argv) == 0
+        return capsys.readouterr().out
+
+    linear = ("linear", "fast_tiny", "epochs=30")
+    assert "knn_top1 100.00" in evaluate("knn", "knn_tiny")
+    assert "linear_top1 100.00" in evaluate(*linear)
+    for unchanged in (("knn", "knn_tiny"), linear):  # the same data again: read back, not recomputed
+        out = evaluate(*unchanged)
+        assert "top1 100.00" in out and "(stored" in out
+    val = data / "val"
+    (val / "a").rename(val / "swap")
+    (val / "b").rename(val / "a")
+    (val / "swap").rename(val / "b")
+    out = evaluate(*linear)  # first: the k-NN run below must not have refreshed the cached val features
+    assert "computed on other images or labels" in out and "recomputing" in out and "(stored" not in out
+    assert "linear_top1 33.33" in out
+    out = evaluate("knn", "knn_tiny")
+    assert "knn_top1 33.33, knn1_top1 33.33" in out and "(stored" not in out
+    assert "knn_top1 33.33" in evaluate("knn", "knn_tiny")  # the new result is the stored one now
+    details = read_records(tmp_path / "records").details
+    fingerprints = {json.dumps(json.loads(d)["dataset_fingerprint"], sort_keys=True) for d in details}
+    assert len(fingerprints) == 1  # knn and linear rows alike: the swapped data's
+
+
 def test_sslight_tiny_runs_end_to_end_with_best_epoch_selection(tmp_path, checkpoint):
     args = ["--checkpoint", str(checkpoint), "--protocol", "sslight_tiny", "epochs=2", "batch_size=32"]
     assert run(tmp_path, "linear", *args) == 0
@@ -355,6 +409,22 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run(tmp_path, "linear", "--protocol", "fast_tiny")
     assert exit_info.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_k_larger_than_the_bank_is_refused_not_capped(tmp_path, capsys):
+    """Before: --k 100000 on a 500-image bank voted with all 500 and recorded k=100000."""
+    code = run(
+        tmp_path, "knn", "--random-init", "--arch", "resnet18", "--protocol", "knn_tiny", "--k", "100000"
+    )
+    assert code == 2 and not (tmp_path / "records").exists() and not (tmp_path / "out").exists()
+    assert capsys.readouterr().err == (
+        "error: k=100000 neighbours, but the bank holds 64 training images: "
+        "pass --k 64 or less (or more training images)\n"
+    )
+    assert (
+        run(tmp_path, "knn", "--random-init", "--arch", "resnet18", "--protocol", "knn_tiny", "--k", "64")
+        == 0
+    )
 
 
 @pytest.mark.slow  # starts two Python processes with torch: ~10 s on the shared 2-core machine

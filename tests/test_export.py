@@ -3,6 +3,8 @@ the same features as lowssl's own model; a file of another architecture is refus
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,51 @@ def test_torch_hub_loads_a_backbone_from_this_repository(resnet18_file):
     hub_model = torch.hub.load(str(REPO), "lowssl_backbone", source="local", checkpoint=str(path))
     images = torch.randn(2, 3, 32, 32)
     assert torch.equal(_features(hub_model, images), _features(model, images))
+
+
+def _safetensors_file(path: Path, header: dict, data: bytes = b"", declared: int | None = None) -> Path:
+    """A safetensors file written by hand: the header's length (8 bytes, little-endian), the JSON
+    header, the tensors' bytes; ``declared`` overrides the length the first 8 bytes give."""
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text) if declared is None else declared) + text + data)
+    return path
+
+
+def test_an_exported_safetensors_file_reads_back_whatever_its_name(resnet18_file, tmp_path, capsys):
+    """Told apart by its header, not its name: a safetensors file saved as .pth reads as one (before:
+    "corrupt or truncated (opcode b'\\x..' unknown)", torch.load reading it as a pickle)."""
+    path, model = resnet18_file
+    out = export_backbone(open_checkpoint(path), "safetensors", tmp_path / "r18.safetensors")
+    renamed = tmp_path / "r18-safetensors.pth"
+    renamed.write_bytes(out.read_bytes())
+    images = torch.randn(2, 3, 32, 32)
+    assert torch.equal(_features(load_backbone(renamed), images), _features(model, images))
+
+
+@pytest.mark.parametrize(
+    ("name", "header", "declared", "problem"),
+    [
+        (
+            "huge-header",
+            {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+            1 << 40,
+            "header too large",
+        ),
+        (
+            "shape-mismatch",
+            {"w": {"dtype": "F32", "shape": [1000, 1000], "data_offsets": [0, 8]}},
+            None,
+            "invalid shape, data type, or offset for tensor",
+        ),
+    ],
+)
+def test_a_broken_safetensors_file_is_named_as_one(name, header, declared, problem, tmp_path, capsys):
+    path = _safetensors_file(tmp_path / f"{name}.pth", header, bytes(8), declared)
+    assert evaluate_main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert (
+        f"checkpoint {path} is a safetensors file (by its first bytes), corrupt or truncated" in err
+        and problem in err
+    ), err
+    assert "opcode" not in err and "re-download or re-create it" in err, err

@@ -1,5 +1,6 @@
 """lowssl.knn: DINO's weighted k-NN and 1-NN, chunked over the bank, on the device of its inputs."""
 
+import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
@@ -41,6 +42,13 @@ def test_separable_clusters_are_classified():
     test = centres[test_labels] + 0.1 * torch.randn(40, 4, generator=generator)
     assert knn_evaluate(train, train_labels, test, test_labels, num_classes=4).top1 == 100.0
     assert knn_evaluate(train, train_labels, test, (test_labels + 1) % 4, num_classes=4).top1 == 0.0
+
+
+def test_k_larger_than_the_bank_is_an_error_not_a_silent_cap():
+    bank, labels = torch.eye(3), torch.arange(3)
+    with pytest.raises(ValueError, match="k=4 neighbours: the bank holds 3 features, k must be 1 to 3"):
+        knn_evaluate(bank, labels, bank, labels, num_classes=3, k=4)
+    assert knn_evaluate(bank, labels, bank, labels, num_classes=3, k=3).top1 == 100.0
 
 
 class FactoryDevices(TorchFunctionMode):

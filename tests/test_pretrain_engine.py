@@ -194,7 +194,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
 def test_config_typo_is_caught_with_a_suggestion(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"unknown config key 'optim.bse_lr'.*Did you mean 'base_lr'"):
         tiny_config(tmp_path, **{"optim.bse_lr": 0.1})
-    assert main(["--config", str(TINY["dino"]), "views.n_locals=4"]) == 1
+    assert main(["--config", str(TINY["dino"]), "views.n_locals=4"]) == 2
     assert "Did you mean 'n_local'" in capsys.readouterr().err
 
 

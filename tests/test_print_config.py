@@ -19,6 +19,18 @@ def test_evaluate_prints_the_resolved_protocol(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("arch", "batch_size", "peak_lr"), [("vit_tiny_patch16_224", 1024, 0.04), ("resnet18", 4096, 0.8)]
+)
+def test_evaluate_prints_the_protocol_as_the_backbone_family_runs_it(capsys, arch, batch_size, peak_lr):
+    # SSLight's ViT probe runs 128 per GPU x 8 at SGD 0.01 x batch/256; its CNN probe 512 x 8 at LARS 0.05.
+    args = ["linear", "--random-init", "--arch", arch, "--protocol", "sslight", "--print-config"]
+    assert evaluate_main(args) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["batch_size"] == batch_size
+    assert printed["base_lr"] * printed["batch_size"] / 256 == pytest.approx(peak_lr)
+
+
 def test_semisup_prints_the_resolved_protocol(capsys):
     args = ["finetune", "--random-init", "--arch", "resnet18", "--subset", "1pct", "--protocol", "tiny"]
     assert semisup_main([*args, "batch_size=32", "--print-config"]) == 0

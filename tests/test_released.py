@@ -7,9 +7,12 @@ import dataclasses
 import hashlib
 import http.server
 import io
+import json
 import re
 import socket
+import subprocess
 import threading
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,15 +21,16 @@ import torch
 from lowssl import released
 from lowssl.backbones import available
 from lowssl.checkpoints import get_format
-from lowssl.released import ReleasedError, fetch, resolve
+from lowssl.records import read_records
+from lowssl.released import ReleasedError, fetch, resolve, sha256_record
 
 # dino_resnet50 is a DINO backbone-only file: a flat state dict under torchvision names.
 ENTRY = "dino_resnet50"
 
 
-def _tiny_checkpoint() -> bytes:
+def _tiny_checkpoint(seed: int = 0) -> bytes:
     """A few ResNet50 stem tensors under torchvision names, as a backbone-only DINO file holds them."""
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     state = {
         "conv1.weight": torch.randn(64, 3, 7, 7, generator=generator),
         "bn1.weight": torch.ones(64),
@@ -122,7 +126,7 @@ def test_fetch_downloads_verifies_the_sha256_and_renames_into_the_cache(server, 
     path = fetch(ENTRY, cache_dir=tmp_path, progress=False)
     assert path == tmp_path / f"{ENTRY}.pth"
     assert path.read_bytes() == CHECKPOINT
-    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no .partial left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, f"{path.name}.sha256"]  # no .partial
     assert fetch(ENTRY, cache_dir=tmp_path, progress=False) == path  # cached: no second download
     assert server.ranges == [None]
 
@@ -165,6 +169,17 @@ def test_a_file_saved_in_the_cache_by_hand_is_checked_before_use(tmp_path):
     with pytest.raises(
         ReleasedError, match="the cached file .* is an HTML/XML page.*the cached file was removed"
     ):
+        fetch(ENTRY, cache_dir=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_zip_bomb_download_is_refused_before_it_is_decompressed(server, monkeypatch, tmp_path):
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", bytes(8 << 20))  # 8 MiB in 8 KB: torch.save never deflates
+    server.files["/bomb.pth"] = bomb.getvalue()
+    _point_at(monkeypatch, server.url("/bomb.pth"))
+    with pytest.raises(ReleasedError, match="is not a checkpoint .*declare 8,388,608 bytes uncompressed"):
         fetch(ENTRY, cache_dir=tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []
 
@@ -234,3 +249,98 @@ def test_evaluate_checkpoint_an_unknown_name_is_one_line_with_a_suggestion(capsy
 def test_the_doc_lists_every_entry():
     doc = (Path(__file__).resolve().parent.parent / "docs" / "released.md").read_text()
     assert [name for name in released.registry() if f"`{name}`" not in doc] == []
+
+
+# ---- trust-on-first-use: the first fetched file's SHA-256, checked at every later use ---------------
+
+OTHER = _tiny_checkpoint(seed=1)  # a checkpoint of the same layout, other weights (a random init)
+OTHER_SHA256 = hashlib.sha256(OTHER).hexdigest()
+
+
+def test_tofu_the_first_fetch_is_recorded_and_a_replaced_cached_file_is_refused(
+    server, monkeypatch, tmp_path, capsys
+):
+    """Before: every sha256 is null, so a cached file replaced after download was used as the release."""
+    _point_at(monkeypatch, server.url("/ckpt.pth"))
+    path = fetch(ENTRY, cache_dir=tmp_path, progress=False)
+    sha256 = hashlib.sha256(CHECKPOINT).hexdigest()
+    assert sha256_record(path).read_text() == f"{sha256}  {path.name}\n"
+    check = subprocess.run(["sha256sum", "-c", sha256_record(path).name], cwd=tmp_path, capture_output=True)
+    assert check.returncode == 0, check  # the record is sha256sum's own format
+    assert fetch(ENTRY, cache_dir=tmp_path, progress=False) == path  # unchanged: accepted
+
+    path.write_bytes(OTHER)  # replaced after download, under the release's name
+    assert released.main(["--cache-dir", str(tmp_path), "fetch", ENTRY, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"the cached file {path} has SHA-256 {OTHER_SHA256}, but {sha256} was recorded" in err, err
+    assert "trust-on-first-use" in err and f"rm {path} && python -m lowssl.released fetch {ENTRY}" in err, err
+    assert path.read_bytes() == OTHER  # kept for the user to look at; never used
+    assert server.ranges == [None]
+
+
+def test_tofu_a_file_saved_by_hand_is_recorded_at_its_first_use(tmp_path):
+    path = tmp_path / f"{ENTRY}.pth"
+    path.write_bytes(CHECKPOINT)
+    assert fetch(ENTRY, cache_dir=tmp_path, progress=False) == path
+    assert sha256_record(path).read_text().split()[0] == hashlib.sha256(CHECKPOINT).hexdigest()
+
+
+def test_tofu_a_download_that_differs_from_the_record_is_refused(server, monkeypatch, tmp_path):
+    """The cached file deleted, the name fetched again: the bytes must be those first fetched."""
+    _point_at(monkeypatch, server.url("/ckpt.pth"))
+    path = fetch(ENTRY, cache_dir=tmp_path, progress=False)
+    path.unlink()
+    server.files["/ckpt.pth"] = OTHER  # the published file changed upstream
+    with pytest.raises(ReleasedError, match=f"sent has SHA-256 {OTHER_SHA256}, but .* was recorded") as error:
+        fetch(ENTRY, cache_dir=tmp_path, progress=False)
+    assert f"rm {sha256_record(path)}" in str(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [sha256_record(path).name]  # nothing else kept
+
+
+def test_a_published_digest_is_checked_at_every_use_of_the_cached_file(server, monkeypatch, tmp_path):
+    _point_at(monkeypatch, server.url("/ckpt.pth"), sha256=hashlib.sha256(CHECKPOINT).hexdigest())
+    path = fetch(ENTRY, cache_dir=tmp_path, progress=False)
+    path.write_bytes(OTHER)
+    with pytest.raises(ReleasedError, match=f"SHA-256 mismatch, expected .*, got {OTHER_SHA256}.*removed"):
+        fetch(ENTRY, cache_dir=tmp_path, progress=False)
+    assert not path.exists()
+
+
+def test_the_listing_shows_which_entries_carry_a_published_digest(monkeypatch, tmp_path, capsys):
+    _point_at(monkeypatch, resolve(ENTRY).url, sha256="a" * 64)
+    assert released.main(["--cache-dir", str(tmp_path), "list"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "published digest" in rows["name"]
+    assert " sha256 " in rows[ENTRY] and " md5-prefix " in rows["mocov2_resnet50_200ep"]
+    assert " none (TOFU) " in rows["sslight_resnet18_dino_200ep"]
+
+
+def test_a_record_of_a_released_checkpoint_says_what_its_sha256_was_checked_against(
+    monkeypatch, tmp_path, capsys
+):
+    """A real `evaluate knn` of a fetched release: its rows say which release and how it was verified."""
+    from test_evaluate import _separable_image_folder
+
+    from evaluate.__main__ import main as evaluate_main
+    from lowssl.backbones import build_backbone
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    torch.manual_seed(0)
+    torch.save(build_backbone("resnet18").state_dict(), cache / f"{ENTRY}.pth")  # saved by hand
+    path = fetch(ENTRY, cache_dir=cache, progress=False)
+    _separable_image_folder(tmp_path / "data")
+    argv = ["knn", "--checkpoint", str(path), "--protocol", "knn_tiny", "--dataset", "imagefolder"]
+    argv += ["--data-root", str(tmp_path / "data"), "--workers", "0", "--device", "cpu"]
+    argv += ["--output-dir", str(tmp_path / "out"), "--records-dir", str(tmp_path / "records")]
+    assert evaluate_main(argv) == 0
+    details = [json.loads(row) for row in read_records(tmp_path / "records").details]
+    assert details and all(
+        (d["released"], d["sha256_source"]) == (ENTRY, "trust-on-first-use") for d in details
+    )
+    assert released.record_details(path, "0" * 64) == {}  # another file under that name: not the release
+    monkeypatch.setitem(released.registry(), ENTRY, dataclasses.replace(resolve(ENTRY), sha256="a" * 64))
+    assert released.record_details(path, sha256_record(path).read_text().split()[0])["sha256_source"] == (
+        "published"
+    )

@@ -6,7 +6,7 @@ import re
 import pandas as pd
 import pytest
 
-from lowssl.records import Record, read_records, write_records
+from lowssl.records import Record, RecordsWarning, read_records, write_records
 from results.__main__ import main
 from results.leaderboard import COLUMNS, build_leaderboard, load_leaderboard
 from results.paper_tables import read_paper_tables
@@ -197,3 +197,61 @@ def test_a_protocol_name_whose_settings_changed_between_runs_is_never_pooled(run
     assert 'epochs: 40 vs 100; train_input: null vs "features"' in error
     assert "re-run the older records under the current preset" in error
     assert main(["leaderboard", "--runs-dir", str(runs_dir), "--flat"]) == 0  # the flat dump still lists them
+
+
+def test_a_record_cut_inside_its_value_never_shows_as_a_number(runs_dir, capsys):
+    """Issue 26, case 6: a row cut inside its value (98.6 -> "9") showed as 9.00 (n=1), here pooled
+    with a whole seed as 46.50 (n=2); now the row is skipped and the warning names its file and line."""
+    write_records([record("whole", seed=0, value=84.0)], runs_dir)
+    cut = write_records([record("cut", seed=1, value=98.6)], runs_dir)
+    text = cut.read_text()
+    cut.write_text(text[: text.index("98.6") + 1])
+    with pytest.warns(
+        RecordsWarning, match=rf"records file {re.escape(str(cut))}, line 2 has 11 of the 18 fields"
+    ):
+        assert main(["leaderboard", "--runs-dir", str(runs_dir), "--dataset", "fashion-mnist"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"\|\s+84\.00 \|\s+1 \|", out) and "9.00" not in out and "46.50" not in out
+
+
+def test_a_damaged_records_folder_still_gives_the_leaderboard(runs_dir, capsys):
+    """Issue 26, case 13: a row cut inside its quoted JSON and a foreign CSV stopped the command with a
+    pandas ParserError; now each is named and skipped, and the whole records are ranked."""
+    write_records([record("whole", value=84.0)], runs_dir)
+    damaged = write_records([record("json-cut", value=70.0, details={"a": 1, "b": 2})], runs_dir)
+    damaged.write_text(damaged.read_text()[:-80])  # cut inside the details JSON
+    (runs_dir / "foreign.csv").write_text("a,b\n1,2\n")
+    with pytest.warns(RecordsWarning) as caught:
+        assert main(["leaderboard", "--runs-dir", str(runs_dir), "--dataset", "fashion-mnist"]) == 0
+    assert [str(w.message) for w in caught] == [
+        f"records file {runs_dir / 'foreign.csv'} lacks the columns run_id, stage, method ...: it is not a "
+        "lowssl records file: skipped it",
+        f"records file {damaged}, line 2: unexpected end of data, so the row is cut or damaged: skipped it",
+    ]
+    assert re.search(r"\|\s+84\.00 \|\s+1 \|", capsys.readouterr().out)
+
+
+def test_formula_and_table_breaking_text_is_escaped_in_the_leaderboard(runs_dir, tmp_path, capsys):
+    """Issue 26, case 15: a method or recipe from a checkpoint went verbatim into leaderboard.csv (run
+    as a formula by a spreadsheet) and its "|" split the markdown row; numbers stay numbers."""
+    method, recipe = "=cmd|' /C calc'!A0", '=HYPERLINK("http://evil.example","x")\nnext line'
+    write_records([record("evil", method=method, recipe=recipe, value=-1.5)], runs_dir)
+    out = tmp_path / "leaderboard.csv"
+    main(
+        [
+            "leaderboard",
+            "--flat",
+            "--runs-dir",
+            str(runs_dir),
+            "--dataset",
+            "fashion-mnist",
+            "--out",
+            str(out),
+        ]
+    )
+    header, _, row = capsys.readouterr().out.splitlines()
+    assert row.replace("\\|", "").count("|") == header.count("|")  # the row has the header's cells
+    assert "=cmd\\|' /C calc'!A0" in row and "next line" in row
+    written = pd.read_csv(out, keep_default_na=False).iloc[0]
+    assert written["method"] == "'" + method and written["recipe"] == "'" + recipe
+    assert written["value"] == -1.5 and out.read_text().count(",-1.5,") == 1

@@ -1,6 +1,7 @@
 """Table 5 rendering: the paper's rows with the paper's gains, this run's rows from records, and a header
 that says which is which. The golden file was written once from this code and checked by eye."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from lowssl.records import Record, read_records, write_records
+from lowssl.records import Record, RecordsWarning, read_records, write_records
 from results.__main__ import main
 from results.paper_tables import read_paper_tables, read_printed_gains
 from results.stats import AggregationError
@@ -182,3 +183,53 @@ def test_one_cell_never_pools_records_of_a_changed_preset(runs_dir):
     write_records(run("b", "resnet18", 81.0, seed=1, **protocol(weight_decay=5.0)), runs_dir)
     with pytest.raises(AggregationError, match="share a protocol name but not its settings .*weight_decay"):
         render_table5(read_paper_tables(), read_records(runs_dir), **SETTING)
+
+
+def _table5_cli(runs_dir, *extra):
+    return main(
+        [
+            "table5",
+            "--scale",
+            "tiny",
+            "--dataset",
+            "fashion-mnist",
+            "--protocol",
+            "fast",
+            "--runs-dir",
+            str(runs_dir),
+            "--hardware",
+            "test",
+            *extra,
+        ]
+    )
+
+
+def test_a_record_cut_inside_its_value_never_shows_as_a_number(runs_dir, capsys):
+    """Issue 26, case 6: a row cut inside its value (98.6 -> "9") showed as "9.00 (n=1)" in Table 5."""
+    cut = write_records(run("r18-ours", "resnet18", 98.6), runs_dir)
+    text = cut.read_text()
+    cut.write_text(text[: text.index("98.6") + 1])
+    with pytest.warns(
+        RecordsWarning, match=rf"records file {re.escape(str(cut))}, line 2 has 11 of the 18 fields"
+    ):
+        assert _table5_cli(runs_dir) == 0
+    out = capsys.readouterr().out
+    assert (
+        "9.00" not in out and "No records of this run match dataset fashion-mnist and protocol fast." in out
+    )
+
+
+def test_formula_and_table_breaking_text_is_escaped_in_table5(runs_dir, tmp_path, capsys):
+    """Issue 26, case 15: a recipe from a checkpoint is escaped in the markdown (| and newlines) and the
+    CSV (a formula gets OWASP's leading quote); the numbers are unchanged."""
+    recipe = "=cmd|' /C calc'!A0\nx"
+    write_records(run("r18-evil", "resnet18", 84.31, recipe=recipe), runs_dir)
+    out_csv = tmp_path / "table5.csv"
+    assert _table5_cli(runs_dir, "--out-csv", str(out_csv)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("| Source"))
+    row = next(line for line in lines if "calc" in line)
+    assert "DINO, =cmd\\|' /C calc'!A0 x recipe" in row and "84.31 (n=1)" in row
+    assert row.replace("\\|", "").count("|") == header.count("|")
+    written = pd.read_csv(out_csv, keep_default_na=False).query("source == 'this run'").iloc[0]
+    assert written["recipe"] == "'" + recipe and written["resnet18_top1"] == 84.31

@@ -242,7 +242,7 @@ def test_finetune_takes_key_value_overrides_and_names_the_protocol_after_them(tm
     assert json.loads(row.details)["epochs"] == 2
     capsys.readouterr()
 
-    assert main([*args, "--resume", "never", "batch_sise=4"]) == 1
+    assert main([*args, "--resume", "never", "batch_sise=4"]) == 2
     assert "unknown config key 'batch_sise'. Did you mean 'batch_size'?" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # one override syntax: key=value
         main([*args, "--resume", "never", "--epochs", "2"])

@@ -12,6 +12,11 @@ import collections
 import os
 import pickle
 import random
+import struct
+import subprocess
+import sys
+import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +29,14 @@ from detection.convert import convert_checkpoint, write_pickle
 from detection.weights import WeightsOnlyCheckpointer, read_pickle_metadata
 from evaluate.__main__ import main as evaluate_main
 from lowssl.backbones import build_backbone
-from lowssl.io import CheckpointError, atomic_torch_save, load_checkpoint, load_weights_pickle, pickle_imports
+from lowssl.io import (
+    MAX_PICKLE_BYTES,
+    CheckpointError,
+    atomic_torch_save,
+    load_checkpoint,
+    load_weights_pickle,
+    pickle_imports,
+)
 from results.evaluate_checkpoint import main as evaluate_checkpoint_main
 from semisup.__main__ import main as semisup_main
 
@@ -184,6 +196,97 @@ def test_refusal_names_what_the_file_would_import(tmp_path, marker):
     with pytest.raises(CheckpointError, match=r"\(posix\.system\)|\(nt\.system\)"):
         load_checkpoint(path)
     assert "posix.system" in pickle_imports(path) or "nt.system" in pickle_imports(path)
+
+
+# ---- zip bombs and declared lengths: refused from what the file declares, before anything is read ---
+
+BOMB_MIB = 100  # what the bomb's data.pkl declares, in MiB: over the data.pkl limit
+
+
+def _zip_bomb(path: Path, pickle_mib: int = BOMB_MIB) -> Path:
+    """A torch-style archive whose data.pkl is ``pickle_mib`` MiB of zeros, deflated (torch.save never
+    compresses): ~1 KB on disk per MiB declared, written in streamed chunks."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/version", "3\n")
+        with archive.open("archive/data.pkl", "w") as member:
+            for _ in range(pickle_mib):
+                member.write(bytes(1 << 20))
+    return path
+
+
+@pytest.fixture(scope="module")
+def zip_bomb(tmp_path_factory) -> Path:
+    return _zip_bomb(tmp_path_factory.mktemp("bomb") / "bomb.pth")
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_a_zip_bomb_is_refused_at_every_entry_point_from_its_declared_size(entry, zip_bomb, tmp_path, capsys):
+    main, argv = _entry_points(zip_bomb, tmp_path)[entry]
+    started = time.perf_counter()
+    assert main(argv) != 0
+    elapsed = time.perf_counter() - started
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{zip_bomb}: its member archive/data.pkl declares {BOMB_MIB << 20:,} bytes" in err, err
+    assert f"{MAX_PICKLE_BYTES:,}-byte limit" in err and "torch.save" in err, err
+    assert elapsed < 10, f"{entry} took {elapsed:.1f} s"  # before: 3 s and 1.1 GB decompressing twice
+
+
+def test_a_zip_bomb_is_refused_in_a_second_with_bounded_memory(zip_bomb):
+    """A real `python -m evaluate inspect`: the refusal's own time and peak memory, measured in the child
+    (before the fix: 2.9 s and +600 MB for a 200 KB file declaring 200 MiB; 300 s and 4.2 GB for a 1.6 GB one)."""
+    child = (
+        "import resource, sys, time\n"
+        "from evaluate.__main__ import main\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "started = time.perf_counter()\n"
+        f"status = main(['inspect', {str(zip_bomb)!r}])\n"
+        "grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024\n"
+        "print(status, round(time.perf_counter() - started, 3), grown)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    status, seconds, grown_mib = done.stdout.split()
+    assert status == "2" and "data.pkl declares" in done.stderr, done.stderr
+    assert float(seconds) < 1.5 and int(grown_mib) < 50, (seconds, grown_mib)
+
+
+def test_an_archive_expanding_far_beyond_its_file_is_refused(tmp_path):
+    """A data.pkl under the limit, but 8 MiB from 8 KB: the ratio of declared bytes to the file's."""
+    path = _zip_bomb(tmp_path / "small-bomb.pth", pickle_mib=8)
+    for read in (load_checkpoint, pickle_imports):  # pickle_imports: what `released fetch` checks with
+        with pytest.raises(CheckpointError) as refused:
+            read(path)
+        message = str(refused.value)
+        assert f"{path}: its 2 members declare" in message and "over 100x the file's" in message
+        assert f"archive/data.pkl, declares {8 << 20:,} bytes" in message
+
+
+def test_real_checkpoints_are_far_below_the_limits(tmp_path):
+    """torch.save stores members uncompressed: its archives declare their own size, and a ResNet50's
+    data.pkl is tens of KB (the limits' margin: docs in lowssl/io.py)."""
+    path = tmp_path / "r50.pth"
+    torch.save({"student": build_backbone("resnet50").state_dict(), "epoch": 1}, path)
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+    assert {member.compress_type for member in members} == {zipfile.ZIP_STORED}
+    assert sum(member.file_size for member in members) <= path.stat().st_size
+    assert max(m.file_size for m in members if m.filename.endswith("data.pkl")) < MAX_PICKLE_BYTES // 500
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+@pytest.mark.parametrize(
+    "opcode", [b"\x8e", b"\x8d", b"\x96"], ids=["BINBYTES8", "BINUNICODE8", "BYTEARRAY8"]
+)
+def test_a_pickle_declaring_a_huge_length_is_corrupt_at_once(tmp_path, opcode):
+    """A legacy (non-zip) pickle or a Detectron2 .pkl that declares a 32 GiB object in 13 bytes: read
+    within the file's size, it is truncated (before: MemoryError, a traceback out of every CLI)."""
+    path = tmp_path / "huge-length.pkl"
+    path.write_bytes(b"\x80\x05" + opcode + struct.pack("<Q", 32 << 30) + b"abc")
+    for read in (load_checkpoint, pickle_imports, load_weights_pickle):
+        started = time.perf_counter()
+        with pytest.raises(CheckpointError, match="huge-length.pkl is corrupt or truncated"):
+            read(path)
+        assert time.perf_counter() - started < 1
 
 
 # ---- the restricted loader of Detectron2 pickles ---------------------------------------------------

@@ -18,19 +18,25 @@ from lowssl.checkpoints import schema
 
 
 class CheckpointLayoutError(ValueError):
-    """The layout, branch or architecture of a checkpoint could not be determined, or keys are missing."""
+    """The layout, branch or architecture of a checkpoint could not be determined, or its backbone
+    tensors are not exactly the architecture's (keys missing, extra or of another shape; NaN / inf)."""
 
 
 # The non-tensor classes that known formats pickle (docs/checkpoints.md, "Safe loading"), allowed
 # under weights_only:
 # - argparse.Namespace: SimReg / CompRess ``opt`` and DINO ``args``; torch rebuilds it with
 #   ``Namespace.__new__`` and fills ``__dict__``, so no code of the file runs.
-# - yacs CfgNode: SSLight ``config``. Allow-listing the class itself is not enough: CfgNode subclasses
-#   dict, and torch's weights-only unpickler only fills exact dict / OrderedDict / Counter types
-#   ("Can only SETITEMS for dict ..."). Its pickled name is therefore rebuilt as a plain OrderedDict
-#   (nested nodes too; yacs' private flags land in the OrderedDict's ``__dict__``): yacs is neither
-#   imported nor run, and the config reads as nested mappings.
-SAFE_GLOBALS: list = [argparse.Namespace, (collections.OrderedDict, "yacs.config.CfgNode")]
+# - CfgNode: SSLight ``config``. Its released trainer builds it with fvcore's CfgNode
+#   (saic-fi/SSLight@0b94aeb:src/config/defaults.py imports fvcore.common.config.CfgNode), older code
+#   and other projects with yacs' or Detectron2's subclass. Allow-listing a class itself is not enough:
+#   CfgNode subclasses dict, and torch's weights-only unpickler only fills exact dict / OrderedDict /
+#   Counter types ("Can only SETITEMS for dict ..."). Each of these pickled names is therefore rebuilt as
+#   a plain OrderedDict (nested nodes too; the node's private flags land in the OrderedDict's
+#   ``__dict__``): neither yacs, fvcore nor Detectron2 is imported or run, and the config reads as
+#   nested mappings. What a node holds is still checked value by value: anything but tensors and
+#   plain data inside it is refused as before.
+CFG_NODE_CLASSES = ("yacs.config.CfgNode", "fvcore.common.config.CfgNode", "detectron2.config.config.CfgNode")
+SAFE_GLOBALS: list = [argparse.Namespace, *((collections.OrderedDict, name) for name in CFG_NODE_CLASSES)]
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,9 @@ class OpenedCheckpoint:
     provenance: schema.Provenance
     notes: list[str] = field(default_factory=list)
     matched_formats: list[str] = field(default_factory=list)  # formats that fit equally; format first
+    reshaped: list[str] = field(default_factory=list)  # "name (file shape) vs (arch shape)", of `unexpected`
+    non_finite: list[str] = field(default_factory=list)  # loaded backbone tensors holding NaN or inf
+    best_arch: str | None = None  # the registered backbone the file's keys fit best, where not `arch`
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -79,18 +82,63 @@ class OpenedCheckpoint:
             "unexpected": self.unexpected,
         }
 
-    def build_backbone(self, allow_missing: bool = False) -> nn.Module:
-        """``build_backbone(arch)`` with these weights; missing backbone keys are an error unless
-        ``allow_missing`` (they would silently keep their random initialisation)."""
-        if self.missing and not allow_missing:
-            shown = ", ".join(self.missing[:10]) + (" ..." if len(self.missing) > 10 else "")
-            raise CheckpointLayoutError(
-                f"{self.path} ({self.format}, branch {self.branch}) lacks {len(self.missing)} "
-                f"backbone keys of {self.arch}: {shown}"
+    def require_loadable(self, allow_missing: bool = False) -> None:
+        """Refuse weights that would silently make another network: every stage that loads a backbone
+        (evaluate, semisup, detection convert, export) calls this first.
+
+        - backbone keys ``arch`` does not have, or has with another shape: the file holds another
+          architecture (ResNet34 weights read as a ResNet18 fill its 120 keys and leave 96 behind);
+        - backbone keys of ``arch`` the file lacks, unless ``allow_missing``: they would keep their
+          random initialisation;
+        - NaN or inf in a backbone tensor: every feature would be meaningless.
+
+        Keys the format knows are not backbone (heads, projectors, queues, other branches) are never
+        an error: they are ``dropped``."""
+        where = f"{self.path} ({self.format}, branch {self.branch})"
+        problems = []
+        foreign = [name for name in self.unexpected if name not in backbone_key_shapes(self.arch)]
+        if foreign:
+            problems.append(
+                f"{len(foreign)} backbone keys that {self.arch} does not have: {_first(foreign, 5)}"
             )
+        if self.reshaped:
+            problems.append(
+                f"{len(self.reshaped)} backbone keys with another shape than in {self.arch}: "
+                f"{_first(self.reshaped, 5)}"
+            )
+        if self.missing and not allow_missing:
+            problems.append(
+                f"lacks {len(self.missing)} backbone keys of {self.arch}: {_first(self.missing, 5)} "
+                "(missing keys would keep their random initialisation)"
+            )
+        if problems:
+            fix = (
+                f"its keys fit {self.best_arch}: pass --arch {self.best_arch}"
+                if self.best_arch
+                else "check --arch and --format"
+            )
+            raise CheckpointLayoutError(
+                f"{where} does not hold a {self.arch}: {'; '.join(problems)}; {fix} "
+                f"(python -m evaluate inspect {self.path} shows what the file holds)"
+            )
+        if self.non_finite:
+            raise CheckpointLayoutError(
+                f"{where}: {len(self.non_finite)} of its {self.loaded} backbone tensors hold NaN or inf (first: "
+                f"{self.non_finite[0]}), so every feature would be meaningless; use a checkpoint saved "
+                "before the training diverged"
+            )
+
+    def build_backbone(self, allow_missing: bool = False) -> nn.Module:
+        """``build_backbone(arch)`` with these weights, after :meth:`require_loadable`."""
+        self.require_loadable(allow_missing)
         model = build_backbone(self.arch)
-        model.load_state_dict(self.state_dict, strict=False)
+        model.load_state_dict(self.state_dict, strict=False)  # strict but for `missing` (checked above)
         return model
+
+
+def _first(names: list[str], count: int) -> str:
+    """The first ``count`` of ``names``, comma-separated, "..." where there are more."""
+    return ", ".join(names[:count]) + (" ..." if len(names) > count else "")
 
 
 @cache
@@ -359,9 +407,25 @@ def open_checkpoint(
     if reshaped:
         notes.append(
             f"{len(reshaped)} backbone keys have another shape in the file than in {arch} (counted missing "
-            f"and unexpected): {', '.join(reshaped[:5])}{' ...' if len(reshaped) > 5 else ''}"
+            f"and unexpected): {_first(reshaped, 5)}"
         )
     missing = [name for name in expected if name not in state_dict]
+    best_arch = None
+    if missing or unexpected:
+        try:
+            best_arch = infer_arch(reading.backbone, chosen.families)[0]
+        except CheckpointLayoutError:  # the keys fit no registered backbone: no --arch to suggest
+            pass
+        best_arch = best_arch if best_arch != arch else None
+        if best_arch:
+            notes.append(f"the file's backbone keys fit {best_arch} best")
+    non_finite = [
+        name
+        for name, value in state_dict.items()
+        if value.is_floating_point() and not torch.isfinite(value).all()
+    ]
+    if non_finite:
+        notes.append(f"{len(non_finite)} backbone tensors hold NaN or inf: {_first(non_finite, 5)}")
     if reading.dropped:
         notes.append(f"dropped {len(reading.dropped)} non-backbone keys: {_count_by_rule(reading.dropped)}")
     if reading.unrecognised:
@@ -384,4 +448,7 @@ def open_checkpoint(
         provenance=schema.provenance(checkpoint) if chosen.name == "lowssl" else schema.Provenance(),
         notes=notes,
         matched_formats=matched_formats,
+        reshaped=reshaped,
+        non_finite=non_finite,
+        best_arch=best_arch,
     )

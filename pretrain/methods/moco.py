@@ -49,13 +49,17 @@ class MocoConfig:
 
 class MoCoHead(nn.Module):
     """Linear-ReLU-Linear, L2-normalised (MoCo v2's MLP head; hidden width 2048 per docs/recipes.md,
-    "Multi-crop MoCo-v2")."""
+    "Multi-crop MoCo-v2"). Initialised as the authors' ``MOCOHead``: weights truncated normal (std 0.02),
+    biases 0 (saic-fi/SSLight@0934b88:src/sslight/model/moco.py, ``_init_weights``); the paper is silent."""
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)
         )
+        for layer in (self.mlp[0], self.mlp[2]):
+            nn.init.trunc_normal_(layer.weight, std=0.02)
+            nn.init.zeros_(layer.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.normalize(self.mlp(x), dim=1)

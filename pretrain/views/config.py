@@ -78,6 +78,8 @@ class ViewsConfig:
             "local_size",
             f"must be an integer >= 1 (pixels) or 'auto', got {self.local_size!r}",
         )
+        if self.local_size != "auto":
+            require_local_within_global(self.local_size, self.global_size)
         require(
             self.n_global == 2,
             "n_global",
@@ -95,6 +97,20 @@ class ViewsConfig:
             "blur_sigma",
             f"must be (min, max) with 0 < min <= max <= {BLUR_SIGMA[1]} (pixels), got {self.blur_sigma}",
         )
+
+
+def require_local_within_global(local_size: int, global_size: int, auto: bool = False) -> None:
+    """Local views are the small, low-resolution ones of multi-crop (paper Secs. 3.1 and 3.2.2: LC 96 or
+    128 px beside GC 224): a local crop larger than the global crops is a size left unscaled
+    (global_size overridden alone, say), never a recipe. LC = GC is allowed."""
+    size = f"'auto' resolves to {local_size} px, larger" if auto else f"{local_size} px is larger"
+    require(
+        local_size <= global_size,
+        "local_size",
+        f"{size} than global_size {global_size} px; local crops are the "
+        "small views (paper: 96 or 128 beside 224): set views.local_size <= views.global_size, or scale both "
+        "(the tiny presets: 32 and 14 or 18)",
+    )
 
 
 class Strengths(NamedTuple):
@@ -175,7 +191,11 @@ class ViewPlan:
 def resolve_local_size(cfg: ViewsConfig) -> int:
     """LC in pixels. ``auto`` is deterministic: the matched LC of :func:`pixel_scale_stats` on a
     square GC x GC image with its default sample count and seed."""
-    return cfg.local_size if cfg.local_size != "auto" else pixel_scale_stats(cfg).matched_local_size
+    if cfg.local_size != "auto":
+        return cfg.local_size
+    matched = pixel_scale_stats(cfg).matched_local_size
+    require_local_within_global(matched, cfg.global_size, auto=True)
+    return matched
 
 
 def resolve_views(cfg: ViewsConfig) -> ViewPlan:
