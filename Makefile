@@ -12,7 +12,6 @@ STAMPS := $(VENV)/.lowssl-stamps
 # programs to run, as CC does.)
 USER_VALUES := CKPT FORMAT PROTOCOLS IMAGENET GPUS SCALE SEEDS NNODES RDZV IMAGES EPOCHS JOBS
 $(foreach name,$(USER_VALUES),$(if $(filter command line environment,$(origin $(name))),$(eval override $(name) := $$(value $(name)))))
-export $(USER_VALUES)
 
 .PHONY: install test lint clean-venv reproduce-table5 reproduce-gains bench evaluate-checkpoint figures
 
@@ -61,7 +60,7 @@ reproduce-gains: install
 	$(PY) -m results.gains $${IMAGES:+--images "$$IMAGES"} $${EPOCHS:+--epochs "$$EPOCHS"} $${SEEDS:+--seeds "$$SEEDS"}
 
 # The view-sampling sweeps of Figs. 1-3 (PNG + CSV under results/figures/<scale>/):
-#   make figures [SEEDS=2] [JOBS=<usable cores>] (tiny: ~54 min on 2 cores, README)
+#   make figures [SEEDS=2] [JOBS=<usable cores>] (tiny: ~54 min on 2 cores, docs/tiny-scale.md)
 figures: install
 	$(PY) -m results.figures --scale "$$SCALE" --gpus "$$GPUS" $${IMAGENET:+--imagenet "$$IMAGENET"} $${SEEDS:+--seeds "$$SEEDS"} $${JOBS:+--jobs "$$JOBS"}
 
@@ -80,3 +79,7 @@ bench: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Exported last: an export of a variable not yet set defines it empty, and the ?= defaults above
+# would then never apply.
+export $(USER_VALUES)

@@ -36,12 +36,13 @@ RECIPES = {  # docs/recipes.md, "Baseline and ours"
 }
 
 
-def natural_jpegs(count: int, seed: int = 0) -> list[bytes]:
-    """JPEG files of about 500x375 with smooth structure (upsampled noise), as natural photos compress."""
+def natural_jpegs(count: int, seed: int = 0, size: tuple[int, int] = (500, 375)) -> list[bytes]:
+    """JPEG files of ``size`` (width, height; every third one portrait), by default ImageNet's typical
+    500x375, with smooth structure (upsampled noise), as natural photos compress."""
     rng = np.random.default_rng(seed)
     files = []
     for i in range(count):
-        width, height = (500, 375) if i % 3 else (375, 500)
+        width, height = size if i % 3 else size[::-1]
         coarse = rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)
         image = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
         buffer = io.BytesIO()

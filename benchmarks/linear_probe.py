@@ -4,8 +4,8 @@ Both run through ``python -m evaluate linear`` on the same subject and the same 
 each in a fresh records folder so nothing is cached: random-init ResNet18 and, with ``--checkpoint``,
 a pre-trained checkpoint. Reported per subject: both wall times, their ratio (full / fast), both
 top-1 (the full protocol's last epoch beside the epoch it reports) and fast - full. The target is
-fast >= 20x faster within 0.5 pt of a converged full protocol (README, "Convergence of the tiny
-protocols"); whatever is measured is reported. By default on all training images (the tiny presets
+fast >= 20x faster within 0.5 pt of a converged full protocol (docs/tiny-scale.md, "Convergence of
+the tiny protocols"); whatever is measured is reported. By default on all training images (the tiny presets
 converge there on a pre-trained checkpoint); ``--full-override train_input=augmented`` compares with
 the full protocol on augmented crops, as the paper-scale protocols train.
 

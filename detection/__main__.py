@@ -20,6 +20,7 @@ from lowssl.checkpoints import CheckpointLayoutError, add_checkpoint_arguments, 
 from lowssl.config import ConfigError
 from lowssl.data import DatasetError
 from lowssl.io import CheckpointError
+from lowssl.progress import add_quiet_argument, set_quiet
 from lowssl.records import default_runs_dir
 from lowssl.run_lock import RunFolderBusy
 
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--print-config", action="store_true", help="print the resolved Detectron2 config (YAML) and exit"
     )
     add_trust_argument(train_cmd, "--weights (Detectron2's own loading)")
+    add_quiet_argument(train_cmd)  # before the KEY VALUE overrides, as every flag
     train_cmd.add_argument(
         "opts",
         nargs=argparse.REMAINDER,
@@ -104,6 +106,7 @@ def run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    set_quiet(getattr(args, "quiet", False))  # convert and make-dataset print one line each
     try:
         return run(args)
     except (

@@ -2,7 +2,9 @@
 
 The pickle is what Detectron2 loads with name-matching heuristics: ``{"model": {name: numpy array},
 "__author__": "lowssl", "matching_heuristics": True}`` (MoCo's convert-pretrain-to-detectron2
-convention; docs/detection.md, "Converting checkpoints"), plus ``"lowssl"``: where the weights came from.
+convention; docs/detection.md, "Converting checkpoints"), plus ``"lowssl"``: where the weights came from
+(the path given and lowssl.subject.Subject.to_payload, pre-training budget included: detection train
+records it).
 Names are backbone names without a model prefix; Detectron2 matches each to the model key it is a
 suffix of (``res2.0.conv1.weight`` -> ``backbone.bottom_up.res2.0.conv1.weight``).
 
@@ -26,6 +28,7 @@ from detectron2.modeling import build_model
 from detection.config import ARCH_CONFIGS, load_config
 from lowssl.checkpoints import open_checkpoint
 from lowssl.io import atomic_write
+from lowssl.subject import Subject
 
 AUTHOR = "lowssl"
 BACKBONE_PREFIX = "backbone.bottom_up."  # where FPN keeps the bottom-up network in Detectron2's model
@@ -69,7 +72,6 @@ def convert_checkpoint(
             f"{checkpoint} holds a {opened.arch}; detection has configs for {', '.join(ARCH_CONFIGS)}"
         )
     opened.require_loadable()  # another architecture's weights, missing keys, NaN / inf: refused
-    source = opened.provenance
     payload = {
         "model": {
             detectron2_name(opened.arch, name): tensor.detach().cpu().numpy()
@@ -77,17 +79,7 @@ def convert_checkpoint(
         },
         "__author__": AUTHOR,
         "matching_heuristics": True,
-        "lowssl": {
-            "source": str(checkpoint),
-            "source_sha256": opened.checkpoint_sha256,
-            "format": opened.format,
-            "arch": opened.arch,
-            "branch": opened.branch,
-            "method": source.method,
-            "recipe": source.recipe,
-            "pretrain_epochs": source.pretrain_epochs,
-            "seed": source.seed,
-        },
+        "lowssl": {"source": str(checkpoint), **Subject.of_checkpoint(opened).to_payload()},
     }
     loaded = check_loads(payload, opened.arch)
     return Converted(payload, loaded, opened.notes)

@@ -9,11 +9,15 @@ process appends the box and mask AP, AP50, AP75 to the results records as metric
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 import math
+import sys
 import time
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,9 +35,12 @@ from detection.weights import WeightsOnlyCheckpointer, read_pickle_metadata
 from lowssl.config import derived_name
 from lowssl.io import atomic_write_text, git_commit, load_checkpoint, sha256_file
 from lowssl.paths import home
+from lowssl.progress import say, set_quiet
 from lowssl.records import Record, append_records
 from lowssl.released import record_details
 from lowssl.run_lock import run_folder_lock
+from lowssl.subject import RANDOM_INIT as RANDOM_INIT_METHOD
+from lowssl.subject import Subject
 
 METRICS = {
     ("bbox", "AP"): "APbb",
@@ -67,20 +74,22 @@ class TrainError(ValueError):
     """The command line or the config asks for something this run cannot do."""
 
 
-def weights_source(weights: str, arch: str, trust: bool = False) -> dict:
+@dataclass(frozen=True)
+class WeightsSource:
+    """What ``--weights`` are, for the records: the subject they came from and the file trained from."""
+
+    subject: Subject  # from the pickle's "lowssl" entry (detection convert), a random init, or unknown
+    weights_sha256: str  # of the --weights file ("" for a random init)
+    source: str  # the checkpoint `detection convert` read ("" for weights it did not write)
+    tag: str  # names the run's default output folder and its records
+
+
+def weights_source(weights: str, arch: str, trust: bool = False) -> WeightsSource:
     """What the weights are, for the records; a converted checkpoint of another backbone is an error.
     The file is read here, before any process starts, so an unsafe or broken one stops the run in one
     line (the same safe loaders as the trainer's, detection/weights.py)."""
     if weights == RANDOM_INIT:
-        return {
-            "method": "random-init",
-            "recipe": "none",
-            "pretrain_epochs": 0,
-            "branch": "none",
-            "source_sha256": "",
-            "weights_sha256": "",
-            "tag": "random-init",
-        }
+        return WeightsSource(Subject.random_init(arch, None, ""), "", "", "random-init")
     path = Path(weights)
     if not path.is_file():
         raise TrainError(f"--weights {weights} does not exist (make one with `python -m detection convert`)")
@@ -94,31 +103,23 @@ def weights_source(weights: str, arch: str, trust: bool = False) -> dict:
         logger.warning(
             "%s was not written by `python -m detection convert`: its backbone is not checked", path
         )
-        return {
-            "method": "unknown",
-            "recipe": "unknown",
-            "pretrain_epochs": 0,
-            "branch": "unknown",
-            "source_sha256": weights_sha256,
-            "weights_sha256": weights_sha256,
-            "tag": weights_sha256[:12],
-        }
-    if metadata["arch"] != arch:
-        raise TrainError(
-            f"--weights {weights} holds a {metadata['arch']} backbone, the config builds a {arch}"
+        return WeightsSource(
+            Subject.unknown_weights(weights_sha256, arch), weights_sha256, "", weights_sha256[:12]
         )
-    keys = ("method", "recipe", "pretrain_epochs", "branch", "source_sha256", "format", "source")
-    return {
-        **{key: metadata[key] for key in keys},
-        "weights_sha256": weights_sha256,
-        "seed": metadata.get("seed"),
-        "tag": metadata["source_sha256"][:12],
-    }
+    subject = Subject.from_payload(metadata, f"weights file {path}")
+    if subject.arch != arch:
+        raise TrainError(f"--weights {weights} holds a {subject.arch} backbone, the config builds a {arch}")
+    return WeightsSource(subject, weights_sha256, str(metadata.get("source", "")), subject.checkpoint[:12])
 
 
-def setup_logging(output_dir: str, rank: int) -> None:
+def setup_logging(output_dir: str, rank: int, quiet: bool = False) -> None:
+    """Detectron2's loggers: the console and OUTPUT_DIR/log.txt; ``quiet`` (--quiet): warnings and errors
+    only on the console, the file keeps everything."""
     for name in ("detectron2", "fvcore", "detection"):
         setup_logger(output_dir, distributed_rank=rank, name=name)
+        for handler in logging.getLogger(name).handlers if quiet else ():
+            if getattr(handler, "stream", None) in (sys.stdout, sys.stderr):  # log.txt is a stream too
+                handler.setLevel(logging.WARNING)
 
 
 def setup(args) -> CfgNode:
@@ -130,15 +131,16 @@ def setup(args) -> CfgNode:
     return cfg
 
 
-def default_output_dir(config: Path, arch: str, source: dict) -> Path:
-    return home() / "runs" / "detection" / f"{config.stem}-{arch}-{source['tag']}"
+def default_output_dir(config: Path, arch: str, source: WeightsSource) -> Path:
+    return home() / "runs" / "detection" / f"{config.stem}-{arch}-{source.tag}"
 
 
-def train_worker(args, source: dict) -> None:
+def train_worker(args, source: WeightsSource) -> None:
     """One training process (of num_machines x num_gpus); the main one writes the records."""
     cfg = setup(args)
     rank = comm.get_rank()
-    setup_logging(cfg.OUTPUT_DIR, rank)
+    setup_logging(cfg.OUTPUT_DIR, rank, args.quiet)
+    set_quiet(args.quiet)  # a launched worker is a new process
     register_datasets(cfg)
     # As Detectron2's default_setup (which also collects environment information through the compiled
     # ops, so it is not called): each process seeded differently, deterministically if SEED >= 0.
@@ -147,7 +149,9 @@ def train_worker(args, source: dict) -> None:
     start = time.time()
     trainer = Trainer(cfg, trust_weights=args.trust_checkpoint)
     trainer.resume_or_load(resume=args.resume)
-    trainer.train()
+    # --quiet: pycocotools prints its evaluation to stdout (Detectron2 logs the same AP to log.txt)
+    with contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext():
+        trainer.train()
     wall_s = time.time() - start
     # DefaultTrainer.train returns the final evaluation only when TEST.EXPECTED_RESULTS is set; its
     # evaluation hook always keeps it here (filled on the main process).
@@ -156,18 +160,25 @@ def train_worker(args, source: dict) -> None:
         records = result_records(cfg, args, source, results, wall_s)
         path = append_records(records, args.records_dir)
         logger.info("wall time %.1f s; results %s; records %s", wall_s, dict(results), path)
+        scores = ", ".join(f"{record.metric} {record.value:.2f}" for record in records)
+        print(  # the closing line, under --quiet too
+            f"detection done after {wall_s:.0f} s: {scores}; weights {Path(cfg.OUTPUT_DIR, 'model_final.pth')}; "
+            f"log {Path(cfg.OUTPUT_DIR, 'log.txt')}; records {path}",
+            flush=True,
+        )
 
 
-def result_records(cfg: CfgNode, args, source: dict, results: dict, wall_s: float) -> list[Record]:
+def result_records(cfg: CfgNode, args, source: WeightsSource, results: dict, wall_s: float) -> list[Record]:
     schedule = cfg.LOWSSL.SCHEDULE
     if not schedule:
         raise TrainError(f"{args.config} sets no LOWSSL.SCHEDULE (1x, 2x or tiny), which names the metrics")
-    arch = config_arch(cfg)
+    arch, subject = config_arch(cfg), source.subject
     details = {
         "weights": cfg.MODEL.WEIGHTS or RANDOM_INIT,
-        "weights_sha256": source["weights_sha256"],
-        "source_format": source.get("format", ""),
-        "source_checkpoint": source.get("source", ""),
+        "weights_sha256": source.weights_sha256,
+        # a random init names no format (as before the subject was lowssl.subject's)
+        "source_format": "" if subject.method == RANDOM_INIT_METHOD else subject.format,
+        "source_checkpoint": source.source,
         "fpn_in_features": list(cfg.MODEL.FPN.IN_FEATURES),
         "max_iter": cfg.SOLVER.MAX_ITER,
         "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
@@ -178,9 +189,8 @@ def result_records(cfg: CfgNode, args, source: dict, results: dict, wall_s: floa
         "overrides": list(args.opts),
         "output_dir": cfg.OUTPUT_DIR,
         "seed": cfg.SEED,
-        **record_details(
-            source.get("source"), source["source_sha256"]
-        ),  # a released checkpoint: how verified
+        **subject.record_details(),  # pretrain_budget: numbers of different budgets never pool
+        **record_details(source.source, subject.checkpoint),  # a released checkpoint: how verified
     }
     changes = protocol_changes(args.config, args.opts)
     details["paper_protocol"] = schedule in ("1x", "2x") and not changes
@@ -199,20 +209,14 @@ def result_records(cfg: CfgNode, args, source: dict, results: dict, wall_s: floa
             f"{cfg.SOLVER.MAX_ITER} iterations): nothing is recorded; train longer (SOLVER.MAX_ITER)"
         )
     common = dict(
-        run_id=f"detection-{source['tag']}-{arch}-{source['branch']}",
+        run_id=f"detection-{source.tag}-{arch}-{subject.branch}",
         stage="detection",
-        method=source["method"],
-        recipe=source["recipe"],
-        backbone=arch,
-        pretrain_epochs=int(source["pretrain_epochs"]),
         dataset=cfg.DATASETS.TEST[0],
         protocol=derived_name(Path(args.config).stem, changes),
-        branch=source["branch"],
-        checkpoint_sha256=source["source_sha256"],
         config_hash=_config_hash(cfg),
         git_commit=git_commit(),
         details=details,
-        seed=source.get("seed"),
+        **subject.record_columns(),  # its backbone is the config's: weights_source checked it
     )
     return [
         Record(**common, metric=metric, value=value)
@@ -267,7 +271,15 @@ def train(args) -> int:
         return 0
     # one live run per OUTPUT_DIR (lowssl.run_lock), held by the first machine's launcher for the run
     with run_folder_lock(args.output_dir, args.machine_rank == 0):
-        setup_logging(str(args.output_dir), args.machine_rank * args.num_gpus)
+        setup_logging(str(args.output_dir), args.machine_rank * args.num_gpus, args.quiet)
+        if args.machine_rank == 0:
+            resumed = args.resume and (args.output_dir / "last_checkpoint").is_file()
+            say(
+                f"detection train: {'resuming from its last_checkpoint' if resumed else 'fresh run'} in "
+                f"{args.output_dir.absolute()}; weights {args.weights}; {cfg.MODEL.DEVICE} x "
+                f"{args.num_gpus * args.num_machines} processes, {torch.get_num_threads()} threads; full log "
+                f"{args.output_dir.absolute() / 'log.txt'}; records -> {Path(args.records_dir).absolute()}"
+            )
         prepare_datasets(cfg)
         if args.machine_rank == 0:
             atomic_write_text(args.output_dir / "config.yaml", setup(args).dump())

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +54,10 @@ from lowssl.features import FrozenFeatures
 from lowssl.io import CheckpointError, DiskFullError, atomic_torch_save, atomic_write_text, git_commit
 from lowssl.knn import knn_evaluate
 from lowssl.paths import home
+from lowssl.progress import add_quiet_argument, say, set_quiet
 from lowssl.records import Record, RecordsWriteError, append_records, default_runs_dir, read_records
 from lowssl.released import record_details
+from lowssl.subject import Subject as Provenance
 
 SUBSET_SEED = 0  # --train-subset / --eval-subset: a fixed random choice, the same on every run
 METRICS = {"linear": ("linear_top1", "linear_top5"), "knn": ("knn_top1", "knn1_top1")}
@@ -124,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--print-config", action="store_true", help="print the resolved protocol (YAML) and exit"
         )
+        add_quiet_argument(sub)
     commands.add_parser(
         "inspect", help="what a checkpoint holds (python -m evaluate inspect --help)", add_help=False
     )
@@ -157,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Building the parser reads every protocol file (its --protocol help lists them): one may be refused.
         args = build_parser().parse_args(argv)
+        set_quiet(getattr(args, "quiet", False))  # export prints its one line only
         return export_main(args) if args.command == "export" else evaluate(args)
     except (
         ConfigError,
@@ -175,23 +179,19 @@ def main(argv: list[str] | None = None) -> int:
 # ---- what is evaluated ------------------------------------------------------------------------------
 
 
-@dataclass
-class Subject:
-    """The backbone under evaluation and where it came from."""
+@dataclass(kw_only=True)
+class Subject(Provenance):
+    """The backbone under evaluation (built) and where it came from (lowssl.subject)."""
 
     model: nn.Module
-    arch: str  # a registered backbone, or "pixels"
-    branch: str
-    checkpoint: str  # sha256 of the file, or random-init-seed<N>
-    method: str
-    recipe: str
-    pretrain_epochs: int
-    format: str
     notes: list[str]
     family: str = "cnn"
     feature_dim: int = 0
-    seed: int | None = None  # the pre-training (or initialisation) seed, where known
-    budget: str = ""  # lowssl.records.pretrain_budget; "" where not known
+
+    @classmethod
+    def built(cls, provenance: Provenance, model: nn.Module, notes: list[str], **more) -> Subject:
+        """``provenance`` with its backbone built (``more``: family, feature_dim)."""
+        return cls(**asdict(provenance), model=model, notes=notes, **more)
 
     @property
     def identity(self) -> dict:
@@ -210,18 +210,11 @@ def load_subject(args, image_size: int) -> Subject:
     if args.raw_pixels:
         if args.arch is not None:
             raise ConfigError("--raw-pixels evaluates the images themselves: drop --arch")
-        return Subject(
+        return Subject.built(
+            Provenance.raw_pixels(),
             nn.Flatten(),
-            "pixels",
-            "none",
-            "raw-pixels",
-            "raw-pixels",
-            "none",
-            0,
-            "raw-pixels",
             [f"normalised {image_size}-px centre crops, flattened"],
-            "cnn",
-            3 * image_size**2,
+            feature_dim=3 * image_size**2,
         )
     subject = _load_backbone(args)
     spec = get_spec(subject.arch)
@@ -238,33 +231,17 @@ def _load_backbone(args) -> Subject:
         torch.manual_seed(args.seed)
         # The floor with re-estimated BN statistics is another subject: its own id, method and cache.
         bn = f"-bn{BN_RECALIBRATION_IMAGES}" if args.recalibrate_bn else ""
-        return Subject(
-            build_backbone(args.arch),
-            args.arch,
-            "none",
-            f"random-init-seed{args.seed}{bn}",
-            f"random-init{'-bn' if bn else ''}",
-            "none",
-            0,
-            "random-init",
-            [f"random initialisation, torch seed {args.seed}"],
-            seed=args.seed,
-            budget="none",
+        provenance = Provenance.random_init(
+            args.arch, args.seed, f"random-init-seed{args.seed}{bn}", f"random-init{'-bn' if bn else ''}"
+        )
+        return Subject.built(
+            provenance, build_backbone(args.arch), [f"random initialisation, torch seed {args.seed}"]
         )
     opened = open_from_arguments(args)
-    source = opened.provenance
-    return Subject(
-        model=opened.build_backbone(),
-        arch=opened.arch,
-        branch=opened.branch,
-        checkpoint=opened.checkpoint_sha256,
-        method=source.method,
-        recipe=source.recipe,
-        pretrain_epochs=source.pretrain_epochs,
-        format=opened.format,
-        notes=[*opened.notes, f"{opened.loaded} backbone keys loaded, {len(opened.unexpected)} unexpected"],
-        seed=source.seed,
-        budget=source.budget,
+    return Subject.built(
+        Provenance.of_checkpoint(opened),
+        opened.build_backbone(),
+        [*opened.notes, f"{opened.loaded} backbone keys loaded, {len(opened.unexpected)} unexpected"],
     )
 
 
@@ -387,6 +364,9 @@ def evaluate(args) -> int:
     if stage == "linear":
         protocol = protocol.for_family(subject.family)
     train, evaluation, dataset = build_splits(args, protocol.crop.image_size)
+    named_epochs = protocol.epochs if stage == "linear" else None
+    if stage == "linear":  # a step budget (budget_images) keeps its steps on a smaller training set
+        protocol = protocol.for_training_set(len(train), ctx.world_size)
     if stage == "knn" and protocol.k > len(train):  # lowssl.knn refuses it too, after the features
         raise ConfigError(
             f"k={protocol.k} neighbours, but the bank holds {len(train)} training images: "
@@ -400,7 +380,14 @@ def evaluate(args) -> int:
         if args.no_cache
         else stored_result(args.records_dir, stage, subject, protocol.name, dataset, chash, fingerprint)
     )
-    if stale and ctx.is_main:
+    if ctx.is_main:
+        say(
+            f"evaluate {stage} {protocol.name}: {subject.arch}/{subject.branch} {subject.short_id} on {dataset} "
+            f"({len(train)} training, {len(evaluation)} evaluation images); {ctx.device}"
+            f"{f' x {ctx.world_size} processes' if ctx.distributed else ''}, {torch.get_num_threads()} threads; "
+            f"records -> {args.records_dir / subject.run_id}.csv"
+        )
+    if stale and ctx.is_main:  # a warning: printed under --quiet too
         print(stale)
     if stored is not None:
         values = {row.metric: row.value for row in stored.itertuples()}
@@ -417,7 +404,19 @@ def evaluate(args) -> int:
         return 0
 
     if protocol.note and ctx.is_main:
-        print(f"protocol {protocol.name}: {protocol.note}")
+        say(f"protocol {protocol.name}: {protocol.note}")
+    if named_epochs is not None and protocol.epochs != named_epochs and ctx.is_main:
+        say(
+            f"protocol {protocol.name}: {protocol.epochs} epochs on {len(train)} training images, the optimiser "
+            f"steps of its {named_epochs} epochs on {protocol.budget_images} (budget_images)"
+        )
+    converged = protocol.measured_converged(len(train)) if stage == "linear" else None
+    if converged is False and ctx.is_main:  # a warning: printed under --quiet too
+        print(
+            f"warning: protocol {protocol.name} was measured converged on {protocol.converged_from_images} "
+            f"training images or more, not on {len(train)}: its number may still move with its budget "
+            "(pass a larger --train-subset)"
+        )
     if args.recalibrate_bn:
         used = recalibrate_bn(subject.model, train, protocol.crop, ctx.device)
         subject.notes.append(f"BN statistics re-estimated on {used} training images (fvcore precise BN)")
@@ -444,7 +443,7 @@ def evaluate(args) -> int:
             "protocol": to_dict(protocol),
             "paper_protocol": protocol.paper_protocol,
             "note": protocol.note,
-            "pretrain_budget": subject.budget,
+            **subject.record_details(),  # pretrain_budget: numbers of different budgets never pool
             "checkpoint_format": subject.format,
             "adapter_notes": subject.notes,
             "feature": frozen.kind,
@@ -453,24 +452,21 @@ def evaluate(args) -> int:
             "world_size": ctx.world_size,
             "eval_set": "held-out of train" if args.held_out else "val",
             "dataset_fingerprint": fingerprint,
+            # the epochs the protocol names; details.protocol.epochs are those run (budget_images)
+            **({"named_epochs": named_epochs} if named_epochs is not None else {}),
+            **({"converged_measured": converged} if stage == "linear" else {}),
             **outcome.summary,
             **record_details(args.checkpoint, subject.checkpoint),  # a released checkpoint: how verified
         }
         common = dict(
             run_id=subject.run_id,
             stage=stage,
-            method=subject.method,
-            recipe=subject.recipe,
-            backbone=subject.arch,
-            pretrain_epochs=subject.pretrain_epochs,
             dataset=dataset,
             protocol=protocol.name,
-            branch=subject.branch,
-            checkpoint_sha256=subject.checkpoint,
             config_hash=chash,
             git_commit=git_commit(),
             details=details,
-            seed=subject.seed,
+            **subject.record_columns(),
         )
         rows = [Record(**common, metric=m, value=v) for m, v in outcome.values.items()]
         stem = f"{stage}-{protocol.name}-{dataset}"
@@ -556,6 +552,7 @@ def run_linear(protocol, store: FeatureStore, train: Split, evaluation: Split, c
         "reported_epoch": result.reported_epoch,
         "last_epoch_top1": result.last_top1,
         "peak_lr": protocol.peak_lr(),
+        "optimizer_steps": result.steps,
     }
     curves = {"top1_per_epoch": result.top1_per_epoch, "top5_per_epoch": result.top5_per_epoch}
     return Outcome(

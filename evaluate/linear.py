@@ -33,13 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from evaluate.protocols import LinearProtocol
 from lowssl import schedules
-from lowssl.config import ConfigError
 from lowssl.distributed import Context
 from lowssl.metrics import topk_hits
+from lowssl.progress import progress
 from lowssl.stopping import StopSignals
 from lowssl.transforms import random_crop_transform
 
@@ -114,15 +113,6 @@ def epoch_lr(protocol: LinearProtocol, epoch: int) -> float:
     )
 
 
-def per_process_batch(protocol: LinearProtocol, ctx: Context) -> int:
-    if protocol.batch_size % ctx.world_size:
-        raise ConfigError(
-            f"config key 'batch_size': {protocol.batch_size} does not split evenly over "
-            f"{ctx.world_size} processes"
-        )
-    return protocol.batch_size // ctx.world_size
-
-
 Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
 
@@ -133,7 +123,7 @@ def feature_batches(
     sampler = DistributedSampler(
         range(len(features)), ctx.world_size, ctx.rank, shuffle=True, seed=protocol.seed
     )
-    batch = per_process_batch(protocol, ctx) or len(sampler)
+    batch = protocol.process_batch(ctx.world_size) or len(sampler)
     features, labels = features.to(ctx.device), labels.to(ctx.device)  # once: every epoch reads them all
 
     def batches(epoch: int):
@@ -154,7 +144,7 @@ def augmented_batches(
     generator = torch.Generator().manual_seed(protocol.seed)  # seeds the workers' augmentation
     loader = DataLoader(
         images,
-        batch_size=per_process_batch(protocol, ctx),
+        batch_size=protocol.process_batch(ctx.world_size),
         sampler=sampler,
         num_workers=workers,
         generator=generator,
@@ -164,9 +154,7 @@ def augmented_batches(
 
     def batches(epoch: int):
         sampler.set_epoch(epoch)
-        bar = tqdm(
-            loader, desc=f"epoch {epoch + 1}", disable=not ctx.is_main, leave=False, dynamic_ncols=True
-        )
+        bar = progress(loader, f"epoch {epoch + 1}", enabled=ctx.is_main)
         for crops, labels in bar:
             yield frozen(crops.to(ctx.device, non_blocking=True)), labels.to(ctx.device, non_blocking=True)
 
@@ -192,6 +180,7 @@ class LinearResult:
     top1: float  # of the reported epoch (protocol.report)
     top5: float
     reported_epoch: int  # 1-based
+    steps: int  # optimiser steps run, over all epochs
     top1_per_epoch: list[float] = field(default_factory=list)
     top5_per_epoch: list[float] = field(default_factory=list)
     head_state: dict = field(default_factory=dict)
@@ -220,10 +209,8 @@ def train_linear(
             head, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
         )
     optimizer = build_optimizer(protocol, head)
-    top1s, top5s, best_state = [], [], None
-    bar = tqdm(
-        range(protocol.epochs), desc=f"linear {protocol.name}", disable=not ctx.is_main, dynamic_ncols=True
-    )
+    top1s, top5s, best_state, steps = [], [], None, 0
+    bar = progress(range(protocol.epochs), f"linear {protocol.name}", enabled=ctx.is_main, leave=True)
     # The probe keeps no checkpoint: a stop signal ends it after a step, with nothing recorded.
     with StopSignals(ctx.device) as stop:
         for epoch in bar:
@@ -240,6 +227,7 @@ def train_linear(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                steps += 1
                 if stop.requested():
                     bar.close()
                     stop.stop(
@@ -256,6 +244,6 @@ def train_linear(
             bar.set_postfix(loss=f"{loss.item():.4f}", top1=f"{top1:.2f}")
     if protocol.report == "best":
         best = max(range(len(top1s)), key=top1s.__getitem__)  # the first of equal epochs
-        return LinearResult(top1s[best], top5s[best], best + 1, top1s, top5s, best_state)
+        return LinearResult(top1s[best], top5s[best], best + 1, steps, top1s, top5s, best_state)
     last_state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
-    return LinearResult(top1s[-1], top5s[-1], protocol.epochs, top1s, top5s, last_state)
+    return LinearResult(top1s[-1], top5s[-1], protocol.epochs, steps, top1s, top5s, last_state)

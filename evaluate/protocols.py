@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -104,6 +105,15 @@ class LinearProtocol:
     final_lr: float = 0.0  # cosine: the LR it ends at
     milestones: tuple[int, ...] = ()  # step: epochs after which the LR is multiplied by gamma
     gamma: float = 0.1
+    # null: the budget is ``epochs`` passes over whatever training set is given. N: it is the optimiser
+    # steps of ``epochs`` passes over N images, kept on a smaller training set (--train-subset) by
+    # running more epochs (:meth:`for_training_set`), for a preset whose result follows its step count
+    # rather than its passes (sslight_tiny.yaml: LARS learns by the sum of lr x trust over the steps).
+    budget_images: int | None = None
+    # The fewest training images the budget was measured converged on (top-1 moves < 0.5 pt at twice the
+    # budget; the YAML gives the numbers): on fewer, evaluate warns and the record says so. null: no
+    # such claim (the paper protocols: the authors' values at the authors' scale).
+    converged_from_images: int | None = None
     report: Literal["last", "best"] = "last"  # "best": the best epoch on the evaluation set
     eval_batch_size: int = 256
     seed: int = 0
@@ -123,6 +133,17 @@ class LinearProtocol:
             "lr_batch_scaling",
             "the linear scaling rule needs a batch size; set it false for full batch",
         )
+        require(
+            self.budget_images is None or (self.budget_images > 0 and self.batch_size > 0),
+            "budget_images",
+            f"must be > 0 or null, and needs a batch size (full batch is one step per epoch), got "
+            f"{self.budget_images} with batch_size {self.batch_size}",
+        )
+        require(
+            self.converged_from_images is None or self.converged_from_images > 0,
+            "converged_from_images",
+            f"must be > 0 or null, got {self.converged_from_images}",
+        )
         require(self.base_lr > 0, "base_lr", f"must be > 0, got {self.base_lr}")
         require(
             0 < self.train_crop_scale[0] <= self.train_crop_scale[1] <= 1,
@@ -140,6 +161,41 @@ class LinearProtocol:
 
     def peak_lr(self) -> float:
         return self.base_lr * self.batch_size / LR_REFERENCE_BATCH if self.lr_batch_scaling else self.base_lr
+
+    def process_batch(self, world_size: int) -> int:
+        """Each process's share of a batch (0: full batch)."""
+        if self.batch_size % world_size:
+            raise ConfigError(
+                f"config key 'batch_size': {self.batch_size} does not split evenly over "
+                f"{world_size} processes"
+            )
+        return self.batch_size // world_size
+
+    def steps_per_epoch(self, images: int, world_size: int = 1) -> int:
+        """Optimiser steps of one epoch over ``images`` training images as evaluate/linear.py batches
+        them: each process's share padded to ceil(images / world_size) (DistributedSampler), the last
+        batch short (no drop_last); full batch: one."""
+        batch = self.process_batch(world_size)
+        return math.ceil(math.ceil(images / world_size) / batch) if batch else 1
+
+    def for_training_set(self, images: int, world_size: int = 1) -> LinearProtocol:
+        """The protocol as it runs on ``images`` training images. With ``budget_images``, the epochs rise
+        (never fall) to run at least the optimiser steps of ``epochs`` passes over ``budget_images``
+        images, the step milestones at the same fractions of the run (a cosine follows the epochs
+        itself); on ``budget_images`` images it is the protocol as written."""
+        if self.budget_images is None:
+            return self
+        steps = self.epochs * self.steps_per_epoch(self.budget_images, world_size)
+        epochs = max(self.epochs, math.ceil(steps / self.steps_per_epoch(images, world_size)))
+        if epochs == self.epochs:
+            return self
+        milestones = tuple(round(m * epochs / self.epochs) for m in self.milestones)
+        return dataclasses.replace(self, epochs=epochs, milestones=milestones)
+
+    def measured_converged(self, images: int) -> bool | None:
+        """Whether the budget was measured converged on ``images`` training images: as many as
+        ``converged_from_images`` or more; None where the protocol makes no such claim."""
+        return None if self.converged_from_images is None else images >= self.converged_from_images
 
     def for_family(self, family: str) -> LinearProtocol:
         """The protocol as it applies to a backbone family: ViTs take the ``vit`` section's values."""

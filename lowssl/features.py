@@ -17,11 +17,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
-from tqdm import tqdm
 
 from lowssl import distributed
 from lowssl.data import DatasetError
 from lowssl.distributed import Context
+from lowssl.progress import progress
 
 GATHER_ROWS = 8192  # rows per all_gather: keeps device memory bounded for ImageNet-size sets
 
@@ -115,7 +115,7 @@ def extract_features(
     was_training = model.training
     model.eval()
     features, labels = [], []
-    for images, targets in tqdm(loader, desc=desc, disable=not show, leave=False, dynamic_ncols=True):
+    for images, targets in progress(loader, desc or "", enabled=show):
         features.append(model(images.to(device, non_blocking=True)).float().cpu())
         labels.append(targets)
     model.train(was_training)

@@ -14,9 +14,9 @@ import os
 import pickle
 import pickletools
 import re
+import secrets
 import shutil
 import subprocess
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -69,10 +69,14 @@ def _ran_out_of_space(error: BaseException | None) -> bool:
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(file)`` on a temp file next to ``path``, then rename it over ``path``."""
+    """Call ``write(file)`` on a temp file next to ``path``, then rename it over ``path``. The file
+    gets the mode ``open(path, "wb")`` would give a new file: 0666 less the umask (0644 under the
+    usual 022, group-readable under a lab's 002), not the 0600 of :func:`tempfile.mkstemp`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    # O_EXCL: never opens a file that exists (64 random bits name it); the kernel applies the umask.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
     try:
         with os.fdopen(fd, "wb") as file:
             write(file)

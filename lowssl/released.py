@@ -13,6 +13,7 @@ torch and the checkpoint readers (every backbone) are imported by the checks tha
 
     python -m lowssl.released list
     python -m lowssl.released fetch sslight_resnet18_dino_200ep
+    python -m lowssl.released table    # how each cached file reads, trust off (docs/released.md)
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ import os
 import re
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -37,7 +40,7 @@ from tqdm import tqdm
 CACHE_ENV = "LOWSSL_CACHE"
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60
-FIELDS = ("url", "source", "format", "arch", "branch", "sha256", "md5_prefix", "paper", "note")
+FIELDS = ("url", "source", "format", "arch", "branch", "sha256", "md5_prefix", "accuracy", "paper", "note")
 
 
 class ReleasedError(RuntimeError):
@@ -54,6 +57,14 @@ class PaperRow:
 
 
 @dataclass(frozen=True)
+class Accuracy:
+    """The ImageNet linear top-1 a page states for a released file, and where it states it."""
+
+    linear_top1: float
+    source: str
+
+
+@dataclass(frozen=True)
 class Released:
     """One published checkpoint file (fields: the header of ``lowssl/released.yaml``)."""
 
@@ -65,6 +76,7 @@ class Released:
     branch: str
     sha256: str | None
     md5_prefix: str | None
+    accuracy: Accuracy | None
     paper: tuple[PaperRow, ...]
     note: str
 
@@ -84,7 +96,10 @@ def _entry(name: str, data: dict) -> Released:
     if set(data) != set(FIELDS):
         raise ValueError(f"lowssl/released.yaml, '{name}': fields {sorted(data)}; expected {list(FIELDS)}")
     paper = tuple(PaperRow(int(row["table"]), str(row["row"])) for row in data["paper"])
-    return Released(name=name, **{**data, "paper": paper})
+    accuracy = data["accuracy"] and Accuracy(
+        float(data["accuracy"]["linear_top1"]), str(data["accuracy"]["source"])
+    )
+    return Released(name=name, **{**data, "paper": paper, "accuracy": accuracy})
 
 
 @cache
@@ -130,6 +145,16 @@ def download_url(entry: Released) -> str | None:
     if match := _DRIVE_FILE.match(entry.url):
         return f"https://drive.google.com/uc?export=download&id={match[1]}"
     return entry.url
+
+
+def link_expiry(url: str) -> datetime | None:
+    """When a signed link stops working, as it states itself: an Azure shared-access signature
+    (``sig=``) carries its expiry in ``se=`` (UTC). None for any other link."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    if "sig" not in query or "se" not in query:
+        return None
+    expiry = datetime.fromisoformat(query["se"][0])
+    return expiry if expiry.tzinfo else expiry.replace(tzinfo=UTC)
 
 
 def _by_hand(entry: Released, target: Path) -> str:
@@ -295,6 +320,13 @@ def fetch(name: str, cache_dir: str | Path | None = None, progress: bool = True,
     url = download_url(entry)
     if url is None:
         raise ReleasedError(f"{entry.name} is published as a folder, not a file: {_by_hand(entry, target)}")
+    expiry = link_expiry(entry.url)
+    if expiry is not None and expiry <= datetime.now(UTC):  # the host would answer 403
+        raise ReleasedError(
+            f"{entry.name}: the published link expired on {expiry:%Y-%m-%d} (its own se= field); find the "
+            f"current link on {entry.source}, download it by hand and save it as {target}, then run this "
+            "again (and update the url in lowssl/released.yaml)"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     try:
@@ -339,23 +371,94 @@ def _published_digest(entry: Released) -> str:
 
 
 def _list(cache_dir: Path) -> None:
+    print(
+        f"{len(registry())} released checkpoints (lowssl/released.yaml); cache {cache_dir}; "
+        "fetch one with: python -m lowssl.released fetch NAME"
+    )
     print(f"{'name':42s} {'backbone':22s} {'format':14s} {'cached':7s} {'published digest':17s} paper rows")
     for entry in registry().values():
         cached = "cached" if (cache_dir / entry.filename).is_file() else "-"
-        rows = "; ".join(map(str, entry.paper)) or "official release (not a paper row)"
+        rows = "; ".join(map(str, entry.paper)) or "none (lowssl/released.yaml: its note says why)"
         print(
             f"{entry.name:42s} {entry.arch:22s} {entry.format:14s} {cached:7s} {_published_digest(entry):17s} {rows}"
         )
 
 
+TABLE_COLUMNS = (
+    "name",
+    "format detected",
+    "arch",
+    "branch",
+    "backbone keys loaded / missing",
+    "trust needed",
+    "URL from",
+    "linear top-1",
+    "accuracy from",
+)
+
+
+def layout_row(entry: Released, path: Path) -> tuple[str, ...]:
+    """How the file at ``path`` reads as ``entry`` declares it, as a new user's ``evaluate inspect`` would:
+    trust off, its format detected (not forced), the entry's branch; the columns of ``TABLE_COLUMNS``
+    from "format detected" to "trust needed". A detected format other than the entry's is marked, and so
+    is a file that only a full unpickle (trust) could open."""
+    from lowssl.checkpoints import CheckpointLayoutError, open_checkpoint
+    from lowssl.io import TRUST_ADVICE, CheckpointError
+
+    try:
+        opened = open_checkpoint(path, branch=entry.branch)
+    except (CheckpointError, CheckpointLayoutError) as error:
+        trust = "yes" if TRUST_ADVICE in str(error) else "-"
+        return ("unreadable: " + " ".join(str(error).split())[:200], "-", "-", "-", trust)
+    ties = [name for name in opened.matched_formats if name != opened.format]
+    detected = opened.format + (f" (same tensors: {', '.join(ties)})" if ties else "")
+    if entry.format not in opened.matched_formats:
+        detected += f" NOT the registered {entry.format}"
+    return (detected, opened.arch, opened.branch, f"{opened.loaded} / {len(opened.missing)}", "no")
+
+
+def _table(cache_dir: Path) -> None:
+    """A Markdown table: one row per entry, read from its cached file (``not cached`` where absent)."""
+    print("| " + " | ".join(TABLE_COLUMNS) + " |")
+    print("|" + "---|" * len(TABLE_COLUMNS))
+    for entry in registry().values():
+        path = cache_dir / entry.filename
+        layout = layout_row(entry, path) if path.is_file() else ("not cached", "-", "-", "-", "-")
+        accuracy = (
+            (str(entry.accuracy.linear_top1), entry.accuracy.source)
+            if entry.accuracy
+            else ("-", "none in text")
+        )
+        print("| " + " | ".join((entry.name, *layout, entry.source, *accuracy)) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lowssl.released", description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", type=Path, help=f"default ${CACHE_ENV} or ~/.cache/lowssl/checkpoints")
+    parser = argparse.ArgumentParser(
+        prog="python -m lowssl.released",
+        description=" ".join(__doc__.split("\n\n")[0].split()),  # the first paragraph, whole
+        epilog="e.g. python -m lowssl.released fetch NAME --cache-dir DIR",
+    )
+    cache_help = f"default ${CACHE_ENV} or ~/.cache/lowssl/checkpoints"
+    parser.add_argument("--cache-dir", type=Path, help=cache_help)
+    # --cache-dir after the command too (``fetch NAME --cache-dir D``); SUPPRESS: absent there, the
+    # value given before the command stands
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--cache-dir", type=Path, default=argparse.SUPPRESS, help=cache_help)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
-        "list", help="every released checkpoint: name, backbone, format, cached, published digest, paper rows"
+        "list",
+        parents=[after],
+        help="every released checkpoint: name, backbone, format, cached, published digest, paper rows",
     )
-    get = commands.add_parser("fetch", help="download (or find in the cache) and verify; prints the path")
+    commands.add_parser(
+        "table",
+        parents=[after],
+        help="every entry's cached file read as `evaluate inspect` reads it (trust off): format detected, "
+        "arch, branch, keys loaded / missing, trust needed, and where its URL and accuracy come from",
+    )
+    get = commands.add_parser(
+        "fetch", parents=[after], help="download (or find in the cache) and verify; prints the path"
+    )
     get.add_argument("name")
     get.add_argument("--no-progress", action="store_true")
     get.add_argument(
@@ -365,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir = args.cache_dir or default_cache_dir()
     if args.command == "list":
         _list(cache_dir)
+        return 0
+    if args.command == "table":
+        _table(cache_dir)
         return 0
     try:
         print(fetch(args.name, cache_dir, progress=not args.no_progress, trust=args.trust_checkpoint))

@@ -13,6 +13,10 @@ prints one line, hands the signal on to the handler installed before it (submiti
 and exits with 128 + the signal's number (143 for SIGTERM): what a shell reports for a process the
 signal ended, so a wrapper that tests for 143 keeps working, and never 0, which would read as a
 finished run. A signal that arrives before the first step stops the run after that step.
+
+A run also stops on a NaN or infinite loss or weight (:class:`NonFiniteLossError`,
+:class:`NonFiniteWeightsError`), and refuses to resume another run's checkpoint (:class:`ResumeError`):
+the errors every training stage raises, defined once here.
 """
 
 from __future__ import annotations
@@ -28,6 +32,20 @@ import torch.distributed as dist
 from lowssl import distributed
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite: the training run (pretrain, semisup) stops and its last good
+    checkpoint is kept."""
+
+
+class NonFiniteWeightsError(NonFiniteLossError):
+    """An update left a weight NaN or infinite; the run stops before it is saved, as on a NaN loss."""
+
+
+class ResumeError(RuntimeError):
+    """The checkpoint to resume is not there, or belongs to another run: resuming would change the
+    model, the method, the protocol or the labelled subset."""
 
 
 class StopSignals:

@@ -17,8 +17,10 @@ timeout, returning the same job to resubmit. The job is ``python -m <stage> <arg
   variables and ``--resume`` (Detectron2 resumes from ``OUTPUT_DIR/last_checkpoint`` when there is
   one, and loads ``--weights`` when there is not).
 
-submitit is optional (``pip install 'lowssl[cluster]'``); without SLURM, ``--cluster local`` runs the
-same job as one local process, ``--cluster debug`` in this process.
+submitit is optional (``pip install 'lowssl[cluster]'``). Where there is no SLURM (no ``sbatch`` on
+PATH) it refuses, unless asked for a local run: ``--local`` (or ``--cluster local``) runs the same job
+as one process on this machine, ``--cluster debug`` in this process. ``--dry-run`` prints the job it
+would submit (sbatch parameters and each task's command) and submits nothing, with or without SLURM.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from __future__ import annotations
 import argparse
 import os
 import runpy
+import shlex
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,10 @@ from lowssl.distributed import torchrun_variables
 from lowssl.paths import home
 
 STAGES = ("pretrain", "evaluate", "semisup", "detection", "results")
+
+
+class SubmitError(ValueError):
+    """The job cannot go where it was sent (no SLURM here, several machines for a local run)."""
 
 
 @dataclass
@@ -96,42 +104,106 @@ def parser() -> argparse.ArgumentParser:
         "--job-dir", type=Path, default=home() / "runs" / "slurm", help="submitit's logs (%%j: job id)"
     )
     main.add_argument(
-        "--cluster", choices=("slurm", "local", "debug"), help="default: slurm if sbatch exists"
+        "--cluster",
+        choices=("slurm", "local", "debug"),
+        help="default: slurm; without SLURM (no sbatch), refused unless --local",
+    )
+    main.add_argument(
+        "--local", action="store_true", help="no SLURM: run the job as one process on this machine"
+    )
+    main.add_argument(
+        "--dry-run", action="store_true", help="print the job (sbatch parameters, command) and submit nothing"
     )
     main.add_argument("stage", choices=STAGES, help="the stage to run, then its own arguments")
     main.add_argument("stage_args", nargs=argparse.REMAINDER, help="the stage's arguments")
     return main
 
 
-def executor(args: argparse.Namespace):
-    """A submitit executor with one task per GPU (per machine for detection, see the module doc)."""
-    try:
-        import submitit
-    except ImportError as error:
-        raise SystemExit("lowssl.submit needs submitit: pip install 'lowssl[cluster]'") from error
-    # local / debug runs are one process (submitit sets no SLURM variables for them)
-    one_task = args.stage == "detection" or args.cluster in ("local", "debug")
-    tasks_per_node = 1 if one_task else max(args.gpus_per_node, 1)
-    chosen = submitit.AutoExecutor(folder=str(args.job_dir / "%j"), cluster=args.cluster)
-    optional = {"slurm_partition": args.partition, "slurm_account": args.account}
-    optional["slurm_constraint"] = args.constraint
-    chosen.update_parameters(
+def choose_cluster(args: argparse.Namespace) -> str:
+    """slurm, local or debug: what was asked for (``--local`` is ``--cluster local``), else slurm.
+    SLURM where there is none, or several machines for a local run, is a :class:`SubmitError`."""
+    if args.local and args.cluster not in (None, "local"):
+        raise SubmitError(f"--local and --cluster {args.cluster} disagree: give one of them")
+    cluster = "local" if args.local else args.cluster or "slurm"
+    if cluster == "slurm" and not args.dry_run and shutil.which("sbatch") is None:
+        raise SubmitError(
+            "no SLURM on this machine (sbatch is not on PATH): submit from a SLURM login node, or "
+            "pass --local to run the job as one process here (--dry-run shows the job without submitting)"
+        )
+    if cluster != "slurm" and args.nodes > 1:
+        raise SubmitError(
+            f"--nodes {args.nodes} needs SLURM; a {cluster} run is one process on this machine: "
+            "drop --nodes, or submit from a SLURM login node"
+        )
+    return cluster
+
+
+def job_parameters(args: argparse.Namespace, cluster: str) -> dict:
+    """submitit's ``update_parameters``: one task per GPU (per machine for detection, see the module
+    doc); local / debug runs are one process (submitit sets no SLURM variables for them)."""
+    one_task = args.stage == "detection" or cluster in ("local", "debug")
+    optional = {
+        "slurm_partition": args.partition,
+        "slurm_account": args.account,
+        "slurm_constraint": args.constraint,
+    }
+    return dict(
         name=args.job_name,
         nodes=args.nodes,
-        tasks_per_node=tasks_per_node,
+        tasks_per_node=1 if one_task else max(args.gpus_per_node, 1),
         gpus_per_node=args.gpus_per_node,
         cpus_per_task=args.cpus_per_task,
         timeout_min=args.timeout_min,
         **({"mem_gb": args.mem_gb} if args.mem_gb else {}),
-        **{key: value for key, value in optional.items() if value and args.cluster in (None, "slurm")},
+        **{key: value for key, value in optional.items() if value and cluster == "slurm"},
     )
+
+
+def executor(args: argparse.Namespace):
+    """A submitit executor for :func:`job_parameters`, on the cluster :func:`choose_cluster` picks."""
+    try:
+        import submitit
+    except ImportError as error:
+        raise SystemExit("lowssl.submit needs submitit: pip install 'lowssl[cluster]'") from error
+    cluster = choose_cluster(args)
+    chosen = submitit.AutoExecutor(folder=str(args.job_dir / "%j"), cluster=cluster)
+    chosen.update_parameters(**job_parameters(args, cluster))
     return chosen
+
+
+def describe(args: argparse.Namespace) -> str:
+    """What ``--dry-run`` prints: the cluster, submitit's parameters and the command of the first task
+    (detection's machine layout as node 0 of the job gets it)."""
+    cluster = choose_cluster(args)
+    parameters = job_parameters(args, cluster)
+    job = StageJob(args.stage, args.stage_args, args.gpus_per_node)
+    environ = {"SLURM_NNODES": str(args.nodes), "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "<first node>"}
+    command = shlex.join(["python", "-m", args.stage, *job.command(environ)])
+    tasks = parameters["nodes"] * parameters["tasks_per_node"]
+    lines = [
+        f"dry run: nothing submitted; cluster {cluster}"
+        + ("" if cluster != "slurm" or shutil.which("sbatch") else " (no sbatch on this machine)"),
+        "sbatch parameters (submitit): " + ", ".join(f"{key}={value}" for key, value in parameters.items()),
+        f"job folder: {args.job_dir / '%j'} (submitit's logs, %j: the job id)",
+        f"each of the {tasks} task(s) runs: {command}",
+    ]
+    if args.stage == "detection" and args.nodes > 1:
+        lines.append("(--machine-rank and --dist-url: from each machine's SLURM variables when it starts)")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    try:
+        if args.dry_run:
+            print(describe(args))
+            return 0
+        chosen = executor(args)
+    except SubmitError as error:  # bad input: one line, exit 2, as every lowssl CLI
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     job = StageJob(args.stage, args.stage_args, args.gpus_per_node)
-    submitted = executor(args).submit(job)
+    submitted = chosen.submit(job)
     print(f"submitted {args.stage} as job {submitted.job_id}; logs in {args.job_dir / str(submitted.job_id)}")
     return 0
 

@@ -22,7 +22,6 @@ import torch
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from lowssl import distributed
 from lowssl.backbones import get_spec
@@ -32,28 +31,17 @@ from lowssl.data import DatasetError, IndexedImages, build_dataset, held_out_spl
 from lowssl.features import extract_features
 from lowssl.io import DiskFullError, atomic_write_text, first_non_finite, git_commit, remove_stale_temp_files
 from lowssl.knn import knn_evaluate
-from lowssl.records import Record, append_records, pretrain_budget
+from lowssl.progress import add_quiet_argument, progress, say, set_quiet
+from lowssl.records import Record, append_records, default_runs_dir, pretrain_budget
 from lowssl.rng import rng_state, set_rng_state
 from lowssl.run_lock import RunFolderBusy, run_folder_lock
-from lowssl.stopping import StopSignals
+from lowssl.stopping import NonFiniteLossError, NonFiniteWeightsError, ResumeError, StopSignals
 from lowssl.transforms import centre_crop_transform
 from pretrain.config import PretrainConfig
 from pretrain.loader import build_loader
 from pretrain.methods import MultiCropMethod, RunLayout, build_method
 from pretrain.optim import Schedules, build_optimizer, build_schedules, clip_gradients
 from pretrain.views import CropViews, GpuViewAugment, MultiCropViews, resolve_views
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stops and the last good checkpoint is kept."""
-
-
-class NonFiniteWeightsError(NonFiniteLossError):
-    """An update left a weight NaN or infinite; the run stops before it is saved, as on a NaN loss."""
-
-
-class ResumeError(RuntimeError):
-    """Resuming would change the model or the method."""
 
 
 def _configs_help() -> str:
@@ -104,6 +92,7 @@ def parse_args(argv=None) -> tuple[PretrainConfig, argparse.Namespace]:
         default=2,
         help="--dry-run: optimiser steps timed for the estimate (0: none)",
     )
+    add_quiet_argument(parser)
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the flags
     return load(PretrainConfig, args.config, args.overrides), args
 
@@ -111,6 +100,7 @@ def parse_args(argv=None) -> tuple[PretrainConfig, argparse.Namespace]:
 def main(argv=None) -> int:
     try:
         cfg, args = parse_args(argv)
+        set_quiet(args.quiet)
         if args.print_config or args.dry_run:
             from pretrain.dry_run import describe
 
@@ -140,6 +130,7 @@ def train(cfg: PretrainConfig) -> dict:
 
 
 def _train(cfg: PretrainConfig, ctx: distributed.Context, stop: StopSignals) -> dict:
+    started = time.monotonic()
     # ---- determinism ----------------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     if ctx.device.type == "cpu":
@@ -154,6 +145,14 @@ def _train(cfg: PretrainConfig, ctx: distributed.Context, stop: StopSignals) -> 
 
     # ---- resume -----------------------------------------------------------------------------------
     start_epoch, start_batch = resume(run)
+    records_file = (
+        Path(cfg.records_dir or default_runs_dir())
+        / f"{pretrain_run_id(cfg, run.provenance['config_hash'])}.csv"
+    )
+    _say(ctx, _banner(run, data.sampler.steps_per_epoch, records_file))
+    if start_epoch >= cfg.epochs or run.budget_spent:  # a finished run: resuming it trains nothing more
+        _close(run, "complete", data.sampler.steps_per_epoch, None, started)
+        return run.metrics
 
     # ---- epochs: each ends with the monitor and its checkpoints, unless the step budget ran out ----
     logger = RunLogger(run_dir, ctx.is_main, cfg.log_every_steps, run.provenance)
@@ -170,9 +169,63 @@ def _train(cfg: PretrainConfig, ctx: distributed.Context, stop: StopSignals) -> 
     logger.close()
 
     # ---- records: the final monitor values --------------------------------------------------------
+    records_written = None
     if ctx.is_main and run.metrics.keys() & {"knn_top1_heldout", "online_linear_top1"}:
-        _write_records(cfg, run.provenance, run.metrics, run_dir)
+        records_written = _write_records(cfg, run.provenance, run.metrics, run_dir)
+    _close(
+        run,
+        "max_steps" if run.budget_spent else "done",
+        data.sampler.steps_per_epoch,
+        records_written,
+        started,
+    )
     return run.metrics
+
+
+def _banner(run: Run, steps_per_epoch: int, records_file: Path) -> str:
+    """The run's first line: where it lives, fresh or resumed, what it runs on, where its records go."""
+    cfg, ctx = run.cfg, run.ctx
+    start = (
+        f"resumed from {run.resumed_from} at global step {run.global_step}"
+        if run.resumed_from is not None
+        else "fresh run"
+    )
+    stop = f", stopping at max_steps={cfg.max_steps}" if cfg.max_steps is not None else ""
+    processes = f" x {ctx.world_size} processes" if ctx.world_size > 1 else ""
+    return (
+        f"pretrain {cfg.experiment}: {start} in {run.run_dir.absolute()}; {cfg.epochs} epochs of "
+        f"{steps_per_epoch} steps{stop}; {ctx.device}{processes}, {torch.get_num_threads()} threads; "
+        f"records -> {records_file.absolute()}"
+    )
+
+
+def _close(run: Run, why: str, steps_per_epoch: int, records: Path | None, started: float) -> None:
+    """The run's last line (printed under --quiet too): why it stopped and what it wrote where."""
+    if not run.ctx.is_main:
+        return
+    cfg, step = run.cfg, run.global_step
+    epoch, in_epoch = divmod(step, steps_per_epoch)
+    position = (
+        f"end of epoch {epoch} of {cfg.epochs}"
+        if in_epoch == 0
+        else f"epoch {epoch + 1}, step {in_epoch} of {steps_per_epoch}"
+    )
+    if why == "complete":
+        print(
+            f"pretrain already complete: {run.last_path.absolute()} holds global step {step} ({position}); "
+            f"nothing was trained (raise epochs= or max_steps= to continue it, resume=never to start over)"
+        )
+        return
+    reason = f"stopped at max_steps={cfg.max_steps}" if why == "max_steps" else "done"
+    recorded = (
+        f"records {records.absolute()}"
+        if records is not None
+        else "no records (no epoch ended with a monitor value)"
+    )
+    print(
+        f"pretrain {reason} after {time.monotonic() - started:.0f} s: global step {step} ({position}); "
+        f"checkpoint {run.last_path.absolute()}; {recorded}"
+    )
 
 
 # ---- set-up -----------------------------------------------------------------------------------------
@@ -237,6 +290,7 @@ class Run:
     global_step: int = 0  # optimiser steps taken, over all epochs
     saved_step: int | None = None  # the global step whose weights last.pth holds, once saved or resumed
     metrics: dict = field(default_factory=dict)  # of the last finished epoch
+    resumed_from: Path | None = None  # the checkpoint this run resumed, for its banner
 
     @property
     def budget_spent(self) -> bool:
@@ -360,12 +414,8 @@ def resume(run: Run) -> tuple[int, int]:
     set_rng_state(state["rng"])
     run.global_step = state["global_step"]
     run.saved_step = run.global_step if resume_path == run.last_path else None
-    epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
-    _say(
-        ctx,
-        f"resumed from {resume_path} at epoch {epoch}, step {step_in_epoch} (global step {run.global_step})",
-    )
-    return epoch, step_in_epoch
+    run.resumed_from = resume_path
+    return state["epoch"], state["step_in_epoch"]
 
 
 def save_checkpoint(run: Run, path: Path, epoch: int, step_in_epoch: int) -> Path:
@@ -442,16 +492,14 @@ def train_one_epoch(
     steps_per_epoch = data.sampler.steps_per_epoch
     data.sampler.set_epoch(epoch, first_batch)
     run.method.train()
-    bar = tqdm(
-        data.loader,
-        total=steps_per_epoch - first_batch,
-        desc=f"epoch {epoch + 1}/{cfg.epochs}",
-        disable=not ctx.is_main,
-        dynamic_ncols=True,
-        leave=False,
+    bar = progress(
+        timed(data.loader),
+        f"epoch {epoch + 1}/{cfg.epochs}",
+        steps_per_epoch - first_batch,
+        enabled=ctx.is_main,
     )
     tick = time.perf_counter()
-    for step_in_epoch, (batch_views, labels, skipped) in enumerate(bar, start=first_batch):
+    for step_in_epoch, (data_wait_s, (batch_views, labels, skipped)) in enumerate(bar, start=first_batch):
         batch_views = [v.to(ctx.device, non_blocking=True) for v in batch_views]
         if data.device_augment is not None:
             batch_views = data.device_augment(batch_views)
@@ -472,6 +520,7 @@ def train_one_epoch(
             values,
             images,
             seconds,
+            data_wait_s,
             skipped,
             last=epoch_done or run.budget_spent,
         )
@@ -492,6 +541,21 @@ def train_one_epoch(
             )
     bar.close()
     return out.loss.item() if epoch_done else None
+
+
+def timed(batches):
+    """Each batch with the seconds spent blocked waiting for it: the time the loader's workers did not
+    keep up (DINO's MetricLogger "data" time; not synchronised with the device, whose queued work
+    may still run meanwhile). The rest of a step's seconds is the step itself."""
+    start = time.perf_counter()
+    iterator = iter(batches)  # starts the loader's workers: the first batch waits for them too
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        yield time.perf_counter() - start, batch
+        start = time.perf_counter()  # the loop asks for the next batch
 
 
 def train_step(run: Run, views: list[torch.Tensor], labels: torch.Tensor, epoch: int, step_in_epoch: int):
@@ -538,8 +602,9 @@ def end_epoch(run: Run, data: RunData, epoch: int, loss: float, logger: RunLogge
             metrics["knn_top1_heldout"] = knn_top1
     if run.probe is not None:
         metrics["online_linear_top1"] = run.probe.epoch_accuracy()
-    logger.epoch(epoch + 1, metrics)
-    _say(ctx, f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    throughput = logger.epoch(epoch + 1, metrics)
+    values = ", ".join(f"{k} {v:.4g}" for k, v in {**metrics, **throughput}.items() if k != "epoch")
+    _say(ctx, f"epoch {epoch + 1}/{cfg.epochs}: {values}")
     run.metrics = metrics
     if ctx.is_main:
         save_checkpoint(run, run.last_path, epoch + 1, 0)
@@ -572,7 +637,7 @@ def _cpu_state(module: nn.Module) -> dict:
 
 def _say(ctx, message: str) -> None:
     if ctx.is_main:
-        tqdm.write(message)
+        say(message)
 
 
 def monitor_knn(cfg: PretrainConfig, backbone, images, train_index, held_index, device) -> float | None:
@@ -592,7 +657,7 @@ def monitor_knn(cfg: PretrainConfig, backbone, images, train_index, held_index, 
     )
     num_classes, k, temperature = len(images.classes), cfg.monitor.knn_k, cfg.monitor.knn_temperature
     if len(bank) < k:
-        tqdm.write(
+        say(
             f"kNN monitor skipped: its bank holds {len(bank)} readable images, fewer than monitor.knn_k={k} "
             "(more training images, or a smaller monitor.knn_k)"
         )
@@ -652,8 +717,11 @@ class RunLogger:
     A row every ``every_steps`` optimiser steps (counted over the whole run, so a resumed run logs the
     same steps as an uninterrupted one) and at every step ``step(..., last=True)`` marks: the last of
     an epoch (whose loss the epoch's metrics report) and of the run. A row holds that step's loss
-    terms, LR and weight decay, the images per second since the previous row and the unreadable
-    images skipped so far.
+    terms, LR and weight decay, the images per second and the seconds spent waiting for data (with
+    their fraction of the step time) since the previous row, and the unreadable images skipped so far.
+    A resumed run appends rows under its log.csv's header (one written before a column existed keeps
+    its columns). The epoch's line (:meth:`epoch`) and the end of a run stopped inside an epoch
+    (:meth:`close`) summarise the images per second and data-wait fraction of their steps.
     """
 
     def __init__(
@@ -669,8 +737,9 @@ class RunLogger:
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
         self.csv_path = run_dir / "log.csv"
         self.every_steps = every_steps
+        self.fieldnames: list[str] | None = None  # log.csv's columns, once known
         self.skipped = 0
-        self.images, self.seconds = 0, 0.0  # since the last row
+        self.since_row, self.since_summary = Throughput(), Throughput()
 
     def step(
         self,
@@ -680,30 +749,33 @@ class RunLogger:
         values,
         images: int,
         seconds: float,
+        data_wait_s: float,
         skipped: int,
         last: bool = False,
     ) -> None:
         if not self.enabled:
             return
         self.skipped += skipped
-        self.images += images
-        self.seconds += seconds
+        self.since_row.add(images, seconds, data_wait_s)
+        self.since_summary.add(images, seconds, data_wait_s)
         if not last and step % self.every_steps != 0:
             return
-        images_per_s = self.images / max(self.seconds, 1e-9)
-        self.images, self.seconds = 0, 0.0
         row = {
             "step": step,
             "epoch": epoch,
             **{k: float(v) for k, v in terms.items()},
             "lr": values.lr,
             "weight_decay": values.weight_decay,
-            "images_per_s": images_per_s,
+            **self.since_row.rates(),
+            "data_wait_s": self.since_row.data_wait_s,
             "skipped_images": self.skipped,
         }
-        new = not self.csv_path.exists()
+        self.since_row = Throughput()
+        if self.fieldnames is None:
+            self.fieldnames = _csv_header(self.csv_path) or list(row)
+        new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
         with open(self.csv_path, "a", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=list(row))
+            writer = csv.DictWriter(file, fieldnames=self.fieldnames, extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerow(row)
@@ -711,17 +783,55 @@ class RunLogger:
             if key not in ("step", "epoch"):
                 self.writer.add_scalar(f"train/{key}", value, step)
 
-    def epoch(self, epoch: int, metrics: dict) -> None:
-        if self.enabled:
-            for key, value in metrics.items():
-                if key != "epoch":
-                    self.writer.add_scalar(f"monitor/{key}", value, epoch)
+    def epoch(self, epoch: int, metrics: dict) -> dict:
+        """Writes the epoch's monitor values; returns the images per second and data-wait fraction of
+        its steps (since the previous summary; {} on a process that does not log)."""
+        if not self.enabled:
+            return {}
+        for key, value in metrics.items():
+            if key != "epoch":
+                self.writer.add_scalar(f"monitor/{key}", value, epoch)
+        throughput, self.since_summary = self.since_summary.rates(), Throughput()
+        for key, value in throughput.items():
+            self.writer.add_scalar(f"epoch/{key}", value, epoch)
+        return throughput
 
     def close(self) -> None:
         if self.enabled:
+            if self.since_summary.steps:  # the run stopped inside an epoch (max_steps, a signal)
+                rates = ", ".join(f"{k} {v:.4g}" for k, v in self.since_summary.rates().items())
+                say(f"last {self.since_summary.steps} steps (an unfinished epoch): {rates}")
             self.writer.close()
             if self.wandb is not None:
                 self.wandb.finish()
+
+
+@dataclass
+class Throughput:
+    """Images, seconds and seconds spent waiting for data, summed over some steps."""
+
+    steps: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    data_wait_s: float = 0.0
+
+    def add(self, images: int, seconds: float, data_wait_s: float) -> None:
+        self.steps += 1
+        self.images += images
+        self.seconds += seconds
+        self.data_wait_s += data_wait_s
+
+    def rates(self) -> dict:
+        seconds = max(self.seconds, 1e-9)
+        return {"images_per_s": self.images / seconds, "data_wait_fraction": self.data_wait_s / seconds}
+
+
+def _csv_header(path: Path) -> list[str] | None:
+    """The columns of the CSV file at ``path``; None if it does not exist or is empty."""
+    if not path.exists():
+        return None
+    with open(path, newline="") as file:
+        return next(csv.reader(file), None)
 
 
 def _start_wandb(run_dir: Path, provenance: dict):
@@ -743,7 +853,7 @@ def _start_wandb(run_dir: Path, provenance: dict):
     )
 
 
-def _write_records(cfg: PretrainConfig, provenance: dict, metrics: dict, run_dir: Path) -> None:
+def _write_records(cfg: PretrainConfig, provenance: dict, metrics: dict, run_dir: Path) -> Path:
     details = {
         "alpha": cfg.method.alpha,
         "exclusion_rule": cfg.optim.exclusion_rule,
@@ -771,7 +881,7 @@ def _write_records(cfg: PretrainConfig, provenance: dict, metrics: dict, run_dir
         for metric in monitors
         if metric in metrics
     ]
-    append_records(rows, cfg.records_dir)
+    return append_records(rows, cfg.records_dir)
 
 
 def pretrain_run_id(cfg: PretrainConfig, config_hash: str) -> str:

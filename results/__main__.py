@@ -9,7 +9,7 @@ import sys
 
 from lowssl.io import atomic_write_text
 from lowssl.records import markdown_safe, read_records, spreadsheet_safe, text_cells
-from results.leaderboard import load_leaderboard, select, summarise_leaderboard
+from results.leaderboard import FilterError, load_leaderboard, select, summarise_leaderboard
 from results.paper_tables import read_paper_tables
 from results.stats import AggregationError
 from results.table5 import render_table5
@@ -25,7 +25,11 @@ def this_machine() -> str:
 
 def leaderboard(args: argparse.Namespace) -> None:
     frame = select(
-        load_leaderboard(args.runs_dir), backbone=args.backbone, metric=args.metric, dataset=args.dataset
+        load_leaderboard(args.runs_dir),
+        backbone=args.backbone,
+        metric=args.metric,
+        dataset=args.dataset,
+        protocol=args.protocol,
     )
     if not args.flat:
         frame = summarise_leaderboard(frame)
@@ -70,8 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     board.add_argument("--backbone", nargs="+", help="keep only these backbones (e.g. resnet18 mobilenet_v2)")
     board.add_argument("--metric", nargs="+", help="keep only these metrics (e.g. linear_top1)")
     board.add_argument(
-        "--dataset", nargs="+", help="keep only these datasets (e.g. imagenet-1k fashion-mnist)"
+        "--dataset",
+        nargs="+",
+        help="keep only these datasets (e.g. imagenet-1k fashion-mnist); a dataset also keeps its "
+        "subset-tagged rows (fashion-mnist: fashion-mnist/train3000/eval2000 too)",
     )
+    board.add_argument("--protocol", nargs="+", help="keep only these protocols (e.g. sslight_tiny knn_tiny)")
     board.add_argument("--runs-dir", help="results records folder (default results/runs)")
     board.add_argument(
         "--flat",
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except AggregationError as error:
+    except (AggregationError, FilterError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

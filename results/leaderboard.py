@@ -13,7 +13,10 @@ number under lowssl's ``fast`` protocol is never comparable with one under ``ssl
 rows (``paper-linear``) are not comparable with the distillation baselines' quoted numbers, which each
 come under their own paper's protocol (``results/paper/README.md``). Protocol names are matched
 exactly, so ``paper-linear`` and lowssl's ``sslight`` (its implementation of the authors' probe) stay
-apart: the paper's text and the authors' code describe different probes.
+apart: the paper's text and the authors' code describe different probes. Within a group, the summary
+pools a run's seeds into one row only when they share the protocol's settings and the pre-training
+budget every stage records (``details.pretrain_budget``): otherwise an
+:class:`~results.stats.AggregationError` names what differs and the runs on each side.
 
 The paper's datasets follow from the metric: linear, semi-supervised and teacher accuracies are
 ImageNet-1k, ``coco_*`` are COCO 2017; ``params_M`` / ``GFLOPs`` describe an architecture, not a
@@ -22,12 +25,13 @@ dataset, and have neither dataset nor protocol.
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 
 import pandas as pd
 
-from lowssl.records import read_records, recorded_protocol
+from lowssl.records import read_records, recorded_budget, recorded_protocol
 from results.paper_tables import read_paper_tables
 from results.stats import require_one_protocol, summarise
 
@@ -48,6 +52,7 @@ COLUMNS = [
     "origin",
     "comparable_group",
     "settings",  # a run's resolved protocol (lowssl.records.recorded_protocol) as JSON; "" for the paper
+    "pretrain_budget",  # a run's pre-training budget (lowssl.records.recorded_budget); "" for the paper
 ]
 #: One row of the default view: what a comparison varies, then the number over seeds and where it holds.
 ENTRY = ["source", "method", "recipe", "teacher", "teacher_epochs", "pretrain_epochs", "branch"]
@@ -60,6 +65,7 @@ SUMMARY_COLUMNS = [
     "n",
     "protocol",
     "dataset",
+    "pretrain_budget",
     "comparable_group",
 ]
 ARCHITECTURE_METRICS = ("params_M", "GFLOPs")
@@ -95,13 +101,20 @@ def paper_rows(paper: pd.DataFrame) -> pd.DataFrame:
 def run_rows(records: pd.DataFrame) -> pd.DataFrame:
     settings = records["details"].map(lambda details: json.dumps(recorded_protocol(details), sort_keys=True))
     return records.assign(
-        teacher="", teacher_epochs=pd.NA, source="lowssl-run", origin=records["run_id"], settings=settings
+        teacher="",
+        teacher_epochs=pd.NA,
+        source="lowssl-run",
+        origin=records["run_id"],
+        settings=settings,
+        pretrain_budget=records["details"].map(recorded_budget),
     )
 
 
 def build_leaderboard(paper: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     """Paper rows and run records in :data:`COLUMNS`, sorted by comparable group, then best value first."""
-    frame = pd.concat([paper_rows(paper).assign(settings=""), run_rows(records)], ignore_index=True)
+    frame = pd.concat(
+        [paper_rows(paper).assign(settings="", pretrain_budget=""), run_rows(records)], ignore_index=True
+    )
     frame["pretrain_epochs"] = frame["pretrain_epochs"].astype("Int64")
     frame["teacher_epochs"] = frame["teacher_epochs"].astype("Int64")
     frame["comparable_group"] = comparable_group(frame)
@@ -119,14 +132,16 @@ def summarise_leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame[~frame["metric"].isin(ARCHITECTURE_METRICS)]
     # One number per seed: a record without a seed (a third-party checkpoint, a paper row) is its own.
     frame = frame.assign(seed_key=frame["seed"].astype("string").fillna(frame["origin"]))
-    keys = ["metric", "backbone", "comparable_group", *ENTRY, "protocol", "dataset"]
+    # A pre-training budget is part of a row's key: runs of different budgets are never pooled, each
+    # budget is its own row, and the row says which (lowssl.records.pretrain_budget).
+    keys = ["metric", "backbone", "comparable_group", *ENTRY, "protocol", "dataset", "pretrain_budget"]
     rows = []
     for key, group in frame.groupby(keys, dropna=False, sort=False):
         row = dict(zip(keys, key, strict=True))
         if row["source"] != "paper":  # before one row per seed is kept: a re-run seed must not hide
+            where = f"{row['metric']} of {row['method']} {row['recipe']} {row['backbone']} under {row['protocol']}"
             require_one_protocol(
-                dict(zip(group["origin"], group["settings"].map(json.loads), strict=True)),
-                f"{row['metric']} of {row['method']} {row['recipe']} {row['backbone']} under {row['protocol']}",
+                dict(zip(group["origin"], group["settings"].map(json.loads), strict=True)), where
             )
         group = group.drop_duplicates("seed_key")
         if row["source"] == "paper":
@@ -152,9 +167,33 @@ def load_leaderboard(runs_dir: str | Path | None = None) -> pd.DataFrame:
     return build_leaderboard(read_paper_tables(), read_records(runs_dir))
 
 
+class FilterError(ValueError):
+    """A leaderboard filter names a value no row holds (a typo would otherwise print an empty table)."""
+
+
 def select(frame: pd.DataFrame, **allowed: list[str] | None) -> pd.DataFrame:
-    """Rows whose column ``name`` is one of ``allowed[name]`` for every filter given (None: no filter)."""
+    """Rows whose column ``name`` is one of ``allowed[name]`` for every filter given (None: no filter).
+    A dataset also matches its variants tagged with a subset or an evaluation set (``fashion-mnist``
+    matches ``fashion-mnist/train3000/eval2000``). A value no row holds is a :class:`FilterError`
+    naming the closest values present (difflib) and all of them."""
+    whole = frame
     for column, values in allowed.items():
-        if values:
-            frame = frame[frame[column].isin(values)]
+        if not values:
+            continue
+        present = sorted(set(whole[column].dropna().astype(str)) - {""})
+        if column == "dataset":  # each tagged dataset is also known by its untagged name
+            present = sorted({*present, *(name.split("/")[0] for name in present)})
+        unknown = [value for value in values if value not in present]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], present, n=3, cutoff=0.5)
+            hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+            raise FilterError(
+                f"no row has {column} {unknown[0]!r}: {hint}the {column} values present are "
+                f"{', '.join(present)}"
+            )
+        held = frame[column].astype("string").fillna("")
+        keep = held.isin(values)
+        if column == "dataset":
+            keep |= held.str.split("/").str[0].isin(values)
+        frame = frame[keep]
     return frame

@@ -38,7 +38,7 @@ from results.stages import finished_run, report_failure, run
 BACKBONES = {"mobilenet_v2": "mobilenet_v2", "resnet18": "resnet18", "resnet34": "resnet34"}
 #: The tiny budget of one pre-training run: this many Fashion-MNIST images, one epoch. Chosen so that
 #: 3 seeds of 6 runs (2 recipes x 3 backbones) and their evaluations fit in 30 min on 2 CPU cores
-#: (README, "make reproduce-table5").
+#: (docs/tiny-scale.md, "Table 5 at tiny scale").
 TINY_IMAGES = 1500
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,4 +89,30 @@ def require_one_protocol(settings: Mapping[str, Mapping], cell: str) -> None:
         f"records of {cell} share a protocol name but not its settings ({listed}; runs {runs}): the "
         "preset changed between runs; re-run the older records under the current preset, or move them "
         "to another records folder"
+    )
+
+
+def require_one_budget(budgets: Iterable[tuple[str, str]], cell: str) -> None:
+    """Refuse to pool records of different pre-training budgets: ``budgets`` holds each record's run id
+    and its budget (:func:`lowssl.records.recorded_budget`, "" where none was recorded); the error names
+    the budgets and the runs of each."""
+    runs_by_budget: dict[str, list[str]] = {}
+    for run_id, budget in budgets:
+        runs = runs_by_budget.setdefault(budget, [])
+        if run_id not in runs:
+            runs.append(run_id)
+    if len(runs_by_budget) <= 1:
+        return
+    listed = "; ".join(
+        f"{budget or 'unrecorded'} (runs {', '.join(sorted(runs))})"
+        for budget, runs in sorted(runs_by_budget.items())
+    )
+    unrecorded = (
+        " (records without a budget predate its recording: re-run them to record theirs)"
+        if "" in runs_by_budget
+        else ""
+    )
+    raise AggregationError(
+        f"records of {cell} come from different pre-training budgets ({listed}), which are never pooled: "
+        f"keep each budget's records in its own records folder{unrecorded}"
     )

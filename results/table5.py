@@ -10,8 +10,9 @@ over the seeds that ran it with its 95 % Student-t interval and n (results/stats
 latest record wins, so a rerun replaces an earlier one. An ``ours`` row's gain is the paired difference
 against this run's ``baseline`` row of the same method, epochs and branch (ours - baseline per seed, over
 the seeds both ran), summarised the same way. Records of one cell must share one pre-training budget
-(evaluate records it as ``pretrain_budget``), and so must the two sides of a gain: otherwise an
-:class:`~results.stats.AggregationError` names the mismatch.
+(every stage records it as ``details.pretrain_budget``; results.stats.require_one_budget, checked
+before a re-run seed replaces its older record), and so must the two sides of a gain: otherwise an
+:class:`~results.stats.AggregationError` names the budgets and their runs.
 
 The header says scale, dataset, protocol and hardware, and every row names its source, so tiny-scale
 numbers are never read as ImageNet ones.
@@ -23,7 +24,13 @@ import pandas as pd
 
 from lowssl.records import markdown_safe, recorded_budget, recorded_protocol, text_cells
 from results.paper_tables import KD_METHODS
-from results.stats import AggregationError, paired_difference, require_one_protocol, summarise
+from results.stats import (
+    AggregationError,
+    paired_difference,
+    require_one_budget,
+    require_one_protocol,
+    summarise,
+)
 
 BACKBONES = {"mobilenet_v2": "MobileNetV2", "resnet18": "ResNet18", "resnet34": "ResNet34"}
 METRICS = {"linear_top1": "top-1", "linear_top5": "top-5"}
@@ -84,17 +91,13 @@ def run_long(records: pd.DataFrame, dataset: str, protocol: str) -> pd.DataFrame
     )
     for key, group in rows.groupby(CELL, sort=False):  # before a re-run seed replaces its older record
         settings = dict(zip(group["run_id"], group["details"].map(recorded_protocol), strict=True))
-        require_one_protocol(settings, f"one cell ({', '.join(map(str, key))})")
+        where = f"one cell ({', '.join(map(str, key))})"
+        require_one_protocol(settings, where)
+        require_one_budget(zip(group["run_id"], group["budget"], strict=True), where)
     rows = rows.sort_values("created_at", kind="stable").drop_duplicates([*CELL, "seed"], keep="last")
     cells = {}
     for key, group in rows.groupby(CELL, sort=False):
-        budgets = sorted(set(group["budget"]))
-        if len(budgets) > 1:
-            raise AggregationError(
-                f"records of one cell ({', '.join(map(str, key))}) come from different pre-training budgets "
-                f"({'; '.join(budgets)}): give each budget its own records folder or epochs"
-            )
-        cells[key] = (dict(zip(group["seed"], group["value"], strict=True)), budgets[0])
+        cells[key] = (dict(zip(group["seed"], group["value"], strict=True)), group["budget"].iloc[0])
     long = []
     for key, (values, budget) in cells.items():
         summary = summarise([values[seed] for seed in sorted(values)])

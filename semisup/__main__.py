@@ -24,11 +24,13 @@ from lowssl.checkpoints import CheckpointLayoutError, add_checkpoint_arguments
 from lowssl.config import ConfigError, add_overrides_argument, to_dict
 from lowssl.data import DATASETS, DatasetError, add_held_out_arguments, build_dataset, default_workers
 from lowssl.io import CheckpointError, DiskFullError
+from lowssl.progress import add_quiet_argument, set_quiet
 from lowssl.run_lock import RunFolderBusy
+from lowssl.stopping import NonFiniteLossError, ResumeError
 from semisup.model import HeadError
 from semisup.protocols import available, load_protocol
 from semisup.subsets import LIST_FORMAT_HELP, SubsetError, load_subset, write_subset
-from semisup.train import FinetuneArgs, NonFiniteLossError, ResumeError, finetune
+from semisup.train import FinetuneArgs, finetune
 
 
 def _add_dataset(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +112,7 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument(
         "--print-config", action="store_true", help="print the resolved protocol (YAML) and exit"
     )
+    add_quiet_argument(tune)
     add_overrides_argument(
         tune,
         "protocol overrides, e.g. epochs=1 (the epochs of the subset run) batch_size=64 (the LR follows "
@@ -129,7 +132,8 @@ def main(argv=None) -> int:
             dataset = build_dataset(args.dataset, "train", args.data_root)
             print(load_subset(args.subset, dataset, args.fraction, args.expected_count).report())
         else:
-            options = {k: v for k, v in vars(args).items() if k not in ("command", "print_config")}
+            set_quiet(args.quiet)
+            options = {k: v for k, v in vars(args).items() if k not in ("command", "print_config", "quiet")}
             if args.print_config:
                 protocol = load_protocol(args.protocol, FinetuneArgs(**options).protocol_overrides()[0])
                 print(yaml.safe_dump(to_dict(protocol), sort_keys=False), end="")
@@ -137,8 +141,9 @@ def main(argv=None) -> int:
             result = finetune(FinetuneArgs(**options))
             if os.environ.get("RANK", "0") == "0":  # torchrun: one line, from the main process
                 print(
-                    f"{result['subset']} top-1 {result['top1']:.2f}, top-5 {result['top5']:.2f} "
-                    f"(epoch {result['reported_epoch']} of {result['epochs']}); run: {result['run_dir']}"
+                    f"semisup {result['stopped_by']}: {result['subset']} top-1 {result['top1']:.2f}, top-5 "
+                    f"{result['top5']:.2f} (epoch {result['reported_epoch']} of {result['epochs']}); run: "
+                    f"{result['run_dir']}; records: {result['records']}"
                 )
     except RunFolderBusy as error:  # another live run owns the folder: this one changed nothing
         print(f"error: {error}", file=sys.stderr)

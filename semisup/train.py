@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from lowssl import distributed
 from lowssl.backbones import build_backbone
-from lowssl.checkpoints import OpenedCheckpoint, open_from_arguments
+from lowssl.checkpoints import open_from_arguments
 from lowssl.config import ConfigError, changed_values, config_hash, derived_name, parse_overrides, to_dict
 from lowssl.data import (
     PAPER_HELD_OUT_PER_CLASS,
@@ -46,11 +44,13 @@ from lowssl.distributed import Context
 from lowssl.io import atomic_torch_save, first_non_finite, git_commit, load_checkpoint
 from lowssl.metrics import topk_hits
 from lowssl.paths import home
-from lowssl.records import Record, append_records
+from lowssl.progress import progress, say
+from lowssl.records import Record, append_records, default_runs_dir
 from lowssl.released import record_details
 from lowssl.rng import rng_state, set_rng_state
 from lowssl.run_lock import run_folder_lock
-from lowssl.stopping import StopSignals
+from lowssl.stopping import NonFiniteLossError, NonFiniteWeightsError, ResumeError, StopSignals
+from lowssl.subject import Subject
 from semisup.data import EpochOrder, eval_transform, train_transform
 from semisup.model import SemiSupervisedNet, build_head
 from semisup.protocols import SemisupProtocol, load_protocol
@@ -60,18 +60,6 @@ FORMAT = "lowssl-semisup-v1"
 #: The override ``epochs=N``: the epochs of the subset the run fine-tunes on (``epochs_1pct`` or
 #: ``epochs_10pct`` of the protocol, which is known once the subset is).
 SUBSET_EPOCHS = "epochs"
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stops and its last checkpoint is kept."""
-
-
-class NonFiniteWeightsError(NonFiniteLossError):
-    """An update left a weight NaN or infinite; the run stops before it is saved, as on a NaN loss."""
-
-
-class ResumeError(RuntimeError):
-    """The checkpoint to resume belongs to another run (protocol, subset, model)."""
 
 
 @dataclass
@@ -149,10 +137,12 @@ def _finetune(args: FinetuneArgs, held: contextlib.ExitStack) -> dict:
     torch.manual_seed(protocol.seed)
     if args.random_init:
         backbone, opened, arch = build_backbone(args.arch), None, args.arch
+        subject = Subject.random_init(arch, protocol.seed, f"random-init:{arch}")
         head_source = "new"
     else:
         opened = open_from_arguments(args)
         backbone, arch = opened.build_backbone(), opened.arch
+        subject = Subject.of_checkpoint(opened)
         head_source = "new" if args.new_head else "checkpoint"
     if protocol.network == "frozen-linear":
         head_source = "none"
@@ -213,7 +203,7 @@ def _finetune(args: FinetuneArgs, held: contextlib.ExitStack) -> dict:
         "epochs": epochs,
         "dataset": args.dataset,
         "subset_sha256": subset.sha256,
-        "checkpoint_sha256": opened.checkpoint_sha256 if opened else f"random-init:{arch}",
+        "checkpoint_sha256": subject.checkpoint,
         "arch": arch,
         "head_source": head_source,
         "format": opened.format if opened else None,
@@ -254,7 +244,21 @@ def _finetune(args: FinetuneArgs, held: contextlib.ExitStack) -> dict:
             state["history"],
         )
         saved_step = global_step if resume_file == last else None
-        _say(ctx, f"resumed from {resume_file} at epoch {start_epoch}, step {start_batch}")
+    # a run resumed where it ended (its epochs done, or its max_steps reached) trains nothing more
+    finished = start_epoch >= epochs or (args.max_steps is not None and global_step >= args.max_steps)
+    started = (
+        f"resumed from {resume_file} at epoch {start_epoch}, step {start_batch}"
+        if resume_file is not None
+        else "fresh run"
+    )
+    records_file = Path(args.records_dir or default_runs_dir()) / f"semisup-{run_dir.name}.csv"
+    _say(
+        ctx,
+        f"semisup finetune: {started} in {run_dir.absolute()}; {epochs} epochs of {order.steps_per_epoch} "
+        f"steps{f', stopping at max_steps={args.max_steps}' if args.max_steps is not None else ''}; "
+        f"{ctx.device}{f' x {ctx.world_size} processes' if ctx.distributed else ''}, "
+        f"{torch.get_num_threads()} threads; records -> {records_file.absolute()}",
+    )
 
     def stop_if_not_finite() -> None:
         """Stop, as a NaN loss does, when the last update left a weight NaN or infinite (the loss that
@@ -292,7 +296,7 @@ def _finetune(args: FinetuneArgs, held: contextlib.ExitStack) -> dict:
     stop = held.enter_context(StopSignals(ctx.device))
     tick = time.perf_counter()
     stopped = False
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(start_epoch, start_epoch if finished else epochs):
         lr = protocol.epoch_lr(epoch, epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -300,13 +304,7 @@ def _finetune(args: FinetuneArgs, held: contextlib.ExitStack) -> dict:
         order.set_epoch(epoch, first)
         model.train()
         step = first
-        bar = tqdm(
-            loader,
-            desc=f"epoch {epoch + 1}/{epochs}",
-            disable=not ctx.is_main,
-            leave=False,
-            dynamic_ncols=True,
-        )
+        bar = progress(loader, f"epoch {epoch + 1}/{epochs}", enabled=ctx.is_main)
         for images, labels in bar:
             loss = F.cross_entropy(trained(images.to(ctx.device, non_blocking=True)), labels.to(ctx.device))
             if not math.isfinite(loss.item()):
@@ -361,10 +359,20 @@ def _finetune(args: FinetuneArgs, held: contextlib.ExitStack) -> dict:
         eval_images=len(evaluation),
         head_source=head_source,
         arch=arch,
+        stopped_by=_stopped_by(finished, stopped, args.max_steps),
     )
     if ctx.is_main:
-        _write_records(args, protocol, subset, opened, identity, result, history, ctx)
+        result["records"] = str(
+            _write_records(args, protocol, subset, subject, identity, result, history, ctx)
+        )
     return result
+
+
+def _stopped_by(finished: bool, stopped: bool, max_steps: int | None) -> str:
+    """Why the run ended, for its closing line."""
+    if finished:
+        return "already complete"
+    return f"stopped at max_steps={max_steps}" if stopped else "done"
 
 
 def _last_good(last: Path, saved_step: int | None, global_step: int) -> str:
@@ -454,32 +462,19 @@ def _resume_path(resume: str, run_dir: Path) -> Path | None:
 
 def _say(ctx: Context, message: str) -> None:
     if ctx.is_main:
-        tqdm.write(message, file=sys.stderr)
-
-
-def _pretraining(opened: OpenedCheckpoint | None, init_seed: int) -> dict:
-    """Method, recipe, pre-training epochs and seed of the backbone (lowssl files record them)."""
-    if opened is None:
-        return {"method": "random-init", "recipe": "none", "pretrain_epochs": 0, "seed": init_seed}
-    source = opened.provenance
-    return {
-        "method": source.method,
-        "recipe": source.recipe,
-        "pretrain_epochs": source.pretrain_epochs,
-        "seed": source.seed,
-    }
+        say(message)
 
 
 def _write_records(
     args: FinetuneArgs,
     protocol: SemisupProtocol,
     subset: LabelSubset,
-    opened: OpenedCheckpoint | None,
+    subject: Subject,
     identity: dict,
     result: dict,
     history: list[dict],
     ctx: Context,
-) -> None:
+) -> Path:
     overrides = args.recorded_overrides()
     # Values that differ from the protocol's own make another protocol (lowssl.config.derived_name);
     # the subset's epochs are named as the override names them, the other subset's change nothing here.
@@ -512,6 +507,7 @@ def _write_records(
         "eval_set": _eval_set_label(args),
         "eval_images": result["eval_images"],
         **subset.summary(),
+        **subject.record_details(),  # pretrain_budget: numbers of different budgets never pool
         **record_details(
             args.checkpoint, identity["checkpoint_sha256"]
         ),  # a released checkpoint: how verified
@@ -519,15 +515,12 @@ def _write_records(
     common = dict(
         run_id=f"semisup-{Path(result['run_dir']).name}",
         stage="semisup",
-        backbone=identity["arch"],
         dataset=args.dataset if not args.held_out else f"{args.dataset}/{_eval_set_label(args)}",
         protocol=derived_name(protocol.name, changes),
-        branch=opened.branch if opened else "none",
-        checkpoint_sha256=identity["checkpoint_sha256"],
         config_hash=config_hash(identity),
         git_commit=git_commit(),
         details=details,
-        **_pretraining(opened, protocol.seed),
+        **subject.record_columns(),
     )
     rows = [Record(**common, metric=f"semi_{subset.label}_{k}", value=result[k]) for k in ("top1", "top5")]
-    append_records(rows, args.records_dir)
+    return append_records(rows, args.records_dir)

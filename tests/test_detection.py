@@ -8,6 +8,7 @@ from __future__ import annotations
 from detection import compat
 
 # isort: on
+import argparse
 import json
 import pickle
 from pathlib import Path
@@ -30,10 +31,11 @@ from detection.config import CONFIG_DIR, config_arch, load_config
 from detection.convert import BACKBONE_PREFIX, ConversionError, check_loads, resnet_to_detectron2
 from detection.datasets import ensure_fmnist_det, register, validate_coco_json
 from detection.fmnist_det import FmnistDetSpec, annotation_file, generate, image_root
+from detection.train import result_records, setup, weights_source
 from lowssl.backbones import build_backbone
 from lowssl.data import DatasetError
 from lowssl.io import sha256_file
-from lowssl.records import read_records
+from lowssl.records import read_records, recorded_budget
 
 TINY = {
     name: CONFIG_DIR / f"mask_rcnn_{name}_fpn_tiny.yaml"
@@ -287,6 +289,72 @@ def test_load_check_names_keys_that_do_not_load():
         check_loads({"model": arrays, "__author__": "lowssl", "matching_heuristics": True}, "resnet18")
 
 
+def _records_from(weights: str, tmp_path) -> list:
+    """The records ``detection train`` writes after training from ``weights``, for a made-up COCO result
+    (the step after Detectron2's training, which test_train_command_writes_records runs)."""
+    args = argparse.Namespace(
+        config=str(TINY["resnet18"]),
+        opts=["MODEL.DEVICE", "cpu"],
+        weights=weights,
+        output_dir=tmp_path / "run",
+    )
+    results = {task: {"AP": 1.0, "AP50": 2.0, "AP75": 3.0} for task in ("bbox", "segm")}
+    return result_records(setup(args), args, weights_source(weights, "resnet18"), results, wall_s=1.0)
+
+
+def test_the_pretraining_budget_travels_from_convert_to_the_detection_records(tmp_path):
+    """Issue 28: the Detectron2 pickle carried method, recipe and epochs but not the pre-training
+    budget, so detection records of a lowssl checkpoint had none and the leaderboard could pool
+    checkpoints pre-trained on 1,500 and 3,000 images. Now convert writes it into payload["lowssl"] and
+    train records it; a random init records "none", a pickle converted before budgets "" (unknown)."""
+    torch.manual_seed(3)
+    config = {"epochs": 2, "batch_size": 16, "data": {"dataset": "fashion-mnist", "subset": 1500}}
+    code, payload = _converted(tmp_path, _lowssl_resnet18(config))
+    assert code == 0
+    budget = "1500 fashion-mnist images x 2 epochs, batch 16"
+    assert payload["lowssl"]["pretrain_budget"] == budget
+    for weights, expected in ((str(tmp_path / "out.pkl"), budget), ("none", "none")):
+        records = _records_from(weights, tmp_path)
+        assert {recorded_budget(record.details) for record in records} == {expected}
+    del payload["lowssl"]["pretrain_budget"]
+    (tmp_path / "older.pkl").write_bytes(pickle.dumps(payload))
+    assert {recorded_budget(r.details) for r in _records_from(str(tmp_path / "older.pkl"), tmp_path)} == {""}
+
+
+def test_train_refuses_a_damaged_lowssl_entry_in_one_line(tmp_path, capsys):
+    """A pickle whose "lowssl" entry lacks a field, or holds a field of another type, stopped
+    `detection train` with a KeyError traceback (or recorded the damage); now it exits 2 naming the file."""
+    _converted(tmp_path, _lowssl_resnet18({}))
+    payload = pickle.loads((tmp_path / "out.pkl").read_bytes())
+    del payload["lowssl"]["arch"]
+    payload["lowssl"]["pretrain_epochs"] = "3"
+    damaged = tmp_path / "damaged.pkl"
+    damaged.write_bytes(pickle.dumps(payload))
+    code = main(
+        ["train", "--config", str(TINY["resnet18"]), "--weights", str(damaged), "MODEL.DEVICE", "cpu"]
+    )
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"error: weights file {damaged}: its lowssl entry (what the weights came from) is damaged: arch is "
+        "missing; pretrain_epochs is '3', not a whole number; convert the checkpoint again with `python -m "
+        "detection convert`\n"
+    )
+
+
+def _lowssl_resnet18(config: dict | None = None) -> dict:
+    """A lowssl DINO ResNet18 checkpoint after one epoch (with its pre-training config, if given)."""
+    checkpoint = {
+        "format": "lowssl-pretrain-v1",
+        "student_backbone": build_backbone("resnet18").state_dict(),
+        "teacher_backbone": None,
+        "backbone": "resnet18",
+        "method": "dino",
+        "recipe": "ours",
+        "epoch": 1,
+    }
+    return checkpoint if config is None else {**checkpoint, "config": config}
+
+
 # ---- the embedded dataset and evaluation ------------------------------------------------------------------
 
 
@@ -400,16 +468,7 @@ def test_train_refuses_a_malformed_dataset_before_training(dataset_root, tmp_pat
 @pytest.mark.slow
 def test_train_command_writes_records(dataset_root, tmp_path):
     torch.manual_seed(3)
-    checkpoint = {
-        "format": "lowssl-pretrain-v1",
-        "student_backbone": build_backbone("resnet18").state_dict(),
-        "teacher_backbone": None,
-        "backbone": "resnet18",
-        "method": "dino",
-        "recipe": "ours",
-        "epoch": 1,
-    }
-    code, payload = _converted(tmp_path, checkpoint)
+    code, payload = _converted(tmp_path, _lowssl_resnet18())
     assert code == 0
     code = main(
         [

@@ -116,12 +116,37 @@ def test_tiny_preset_keeps_the_kind_and_scales_lr_batch_and_epochs():
     base LR and epochs give LARS a step budget (sum of lr x trust) like the paper's (its YAML says why)."""
     tiny, paper = load_protocol("sslight_tiny", "linear"), load_protocol("sslight", "linear")
     assert (tiny.batch_size, tiny.crop.image_size, tiny.epochs, tiny.train_input) == (64, 32, 200, "features")
+    assert tiny.budget_images == 60_000  # the epochs are a step budget: counted over all training images
     assert tiny.peak_lr() == pytest.approx(0.25) and tiny.optimizer == "lars" and not tiny.paper_protocol
     assert (tiny.schedule, tiny.feature_normalisation, tiny.lr_batch_scaling) == ("cosine", "none", True)
     steps = 60_000 // tiny.batch_size + 1  # all Fashion-MNIST training images
     tiny_budget = 0.5 * tiny.peak_lr() * tiny.epochs * steps * 0.001
     paper_budget = 0.5 * paper.peak_lr() * paper.epochs * (1_281_167 // paper.batch_size + 1) * 0.001
     assert paper_budget / 2 < tiny_budget < paper_budget * 2
+
+
+def test_step_budget_keeps_its_steps_on_a_subset_and_the_protocol_on_its_own_size():
+    """budget_images: on fewer images the epochs rise to keep the steps of the named epochs over
+    budget_images (milestones at the same fractions); on budget_images images, the protocol as written."""
+    tiny = load_protocol("sslight_tiny", "linear")
+    assert tiny.budget_images == 60_000 and tiny.steps_per_epoch(60_000) == 938
+    assert tiny.for_training_set(60_000) is tiny and tiny.for_training_set(60_000, world_size=2) is tiny
+    assert tiny.for_training_set(120_000) is tiny  # more images: more steps, never fewer epochs
+    subset = tiny.for_training_set(5_000)  # 79 steps an epoch
+    assert (
+        subset.epochs == 2375 and 200 * 938 <= subset.epochs * subset.steps_per_epoch(5_000) < 200 * 938 + 79
+    )
+    moco = load_protocol("moco_tiny", "linear").for_training_set(5_000)  # steps at 60 and 80 of 100 epochs
+    assert (moco.epochs, moco.milestones) == (1175, (705, 940))
+    for name in ("sslight", "moco", "simreg", "fast_tiny", "simreg_tiny"):  # epochs (full batch: steps)
+        paper = load_protocol(name, "linear")
+        assert paper.budget_images is None and paper.for_training_set(5_000) is paper
+    # where the budget was measured converged (the YAMLs): sslight_tiny on 60,000 images only
+    assert [tiny.measured_converged(n) for n in (5_000, 60_000)] == [False, True]
+    assert load_protocol("moco_tiny", "linear").measured_converged(5_000) is True
+    assert load_protocol("sslight", "linear").measured_converged(5_000) is None  # no such claim
+    with pytest.raises(ConfigError, match=r"config key 'budget_images'.*needs a batch size"):
+        load_protocol("fast_tiny", "linear", ["budget_images=60000"])
 
 
 def test_unknown_protocol_lists_the_allowed_names():
@@ -312,21 +337,26 @@ def test_swapped_class_folders_are_recomputed_not_stored(tmp_path, capsys):
 
 
 def test_sslight_tiny_runs_end_to_end_with_best_epoch_selection(tmp_path, checkpoint):
+    # budget_images=null: 2 epochs of the 64 synthetic images, not the steps of 2 epochs of 60,000
     args = ["--checkpoint", str(checkpoint), "--protocol", "sslight_tiny", "epochs=2", "batch_size=32"]
-    assert run(tmp_path, "linear", *args) == 0
+    assert run(tmp_path, "linear", *args, "budget_images=null") == 0
     rows = read_records(tmp_path / "records")
     row = rows[rows.metric == "linear_top1"].iloc[0]
     assert (
-        row.protocol == "sslight_tiny+batch_size=32+epochs=2"
+        row.protocol == "sslight_tiny+batch_size=32+budget_images=null+epochs=2"
         and '"best_epoch_selection": true' in row.details
     )
     assert '"optimizer": "lars"' in row.details and '"train_input": "features"' in row.details
     head = torch.load(
-        next((tmp_path / "out").glob("eval-*/linear-sslight_tiny+batch_size=32+epochs=2-synthetic-head.pth"))
+        next(
+            (tmp_path / "out").glob(
+                "eval-*/linear-sslight_tiny+batch_size=32+budget_images=null+epochs=2-synthetic-head.pth"
+            )
+        )
     )
     assert head["linear.weight"].shape == (4, 512)
     # moco_tiny: SGD on cached features at the LR chosen on held-out images (its YAML), MoCo's steps
-    args = ["--checkpoint", str(checkpoint), "--protocol", "moco_tiny", "epochs=2", "milestones=[1]"]
+    args = [*args[:3], "moco_tiny", "epochs=2", "milestones=[1]", "budget_images=null"]
     assert run(tmp_path, "linear", *args, "batch_size=32") == 0
     rows = read_records(tmp_path / "records")
     details = rows[rows.protocol.str.startswith("moco_tiny")].details.iloc[0]
@@ -337,6 +367,23 @@ def test_sslight_tiny_runs_end_to_end_with_best_epoch_selection(tmp_path, checkp
     rows = read_records(tmp_path / "records")
     augmented = rows[rows.protocol.str.contains("train_input")].details.iloc[0]
     assert '"train_input": "augmented"' in augmented
+
+
+def test_step_budget_runs_its_steps_and_records_them(tmp_path, capsys):
+    """A step budget of 2 epochs over 256 images at batch 32 (16 steps) runs 8 epochs on the 64
+    training images, and the record says so (on budget_images images the protocol is the one written:
+    test_step_budget_keeps_its_steps_on_a_subset_and_the_protocol_on_its_own_size); fewer images than
+    the budget was measured converged on print a warning, and the record says so too."""
+    args = ["--random-init", "--arch", "resnet18", "--protocol", "sslight_tiny", "epochs=2", "batch_size=32"]
+    assert run(tmp_path, "linear", *args, "budget_images=256") == 0
+    out, info = capsys.readouterr()  # info lines go to stderr (lowssl.progress.say)
+    assert "8 epochs on 64 training images, the optimiser steps of its 2 epochs on 256" in info
+    assert "warning: protocol sslight_tiny+batch_size=32+budget_images=256+epochs=2 was measured" in out
+    assert "converged on 60000 training images or more, not on 64" in out
+    details = json.loads(read_records(tmp_path / "records").details.iloc[0])
+    assert (details["protocol"]["epochs"], details["named_epochs"], details["optimizer_steps"]) == (8, 2, 16)
+    assert (details["protocol"]["budget_images"], details["train_images"]) == (256, 64)
+    assert details["converged_measured"] is False
 
 
 def test_random_init_baseline(tmp_path):

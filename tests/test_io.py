@@ -1,4 +1,6 @@
 import argparse
+import os
+import stat
 
 import pytest
 import torch
@@ -47,3 +49,21 @@ def test_truncated_and_missing_files_are_named(tmp_path):
         load_checkpoint(truncated)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pth")
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path, umask, mode):
+    """A checkpoint is readable by whom the umask lets read a new file (a lab's group under 002), as
+    torch.save(obj, path) would leave it: not the 0600 of a temp file."""
+    previous = os.umask(umask)
+    try:
+        written = atomic_torch_save({"epoch": 1}, tmp_path / "last.pth")
+        atomic_torch_save({"epoch": 2}, written)  # replacing a file: the new one's mode again
+        with open(tmp_path / "by-open.pth", "wb"):
+            pass
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(written.stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "by-open.pth").stat().st_mode) == mode
+    assert load_checkpoint(written)["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["by-open.pth", "last.pth"], "no temp file left"

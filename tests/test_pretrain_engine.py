@@ -2,8 +2,10 @@
 
 import csv
 import os
+import re
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from lowssl.records import read_records
 from pretrain.config import PretrainConfig
 from pretrain.methods import get_method, methods
 from pretrain.optim import StepValues
-from pretrain.train import NonFiniteLossError, ResumeError, RunLogger, main, train
+from pretrain.train import NonFiniteLossError, ResumeError, RunLogger, main, timed, train
 
 REPO = Path(__file__).resolve().parent.parent
 # Every registered method's tiny MobileNetV2 preset, run at its registration's smoke sizes.
@@ -133,14 +135,75 @@ def test_log_rows_hold_the_step_values_and_the_rate_since_the_previous_row(tmp_p
     logger = RunLogger(tmp_path, enabled=True, every_steps=3)
     for step in range(1, 6):
         values = StepValues(lr=0.1 * step, weight_decay=1e-6)
-        logger.step(step, 0, {"loss": float(step)}, values, 8, 0.5 * step, skipped=step == 2, last=step == 5)
+        seconds, data_wait_s = 0.5 * step, 0.1 * step
+        logger.step(
+            step, 0, {"loss": float(step)}, values, 8, seconds, data_wait_s, skipped=step == 2, last=step == 5
+        )
     logger.close()
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
     assert [(int(r["step"]), float(r["loss"])) for r in rows] == [(3, 3.0), (5, 5.0)]  # the step's values
     assert [float(r["lr"]) for r in rows] == pytest.approx([0.3, 0.5])
     assert float(rows[0]["images_per_s"]) == pytest.approx(3 * 8 / (0.5 + 1.0 + 1.5))  # steps 1-3
     assert float(rows[1]["images_per_s"]) == pytest.approx(2 * 8 / (2.0 + 2.5))  # steps 4-5
+    assert [float(r["data_wait_s"]) for r in rows] == pytest.approx([0.1 + 0.2 + 0.3, 0.4 + 0.5])
+    assert [float(r["data_wait_fraction"]) for r in rows] == pytest.approx([0.2, 0.2])
     assert [int(r["skipped_images"]) for r in rows] == [1, 1]  # a running total
+
+
+def test_a_run_logs_the_time_it_waited_for_data(tmp_path, capsys):
+    # Batch 16: 3 steps an epoch. Epoch 1 ends with its summary line, step 4 with the unfinished epoch's.
+    train(tiny_config(tmp_path, max_steps=4, log_every_steps=1, batch_size=16))
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    assert len(rows) == 4
+    for row in rows:
+        step_s = 16 / float(row["images_per_s"])  # a row per step of 16 images
+        assert 0 < float(row["data_wait_s"]) <= step_s  # num_workers 0: the step loads its batch
+        assert float(row["data_wait_fraction"]) == pytest.approx(float(row["data_wait_s"]) / step_s)
+    err = capsys.readouterr().err
+    assert re.search(r"epoch 1/2: loss .*, images_per_s \S+, data_wait_fraction \S+\n", err), err
+    assert re.search(r"last 1 steps \(an unfinished epoch\): images_per_s \S+, data_wait_fraction \S+\n", err)
+
+
+def test_the_data_wait_counts_the_loaders_start_and_not_the_step(monkeypatch):
+    clock = [0.0]  # a fake perf_counter: the loader and the step advance it by known seconds
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+
+    class Loader:
+        def __iter__(self):
+            clock[0] += 2.0  # DataLoader.__iter__ starts the workers
+            return self.batches()
+
+        def batches(self):
+            for batch in ("a", "b"):
+                clock[0] += 0.5  # the batch is made
+                yield batch
+
+    waits = []
+    for wait, _ in timed(Loader()):
+        waits.append(wait)
+        clock[0] += 10.0  # the step: no waiting for data
+    assert waits == [2.5, 0.5]
+
+
+def test_a_resumed_run_keeps_its_log_columns(tmp_path):
+    # A log.csv written before the data-wait columns existed: new rows stay under its header.
+    old_header = "step,epoch,loss,lr,weight_decay,images_per_s,skipped_images"
+    (tmp_path / "log.csv").write_text(f"{old_header}\n1,0,1.0,0.1,1e-06,16.0,0\n")
+    logger = RunLogger(tmp_path, enabled=True, every_steps=1)
+    logger.step(2, 0, {"loss": 2.0}, StepValues(lr=0.2, weight_decay=1e-6), 8, 0.5, 0.25, skipped=3)
+    logger.close()
+    lines = (tmp_path / "log.csv").read_text().splitlines()
+    assert lines[0] == old_header and len(lines) == 3
+    row = next(csv.DictReader(lines[:1] + lines[2:]))
+    assert row == {
+        "step": "2",
+        "epoch": "0",
+        "loss": "2.0",
+        "lr": "0.2",
+        "weight_decay": "1e-06",
+        "images_per_s": "16.0",
+        "skipped_images": "3",
+    }
 
 
 def test_wandb_mirrors_tensorboard_only_when_its_project_is_set(tmp_path, monkeypatch):

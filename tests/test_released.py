@@ -344,3 +344,51 @@ def test_a_record_of_a_released_checkpoint_says_what_its_sha256_was_checked_agai
     assert released.record_details(path, sha256_record(path).read_text().split()[0])["sha256_source"] == (
         "published"
     )
+
+
+# ---- every registry row is the row it claims (issue 25) ----------------------------------------------
+
+
+def test_every_stated_accuracy_comes_from_the_page_that_publishes_the_url():
+    for entry in released.registry().values():
+        if entry.accuracy is not None:
+            assert entry.accuracy.source.startswith(entry.source), entry.name
+            assert 0 < entry.accuracy.linear_top1 < 100, entry.name
+
+
+def test_a_distillation_file_claims_a_table_5_row_only_if_its_source_states_that_rows_number():
+    """Before: the CompRess files (the CompRess paper's Ours-2q: README 63.0 / 61.7) claimed Table 5's
+    CompRess rows, whose 65.8 / 62.6 are its Ours-1q, a model not released."""
+    from results.paper_tables import read_paper_tables
+
+    tables = read_paper_tables()
+    table5 = tables[(tables.table == 5) & (tables.metric == "linear_top1")]
+    for entry in released.registry().values():
+        if entry.format not in ("simreg", "compress", "seed", "disco") or entry.accuracy is None:
+            continue  # SEED / DisCo state their accuracies in figures only: their notes say so
+        quoted = table5[(table5.method == entry.format) & (table5.backbone == entry.arch)].value.tolist()
+        claims_table5 = any(row.table == 5 for row in entry.paper)
+        assert claims_table5 == (entry.accuracy.linear_top1 in quoted), (entry.name, quoted)
+    compress = resolve("compress_resnet18")
+    assert compress.paper == () and "Ours-2q" in compress.note and "62.6" in compress.note
+
+
+def test_an_expired_signed_link_is_refused_before_any_download(monkeypatch, tmp_path, capsys):
+    """Before: SEED's link, past its own se=2025-07-26, was tried and answered HTTP 403 with no reason."""
+    url = (
+        f"http://127.0.0.1:{_closed_port()}/seed.pth.tar?sv=2020-04-08&se=2025-07-26T03%3A08%3A00Z&sig=abc%3D"
+    )
+    _point_at(monkeypatch, url, source="https://github.com/jacobswan1/SEED#checkpoints-by-seed")
+    assert released.main(["--cache-dir", str(tmp_path), "fetch", ENTRY, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"error: {ENTRY}: the published link expired on 2025-07-26 (its own se= field)" in err, err
+    assert "find the current link on https://github.com/jacobswan1/SEED#checkpoints-by-seed" in err, err
+    assert str(tmp_path / f"{ENTRY}.pth") in err and "cannot download" not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_seed_link_is_the_readme_s_current_one():
+    expiry = released.link_expiry(resolve("seed_resnet18_swav_r50w2").url)
+    assert expiry is not None and expiry.date().isoformat() == "2031-11-04"
+    assert released.link_expiry(resolve("mocov2_resnet50_800ep").url) is None  # not a signed link

@@ -8,7 +8,7 @@ import pytest
 
 from lowssl.records import Record, RecordsWarning, read_records, write_records
 from results.__main__ import main
-from results.leaderboard import COLUMNS, build_leaderboard, load_leaderboard
+from results.leaderboard import COLUMNS, build_leaderboard, load_leaderboard, summarise_leaderboard
 from results.paper_tables import read_paper_tables
 
 
@@ -255,3 +255,69 @@ def test_formula_and_table_breaking_text_is_escaped_in_the_leaderboard(runs_dir,
     written = pd.read_csv(out, keep_default_na=False).iloc[0]
     assert written["method"] == "'" + method and written["recipe"] == "'" + recipe
     assert written["value"] == -1.5 and out.read_text().count(",-1.5,") == 1
+
+
+def test_an_unknown_filter_value_is_an_error_with_the_values_present(runs_dir, capsys):
+    """Before: ``--metric linear_acc`` printed an empty table and exit 0. Now one line, exit 2, the
+    closest metric and every metric present."""
+    write_records([record("ours")], runs_dir)
+    assert main(["leaderboard", "--runs-dir", str(runs_dir), "--metric", "linear_acc"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith("error: no row has metric 'linear_acc': did you mean 'linear_top")
+    assert "the metric values present are" in line and "semi_1pct_top1" in line
+    for flag, typo in (("--backbone", "resnet-18"), ("--protocol", "fast_tny"), ("--dataset", "fmnist")):
+        assert main(["leaderboard", "--runs-dir", str(runs_dir), flag, typo]) == 2
+        assert f"no row has {flag[2:]} {typo!r}" in capsys.readouterr().err
+
+
+def test_a_dataset_keeps_its_subset_tagged_rows(runs_dir, capsys):
+    """Before: ``--dataset fashion-mnist`` hid the rows of a run on a subset (tagged
+    ``fashion-mnist/train3000/eval2000``)."""
+    write_records([record("whole", value=84.0)], runs_dir)
+    write_records([record("subset", dataset="fashion-mnist/train3000/eval2000", value=71.0)], runs_dir)
+    argv = ["leaderboard", "--runs-dir", str(runs_dir), "--flat", "--dataset"]
+    assert main([*argv, "fashion-mnist"]) == 0
+    out = capsys.readouterr().out
+    assert "| fashion-mnist/train3000/eval2000 |" in out and "| fashion-mnist " in out
+    assert main([*argv, "fashion-mnist/train3000/eval2000"]) == 0
+    out = capsys.readouterr().out
+    assert "| whole " not in out and "| subset " in out, "a tagged name keeps only its own rows"
+
+
+@pytest.mark.parametrize(
+    ("stage", "metric", "dataset"),
+    [("semisup", "semi_1pct_top1", "fashion-mnist"), ("detection", "coco_tiny_APbb", "fmnist_det_val")],
+)
+def test_records_of_two_pretraining_budgets_are_never_pooled_at_any_stage(
+    runs_dir, capsys, stage, metric, dataset
+):
+    """Issue 28: only pretrain and evaluate records carried pretrain_budget and nothing compared it, so a
+    1,500-image and a 3,000-image pre-training pooled into one mean over seeds; now each budget is its own
+    row with its own seeds, and records without a budget (before it was recorded) one more."""
+
+    def at(run_id, seed, budget):
+        details = {} if budget is None else {"details": {"pretrain_budget": budget}}
+        return [
+            record(
+                run_id, stage=stage, metric=metric, dataset=dataset, seed=seed, value=60.0 + seed, **details
+            )
+        ]
+
+    small, large = (
+        "1500 fashion-mnist images x 1 epochs, batch 64",
+        "3000 fashion-mnist images x 1 epochs, batch 64",
+    )
+    write_records(at("s0", 0, small), runs_dir)
+    write_records(at("s1", 1, small), runs_dir)
+    assert main(["leaderboard", "--runs-dir", str(runs_dir)]) == 0  # one budget: its seeds pool
+    assert re.search(rf"\| 60\.50 ± \S+ \|\s+2 \| fast\s+\| {dataset}", capsys.readouterr().out)
+
+    write_records(at("l2", 2, large), runs_dir)
+    write_records(at("old", 3, None), runs_dir)
+    summary = summarise_leaderboard(load_leaderboard(runs_dir))
+    rows = summary[summary["source"] == "lowssl-run"].set_index("pretrain_budget")
+    # each budget its own row, its own seeds: 60.50 (n=2), 62.00 (n=1), 63.00 (n=1, unrecorded)
+    assert rows.loc[small, "n"] == 2 and rows.loc[large, "n"] == 1 and rows.loc["", "n"] == 1
+    assert rows.loc[large, "value"] == "62.00" and rows.loc["", "value"] == "63.00"

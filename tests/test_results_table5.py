@@ -175,6 +175,23 @@ def test_one_cell_never_pools_budgets_and_a_gain_never_compares_two(runs_dir):
         render_table5(read_paper_tables(), read_records(runs_dir), **SETTING)
 
 
+def test_a_rerun_seed_of_another_budget_never_hides_the_older_one(runs_dir):
+    """Issue 28: seed 0 pre-trained on 2,500 images, then seed 0 again on 5,000 into the same folder:
+    the later record silently replaced the earlier one (80.00 -> 81.00, n=1), so the cell showed
+    whichever budget ran last. Now the budgets are compared before a re-run replaces a record, as the
+    protocol settings are, and the error names both budgets and their runs."""
+    small, large = ({"details": {"pretrain_budget": f"{n} images x 1 epoch"}} for n in (2500, 5000))
+    write_records(run("a", "resnet18", 80.0, seed=0, created="2026-01-01T00:00:00+00:00", **small), runs_dir)
+    write_records(run("b", "resnet18", 81.0, seed=0, created="2026-01-02T00:00:00+00:00", **large), runs_dir)
+    with pytest.raises(AggregationError) as refused:
+        render_table5(read_paper_tables(), read_records(runs_dir), **SETTING)
+    assert str(refused.value) == (
+        "records of one cell (dino, ours, 2, student, resnet18, linear_top1) come from different pre-training "
+        "budgets (2500 images x 1 epoch (runs a); 5000 images x 1 epoch (runs b)), which are never pooled: keep "
+        "each budget's records in its own records folder"
+    )
+
+
 def test_one_cell_never_pools_records_of_a_changed_preset(runs_dir):
     def protocol(**settings):
         return {"details": {"protocol": {"name": "fast", "weight_decay": 1e-4} | settings}}

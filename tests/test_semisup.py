@@ -10,7 +10,7 @@ from torch import nn
 from lowssl.checkpoints import open_checkpoint
 from lowssl.data import build_dataset, held_out_split
 from lowssl.io import load_checkpoint, sha256_file
-from lowssl.records import recorded_protocol
+from lowssl.records import read_records, recorded_budget, recorded_protocol
 from pretrain.methods import build_method
 from pretrain.methods.dino import DinoConfig
 from semisup.__main__ import main
@@ -44,7 +44,13 @@ def dino_checkpoint(tmp_path_factory):
             "backbone": "resnet18",
             "recipe": "ours",
             "epoch": 1,
-            "config": {"backbone": "resnet18", "method": {"name": "dino"}},
+            "config": {
+                "backbone": "resnet18",
+                "method": {"name": "dino"},
+                "epochs": 1,
+                "batch_size": 8,
+                "data": {"dataset": "fashion-mnist", "subset": 1500},
+            },
         },
         path,
     )
@@ -291,3 +297,28 @@ def test_held_out_evaluation_never_scores_a_labelled_image_and_is_another_run(tm
     assert details["synthetic"]["eval_set"] == "val"
     default_dir = run_name(FinetuneArgs(**{**common, "held_out": True, "held_out_per_class": 8}), "resnet18")
     assert default_dir.endswith("_10pct_held-out-8pc")  # not the val run's folder
+
+
+def test_records_carry_the_pretraining_budget_of_the_checkpoint(tmp_path, dino_checkpoint):
+    """Issue 28: semisup records of a lowssl checkpoint carried no pretrain_budget, so the leaderboard
+    could pool fine-tunings of differently pre-trained checkpoints; now they carry the checkpoint's, and a
+    random-init run says "none" (nothing pre-trained), as evaluate's records do."""
+    finetune(smoke(tmp_path / "ckpt", checkpoint=str(dino_checkpoint), records_dir=str(tmp_path / "records")))
+    finetune(
+        smoke(tmp_path / "rand", random_init=True, arch="resnet18", records_dir=str(tmp_path / "records"))
+    )
+    records = read_records(tmp_path / "records")
+    budgets = dict(zip(records.method, records.details.map(recorded_budget), strict=False))
+    assert budgets == {"dino": "1500 fashion-mnist images x 1 epochs, batch 8", "random-init": "none"}
+
+
+def test_pretrain_and_semisup_raise_the_one_resume_and_non_finite_errors():
+    """Issue 28: ResumeError, NonFiniteLossError and NonFiniteWeightsError were defined twice (pretrain
+    and semisup), so catching one stage's missed the other's; now both raise lowssl.stopping's."""
+    import lowssl.stopping
+    import pretrain.train
+    import semisup.train
+
+    for name in ("ResumeError", "NonFiniteLossError", "NonFiniteWeightsError"):
+        shared = getattr(lowssl.stopping, name)
+        assert getattr(pretrain.train, name) is shared and getattr(semisup.train, name) is shared, name

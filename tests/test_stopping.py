@@ -157,7 +157,14 @@ def test_sigterm_to_one_ddp_rank_stops_every_rank_at_the_same_step(tmp_path):
         "--nproc_per_node=2",
         f"--master_port={_free_port()}",
     ]
-    command = [*launcher, "-m", "pretrain", *_pretrain_command(tmp_path, max_steps=6, log_every_steps=1)]
+    # Far more steps than the stop needs: a quiet machine runs a tiny step in well under a second, and
+    # a run that ended before the signal arrived would test nothing.
+    command = [
+        *launcher,
+        "-m",
+        "pretrain",
+        *_pretrain_command(tmp_path, max_steps=100, epochs=20, log_every_steps=1),
+    ]
     log = tmp_path / "torchrun.log"
     process = _start(command, log)
     _wait_for((run_dir / "log.csv").exists, process, log, "first step")
@@ -165,7 +172,7 @@ def test_sigterm_to_one_ddp_rank_stops_every_rank_at_the_same_step(tmp_path):
     assert _finish(process) != 0  # torchrun reports its workers' 143 as a failure
     output = log.read_text()
     step = _stopped_line(output, run_dir)
-    assert 1 <= step < 6
+    assert 1 <= step < 100
     assert schema.load(run_dir / "last.pth")["global_step"] == step  # rank 0's save, whole
     # rank 0 printed the line above after its save; rank 1 stopped itself too, and no rank failed
     assert re.search(r"rank\s*: 1 \(local_rank: 1\)\s*exitcode\s*: 143", output), output[-3000:]

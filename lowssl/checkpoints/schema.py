@@ -25,6 +25,7 @@ from typing import Any
 
 from lowssl.io import atomic_torch_save, load_checkpoint
 from lowssl.records import pretrain_budget
+from lowssl.subject import UNKNOWN
 
 FORMAT = "lowssl-pretrain-v1"
 #: Every key a checkpoint holds besides ``format``, in the order they are written.
@@ -77,8 +78,8 @@ class Provenance:
     """What trained a backbone, as the records name it; "unknown" where the file does not say
     (third-party files: their own fields are not read, see docs/checkpoints.md)."""
 
-    method: str = "unknown"
-    recipe: str = "unknown"
+    method: str = UNKNOWN
+    recipe: str = UNKNOWN
     pretrain_epochs: int = 0
     seed: int | None = None  # the pre-training seed
     budget: str = ""  # lowssl.records.pretrain_budget of the run's config
@@ -88,8 +89,8 @@ def provenance(payload: Mapping[str, Any]) -> Provenance:
     """What trained the checkpoint ``payload`` (a lowssl one; missing fields read as unknown)."""
     config = payload.get("config") or {}
     return Provenance(
-        method=str(payload.get("method", "unknown")),
-        recipe=str(payload.get("recipe", "unknown")),
+        method=str(payload.get("method", UNKNOWN)),
+        recipe=str(payload.get("recipe", UNKNOWN)),
         pretrain_epochs=int(payload.get("epoch", 0)),
         seed=config.get("seed"),
         budget=pretrain_budget(config),
