@@ -41,9 +41,10 @@ def add_quiet_argument(parser) -> None:
     )
 
 
-def say(message: str) -> None:
-    """An info line on stderr (the banner, an epoch's values); nothing under ``--quiet``."""
-    if not _quiet:
+def say(message: str, enabled: bool = True) -> None:
+    """An info line on stderr (the banner, an epoch's values); nothing under ``--quiet`` or where
+    ``enabled`` is false (the processes other than the main one)."""
+    if enabled and not _quiet:
         tqdm.write(message, file=sys.stderr)
 
 

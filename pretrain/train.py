@@ -149,7 +149,7 @@ def _train(cfg: PretrainConfig, ctx: distributed.Context, stop: StopSignals) -> 
         Path(cfg.records_dir or default_runs_dir())
         / f"{pretrain_run_id(cfg, run.provenance['config_hash'])}.csv"
     )
-    _say(ctx, _banner(run, data.sampler.steps_per_epoch, records_file))
+    say(_banner(run, data.sampler.steps_per_epoch, records_file), enabled=ctx.is_main)
     if start_epoch >= cfg.epochs or run.budget_spent:  # a finished run: resuming it trains nothing more
         _close(run, "complete", data.sampler.steps_per_epoch, None, started)
         return run.metrics
@@ -309,11 +309,11 @@ def build_run(
     gradient scaler and the online linear probe."""
     method = build_run_method(cfg, ctx.world_size)
     if cfg.method_name == "swav" and method.cfg.queue_length != cfg.method.queue_length:
-        _say(
-            ctx,
+        say(
             f"method.queue_length {cfg.method.queue_length} -> {method.cfg.queue_length}: SwAV's queue "
             f"holds whole global batches of {cfg.batch_size} (SwAV's main_swav.py), "
             f"{method.queue.shape[1]} rows per process",
+            enabled=ctx.is_main,
         )
     method_config = {"name": cfg.method_name, **to_dict(method.cfg)}
     if cfg.channels_last:
@@ -389,7 +389,7 @@ def resume(run: Run) -> tuple[int, int]:
     resume_path = _resume_path(run.cfg, run.run_dir)
     if ctx.is_main:  # a kill mid-save leaves a partial temp file beside the whole checkpoint
         for stale in remove_stale_temp_files(run.run_dir):
-            _say(ctx, f"removed {stale.name}, left by a run killed while saving")
+            say(f"removed {stale.name}, left by a run killed while saving")
     if resume_path is None:
         return 0, 0
     state = schema.load(resume_path)
@@ -604,7 +604,7 @@ def end_epoch(run: Run, data: RunData, epoch: int, loss: float, logger: RunLogge
         metrics["online_linear_top1"] = run.probe.epoch_accuracy()
     throughput = logger.epoch(epoch + 1, metrics)
     values = ", ".join(f"{k} {v:.4g}" for k, v in {**metrics, **throughput}.items() if k != "epoch")
-    _say(ctx, f"epoch {epoch + 1}/{cfg.epochs}: {values}")
+    say(f"epoch {epoch + 1}/{cfg.epochs}: {values}", enabled=ctx.is_main)
     run.metrics = metrics
     if ctx.is_main:
         save_checkpoint(run, run.last_path, epoch + 1, 0)
@@ -633,11 +633,6 @@ def _every(every: int, count: int) -> bool:
 
 def _cpu_state(module: nn.Module) -> dict:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
-
-
-def _say(ctx, message: str) -> None:
-    if ctx.is_main:
-        say(message)
 
 
 def monitor_knn(cfg: PretrainConfig, backbone, images, train_index, held_index, device) -> float | None:

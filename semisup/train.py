@@ -165,7 +165,7 @@ def _finetune(args: FinetuneArgs, held: contextlib.ExitStack) -> dict:
         write_subset(list_file, train_images, args.dataset, SUBSETS[args.subset], args.subset_seed)
     distributed.barrier()
     subset = load_subset(list_file, train_images, args.fraction, args.expected_count)
-    _say(ctx, subset.report())
+    say(subset.report(), enabled=ctx.is_main)
     if subset_epochs is not None:
         protocol = load_protocol(args.protocol, [*overrides, f"epochs_{subset.label}={subset_epochs}"])
     epochs = protocol.epochs(subset.label)
@@ -252,12 +252,12 @@ def _finetune(args: FinetuneArgs, held: contextlib.ExitStack) -> dict:
         else "fresh run"
     )
     records_file = Path(args.records_dir or default_runs_dir()) / f"semisup-{run_dir.name}.csv"
-    _say(
-        ctx,
+    say(
         f"semisup finetune: {started} in {run_dir.absolute()}; {epochs} epochs of {order.steps_per_epoch} "
         f"steps{f', stopping at max_steps={args.max_steps}' if args.max_steps is not None else ''}; "
         f"{ctx.device}{f' x {ctx.world_size} processes' if ctx.distributed else ''}, "
         f"{torch.get_num_threads()} threads; records -> {records_file.absolute()}",
+        enabled=ctx.is_main,
     )
 
     def stop_if_not_finite() -> None:
@@ -338,7 +338,7 @@ def _finetune(args: FinetuneArgs, held: contextlib.ExitStack) -> dict:
             top1, top5 = evaluate(model, evaluation, ctx, protocol.eval_batch_size, args.workers)
             history.append({"epoch": epoch + 1, "complete": complete, "top1": top1, "top5": top5})
             message += f", top-1 {top1:.2f}, top-5 {top5:.2f}"
-        _say(ctx, message)
+        say(message, enabled=ctx.is_main)
         save(epoch + 1 if complete else epoch, 0 if complete else step)
         if stopped:
             break
@@ -458,11 +458,6 @@ def _resume_path(resume: str, run_dir: Path) -> Path | None:
     if not Path(resume).is_file():
         raise ResumeError(f"resume checkpoint {resume} does not exist")
     return Path(resume)
-
-
-def _say(ctx: Context, message: str) -> None:
-    if ctx.is_main:
-        say(message)
 
 
 def _write_records(
