@@ -72,11 +72,15 @@ class StopSignals:
     def requested(self) -> bool:
         """Whether to stop at this step boundary. A collective under DDP: every rank calls it at the
         same steps, and all stop if any rank was signalled (torchrun may signal one worker first)."""
-        if distributed.is_initialized():
-            flag = torch.tensor(self.received, device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            self.received = int(flag.item())
-        return self.received != 0
+        if not distributed.is_initialized():
+            return self.received != 0
+        flag = torch.tensor(self.received, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        agreed = int(flag.item())
+        # Every rank answers what they agreed on. A signal caught while this rank waited in the
+        # all-reduce is kept (not overwritten by the agreed 0) and stops every rank at the next step.
+        self.received = self.received or agreed
+        return agreed != 0
 
     def stop(self, what: str, saved: Path | None) -> NoReturn:
         """End the process after :meth:`requested` said so and the main process saved ``saved``
