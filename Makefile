@@ -51,18 +51,18 @@ IMAGENET ?=
 GPUS     ?= 8
 SCALE    ?= $(if $(IMAGENET),paper,tiny)
 reproduce-table5: install
-	$(PY) -m results.reproduce table5 --scale "$$SCALE" --gpus "$$GPUS" $${IMAGENET:+--imagenet "$$IMAGENET"} $${SEEDS:+--seeds "$$SEEDS"} $${NNODES:+--nnodes "$$NNODES"} $${RDZV:+--rdzv-endpoint "$$RDZV"}
+	$(PY) -m lowssl.results.reproduce table5 --scale "$$SCALE" --gpus "$$GPUS" $${IMAGENET:+--imagenet "$$IMAGENET"} $${SEEDS:+--seeds "$$SEEDS"} $${NNODES:+--nnodes "$$NNODES"} $${RDZV:+--rdzv-endpoint "$$RDZV"}
 
 # The recipe's gain as the paper reports it (Table 2: DINO / SwAV / MoCo-v2* on MobileNetV2, Table 3's
 # ResNet18 row) at tiny scale: paired ours - baseline over seeds, beside the paper's gains.
 #   make reproduce-gains [IMAGES=2000] [EPOCHS=1] [SEEDS=3]
 reproduce-gains: install
-	$(PY) -m results.gains $${IMAGES:+--images "$$IMAGES"} $${EPOCHS:+--epochs "$$EPOCHS"} $${SEEDS:+--seeds "$$SEEDS"}
+	$(PY) -m lowssl.results.gains $${IMAGES:+--images "$$IMAGES"} $${EPOCHS:+--epochs "$$EPOCHS"} $${SEEDS:+--seeds "$$SEEDS"}
 
 # The view-sampling sweeps of Figs. 1-3 (PNG + CSV under results/figures/<scale>/):
 #   make figures [SEEDS=2] [JOBS=<usable cores>] (tiny: ~54 min on 2 cores, docs/tiny-scale.md)
 figures: install
-	$(PY) -m results.figures --scale "$$SCALE" --gpus "$$GPUS" $${IMAGENET:+--imagenet "$$IMAGENET"} $${SEEDS:+--seeds "$$SEEDS"} $${JOBS:+--jobs "$$JOBS"}
+	$(PY) -m lowssl.results.figures --scale "$$SCALE" --gpus "$$GPUS" $${IMAGENET:+--imagenet "$$IMAGENET"} $${SEEDS:+--seeds "$$SEEDS"} $${JOBS:+--jobs "$$JOBS"}
 
 # Any checkpoint through the chosen stages, then the leaderboard. CKPT is a file, or a released
 # checkpoint's name (python -m lowssl.released list; docs/released.md), fetched into the cache:
@@ -71,11 +71,11 @@ FORMAT    ?= auto
 PROTOCOLS ?= linear,knn,semisup,detection
 evaluate-checkpoint: install
 	@test -n "$$CKPT" || { echo "usage: make evaluate-checkpoint CKPT=path|name [FORMAT=auto] [PROTOCOLS=...] (names: python -m lowssl.released list)" >&2; exit 2; }
-	$(PY) -m results.evaluate_checkpoint "$$CKPT" --format "$$FORMAT" --protocols "$$PROTOCOLS"
+	$(PY) -m lowssl.results.evaluate_checkpoint "$$CKPT" --format "$$FORMAT" --protocols "$$PROTOCOLS"
 
 # Benchmarks (not tests): JSON + a markdown summary under benchmarks/results/.
 bench: install
-	$(PY) -m benchmarks.run
+	$(PY) -m lowssl.benchmarks.run
 
 clean-venv:
 	rm -rf $(VENV)

@@ -11,7 +11,7 @@ threads counted), which is the wall-clock rate on a quiet core and is not inflat
 taking the core away; ``*_wall_images_per_s_*`` is the wall-clock rate. ``speedup_*`` is the
 lowssl / reference ratio of the per-core rates, per repeat (median and spread = max - min).
 
-    python -m benchmarks.augmentation --images 100 --repeats 3
+    python -m lowssl.benchmarks.augmentation --images 100 --repeats 3
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.report import show, summary, write
+from lowssl.benchmarks.report import show, summary, write
 from lowssl.config import from_dict
-from pretrain.views import MultiCropViews, ViewPlan, ViewsConfig, resolve_views
-from pretrain.views.reference import dino_reference
+from lowssl.pretrain.views import MultiCropViews, ViewPlan, ViewsConfig, resolve_views
+from lowssl.pretrain.views.reference import dino_reference
 
 RECIPES = {  # docs/recipes.md, "Baseline and ours"
     "baseline": {"global_scale": [0.14, 1.0], "local_scale": [0.05, 0.14], "local_size": 96},

@@ -1,7 +1,7 @@
 """Issue 29's GPU check: the paper-scale DINO step at batch 128 on one GPU, with its data path on.
 
 For MobileNetV2 and ResNet18 (the paper's ``dino_*_ours`` configs: 2x224 + 6x128 views), in fp32 and
-in bf16 + channels_last, this runs the real ``python -m pretrain`` on a generated ImageFolder of
+in bf16 + channels_last, this runs the real ``python -m lowssl.pretrain`` on a generated ImageFolder of
 natural-size JPEGs (about 500x375) and reports, over the steps after the warm-up: images/s and the
 fraction of step time the loop spent blocked waiting for the loader (log.csv's ``data_wait_s``,
 pretrain/train.py). Data paths: the CPU multi-crop (the configs' default), then, while the time budget
@@ -39,14 +39,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.augmentation import natural_jpegs
-from benchmarks.run import _machine
 from lowssl import distributed
+from lowssl.benchmarks.augmentation import natural_jpegs
+from lowssl.benchmarks.run import _machine
 from lowssl.config import load
 from lowssl.data import usable_cpus
 from lowssl.io import atomic_write_text
-from pretrain.config import PretrainConfig
-from pretrain.train import build_data  # the loader exactly as the runs build it
+from lowssl.pretrain.config import PretrainConfig
+from lowssl.pretrain.train import build_data  # the loader exactly as the runs build it
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = {
@@ -199,13 +199,13 @@ def window_rates(log_rows: list[dict], scale: Scale) -> dict:
 def pretrain_run(
     scale: Scale, root: Path, work: Path, backbone: str, precision: str, data_path: str, timeout: float
 ) -> dict:
-    """One real ``python -m pretrain`` run; its measured window, wall time and status."""
+    """One real ``python -m lowssl.pretrain`` run; its measured window, wall time and status."""
     name = f"{backbone}_{precision}_{data_path}".replace(" ", "_").replace("+", "_")
     run_dir = work / name
     command = [
         sys.executable,
         "-m",
-        "pretrain",
+        "lowssl.pretrain",
         "--config",
         str(CONFIGS[backbone]),
         *run_overrides(scale, root, run_dir, precision, data_path),
@@ -254,7 +254,7 @@ def step_alone(
     command = [
         sys.executable,
         "-m",
-        "benchmarks.pretrain_step",
+        "lowssl.benchmarks.pretrain_step",
         "--device",
         scale.device,
         "--methods",
@@ -364,7 +364,7 @@ class Report:
             "",
             f"Machine: {self.machine['description']}.",
             "",
-            f"`python -m pretrain --config pretrain/configs/dino_<backbone>_ours.yaml` on {scale.images} "
+            f"`python -m lowssl.pretrain --config pretrain/configs/dino_<backbone>_ours.yaml` on {scale.images} "
             f"generated JPEGs of {scale.image_size[0]}x{scale.image_size[1]} in {scale.classes} classes "
             f"(made in {self.images_s:.1f} s), batch {scale.batch}, {scale.workers} loader workers, "
             f"{scale.steps} steps, measured over steps {scale.warmup + 1}-{scale.steps}. Step alone: "

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p "${OUT:?set OUT to the folder for the results}"
-PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_check --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log"
+PYTHONUNBUFFERED=1 python3 -m lowssl.benchmarks.gpu_check --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log"

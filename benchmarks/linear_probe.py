@@ -1,6 +1,6 @@
 """Linear probe cost and agreement: the ``fast`` protocol (cached features) vs a full protocol.
 
-Both run through ``python -m evaluate linear`` on the same subject and the same Fashion-MNIST subset,
+Both run through ``python -m lowssl.evaluate linear`` on the same subject and the same Fashion-MNIST subset,
 each in a fresh records folder so nothing is cached: random-init ResNet18 and, with ``--checkpoint``,
 a pre-trained checkpoint. Reported per subject: both wall times, their ratio (full / fast), both
 top-1 (the full protocol's last epoch beside the epoch it reports) and fast - full. The target is
@@ -9,7 +9,7 @@ the tiny protocols"); whatever is measured is reported. By default on all traini
 converge there on a pre-trained checkpoint); ``--full-override train_input=augmented`` compares with
 the full protocol on augmented crops, as the paper-scale protocols train.
 
-    python -m benchmarks.linear_probe [--train-subset 5000] [--checkpoint runs/x/last.pth]
+    python -m lowssl.benchmarks.linear_probe [--train-subset 5000] [--checkpoint runs/x/last.pth]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 
 import pandas as pd
 
-from benchmarks.report import show, write
+from lowssl.benchmarks.report import show, write
 from lowssl.records import read_records
 
 
@@ -32,7 +32,7 @@ def probe(protocol: str, source: list[str], train_subset: int | None, overrides:
         command = [
             sys.executable,
             "-m",
-            "evaluate",
+            "lowssl.evaluate",
             "linear",
             *source,
             "--protocol",

@@ -8,7 +8,7 @@ then the overhead of the loss, EMA, queue and optimiser. ``student_only_ratio`` 
 against the student's forward and backward alone (the teacher forward counted as overhead). Views are
 random tensors already on the device, so the data path is excluded (``benchmarks/augmentation.py``).
 
-    python -m benchmarks.pretrain_step --device cuda --amp bf16 --batch 128 --global-size 224 --local-size 128
+    python -m lowssl.benchmarks.pretrain_step --device cuda --amp bf16 --batch 128 --global-size 224 --local-size 128
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import time
 
 import torch
 
-from benchmarks.report import show, summary, write
 from lowssl.backbones import get_spec
-from pretrain.methods import MocoConfig, build_method, multicrop_forward
-from pretrain.optim import OptimConfig, build_optimizer
+from lowssl.benchmarks.report import show, summary, write
+from lowssl.pretrain.methods import MocoConfig, build_method, multicrop_forward
+from lowssl.pretrain.optim import OptimConfig, build_optimizer
 
 
 def _sync(device: torch.device) -> None:

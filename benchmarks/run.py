@@ -51,7 +51,7 @@ def main() -> int:
     sections = []
 
     augmentation, seconds = _run(
-        "augmentation", "benchmarks.augmentation", ["--images", "60", "--repeats", "3"]
+        "augmentation", "lowssl.benchmarks.augmentation", ["--images", "60", "--repeats", "3"]
     )
     rows = [
         f"| {r['recipe']} (2x224 + 6x{r['local_size']}) | {r['lowssl_images_per_s_median']:.1f} | "
@@ -123,7 +123,7 @@ def main() -> int:
         )
     )
 
-    probes, seconds = _run("linear_probe", "benchmarks.linear_probe", ["--train-subset", "5000"])
+    probes, seconds = _run("linear_probe", "lowssl.benchmarks.linear_probe", ["--train-subset", "5000"])
     rows = [
         f"| {r['subject']} | {r['fast']['wall_s']:.0f} | {r['full']['protocol']} {r['full']['wall_s']:.0f} | "
         f"{r['time_ratio_full_over_fast']:.1f}x | {r['fast']['linear_top1']:.2f} | {r['full']['last_epoch_top1']:.2f} "
@@ -147,7 +147,7 @@ def main() -> int:
         "",
         f"Machine: {_machine()}.",
         "",
-        "Written by `make bench` (`python -m benchmarks.run`); the JSON files beside this one hold every run.",
+        "Written by `make bench` (`python -m lowssl.benchmarks.run`); the JSON files beside this one hold every run.",
         "",
     ]
     for title, table, seconds in sections:

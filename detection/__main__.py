@@ -1,10 +1,10 @@
-"""``python -m detection {convert,train,make-dataset}``.
+"""``python -m lowssl.detection {convert,train,make-dataset}``.
 
-    python -m detection convert runs/x/last.pth /tmp/x.pkl
-    python -m detection train --config detection/configs/mask_rcnn_resnet18_fpn_tiny.yaml --weights /tmp/x.pkl
-    python -m detection train --config detection/configs/mask_rcnn_mobilenet_v2_fpn_1x.yaml \\
+    python -m lowssl.detection convert runs/x/last.pth /tmp/x.pkl
+    python -m lowssl.detection train --config detection/configs/mask_rcnn_resnet18_fpn_tiny.yaml --weights /tmp/x.pkl
+    python -m lowssl.detection train --config detection/configs/mask_rcnn_mobilenet_v2_fpn_1x.yaml \\
         --weights /tmp/x.pkl --num-gpus 8 SOLVER.IMS_PER_BATCH 16
-    python -m detection make-dataset --out data/fmnist_det/custom --train 2000 --val 200
+    python -m lowssl.detection make-dataset --out data/fmnist_det/custom --train 2000 --val 200
 """
 
 from __future__ import annotations
@@ -13,25 +13,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from detection.convert import ConversionError, convert_checkpoint, write_pickle
-from detection.fmnist_det import FmnistDetSpec, generate
-from detection.train import TrainError, train
-from lowssl.checkpoints import CheckpointLayoutError, add_checkpoint_arguments, add_trust_argument
-from lowssl.config import ConfigError
+from lowssl.checkpoints import add_checkpoint_arguments, add_trust_argument
+from lowssl.cli import StageParser, add_quiet_argument, run_stage
 from lowssl.data import DatasetError
-from lowssl.io import CheckpointError
-from lowssl.progress import add_quiet_argument, set_quiet
+from lowssl.detection.convert import convert_checkpoint, write_pickle
+from lowssl.detection.fmnist_det import FmnistDetSpec, generate
+from lowssl.detection.train import train
+from lowssl.progress import set_quiet
 from lowssl.records import default_runs_dir
-from lowssl.run_lock import RunFolderBusy
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit code 2, as every other bad input
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m detection", description="Mask R-CNN FPN transfer (Detectron2).")
+    parser = StageParser(
+        prog="python -m lowssl.detection", description="Mask R-CNN FPN transfer (Detectron2)."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser(
@@ -107,20 +102,7 @@ def run(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_quiet(getattr(args, "quiet", False))  # convert and make-dataset print one line each
-    try:
-        return run(args)
-    except (
-        CheckpointLayoutError,
-        CheckpointError,
-        ConversionError,
-        ConfigError,
-        DatasetError,
-        RunFolderBusy,
-        TrainError,
-        FileNotFoundError,
-    ) as error:
-        print("error: " + " ".join(str(error).split()), file=sys.stderr)
-        return 2
+    return run_stage(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ Pillow alias, which that install needs as well.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -75,10 +76,15 @@ def has_compiled_ops() -> bool:
     module = sys.modules.get(FALLBACK_MODULE)
     if module is not None:
         return not getattr(module, "LOWSSL_FALLBACK", False)
-    try:
-        return importlib.util.find_spec(FALLBACK_MODULE) is not None
-    except ModuleNotFoundError:  # detectron2 itself is not installed
+    # Looked for in the package's folder, not through find_spec("detectron2._C"), which would import
+    # detectron2 itself: importing lowssl.detection imports no Detectron2 (detection/archs.py).
+    package = importlib.util.find_spec("detectron2")
+    if package is None:  # detectron2 itself is not installed
         return False
+    return (
+        importlib.machinery.PathFinder.find_spec(FALLBACK_MODULE, package.submodule_search_locations)
+        is not None
+    )
 
 
 def apply() -> None:

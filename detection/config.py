@@ -1,5 +1,5 @@
 """Detectron2 configs for lowssl: the extra keys, loading a YAML under ``detection/configs/``, and which
-lowssl backbone a config builds."""
+lowssl backbone a config builds (those detection takes: detection/archs.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,9 @@ from pathlib import Path
 import yaml
 from detectron2.config import CfgNode, get_cfg
 
-import detection.backbones  # noqa: F401 - registers the MobileNetV2 builders the configs name
+import lowssl.detection.backbones  # noqa: F401 - registers the MobileNetV2 builders the configs name
 from lowssl.config import ConfigError, yaml_file_error
-
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-#: The config whose model ``convert`` loads a converted checkpoint into, per lowssl backbone.
-ARCH_CONFIGS = {
-    "mobilenet_v2": CONFIG_DIR / "mask_rcnn_mobilenet_v2_fpn_1x.yaml",
-    "resnet18": CONFIG_DIR / "mask_rcnn_resnet18_fpn_1x.yaml",
-    "resnet34": CONFIG_DIR / "mask_rcnn_resnet34_fpn_1x.yaml",
-}
+from lowssl.detection.archs import CONFIG_DIR
 
 
 def add_lowssl_config(cfg: CfgNode) -> None:
@@ -53,7 +45,7 @@ def load_config(path: str | Path, opts: list[str] | tuple[str, ...] = ()) -> Cfg
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"detection config {path} does not exist; configs live in {CONFIG_DIR}")
+        raise ConfigError(f"detection config {path} does not exist; configs live in {CONFIG_DIR}")
     cfg = get_cfg()
     add_lowssl_config(cfg)
     try:
@@ -88,4 +80,4 @@ def config_arch(cfg: CfgNode) -> str:
         return "mobilenet_v2"
     if name == "build_resnet_fpn_backbone":
         return f"resnet{cfg.MODEL.RESNETS.DEPTH}"
-    raise ValueError(f"MODEL.BACKBONE.NAME {name} is not a lowssl detection backbone")
+    raise ConfigError(f"MODEL.BACKBONE.NAME {name} is not a lowssl detection backbone")

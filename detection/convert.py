@@ -1,4 +1,4 @@
-"""``python -m detection convert``: any checkpoint lowssl.checkpoints reads -> Detectron2's weight pickle.
+"""``python -m lowssl.detection convert``: any checkpoint lowssl.checkpoints reads -> Detectron2's weight pickle.
 
 The pickle is what Detectron2 loads with name-matching heuristics: ``{"model": {name: numpy array},
 "__author__": "lowssl", "matching_heuristics": True}`` (MoCo's convert-pretrain-to-detectron2
@@ -25,8 +25,10 @@ from pathlib import Path
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from detection.config import ARCH_CONFIGS, load_config
 from lowssl.checkpoints import open_checkpoint
+from lowssl.detection.archs import ARCH_CONFIGS
+from lowssl.detection.config import load_config
+from lowssl.errors import BadInput
 from lowssl.io import atomic_write
 from lowssl.subject import Subject
 
@@ -34,7 +36,7 @@ AUTHOR = "lowssl"
 BACKBONE_PREFIX = "backbone.bottom_up."  # where FPN keeps the bottom-up network in Detectron2's model
 
 
-class ConversionError(ValueError):
+class ConversionError(BadInput, ValueError):
     """The checkpoint cannot become Detectron2 weights that load completely."""
 
 

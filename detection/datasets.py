@@ -17,8 +17,8 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
-from detection import fmnist_det
 from lowssl.data import DatasetError
+from lowssl.detection import fmnist_det
 from lowssl.paths import home
 
 COCO_ROOT_ENV = "COCO_ROOT"

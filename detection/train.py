@@ -1,4 +1,4 @@
-"""``python -m detection train``: Mask R-CNN FPN through Detectron2's DefaultTrainer and ``launch``.
+"""``python -m lowssl.detection train``: Mask R-CNN FPN through Detectron2's DefaultTrainer and ``launch``.
 
 One process per GPU (``--num-gpus``) on each of ``--num-machines`` machines, as Detectron2's own
 ``facebookresearch/detectron2@v0.6:tools/train_net.py``. Training ends with COCO evaluation on
@@ -28,15 +28,17 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-from detection import compat
-from detection.config import config_arch, load_config
-from detection.datasets import prepare_datasets, register_datasets
-from detection.weights import WeightsOnlyCheckpointer, read_pickle_metadata
-from lowssl.config import derived_name
+from lowssl.config import changed_values
+from lowssl.detection import compat
+from lowssl.detection.config import config_arch, load_config
+from lowssl.detection.datasets import prepare_datasets, register_datasets
+from lowssl.detection.weights import WeightsOnlyCheckpointer, read_pickle_metadata
+from lowssl.errors import BadInput
 from lowssl.io import atomic_write_text, git_commit, load_checkpoint, sha256_file
 from lowssl.paths import home
 from lowssl.progress import say, set_quiet
-from lowssl.records import Record, append_records
+from lowssl.protocols import protocol_identity
+from lowssl.records import Record, append_records, build_records
 from lowssl.released import record_details
 from lowssl.run_lock import run_folder_lock
 from lowssl.subject import RANDOM_INIT as RANDOM_INIT_METHOD
@@ -51,6 +53,8 @@ METRICS = {
     ("segm", "AP75"): "APmk75",
 }
 RANDOM_INIT = "none"  # --weights none
+#: The schedules of the paper's Table 4 (LOWSSL.SCHEDULE); "tiny" is lowssl's own.
+PAPER_SCHEDULES = ("1x", "2x")
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +74,7 @@ class Trainer(DefaultTrainer):
         return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=compat.has_compiled_ops())
 
 
-class TrainError(ValueError):
+class TrainError(BadInput, ValueError):
     """The command line or the config asks for something this run cannot do."""
 
 
@@ -92,7 +96,9 @@ def weights_source(weights: str, arch: str, trust: bool = False) -> WeightsSourc
         return WeightsSource(Subject.random_init(arch, None, ""), "", "", "random-init")
     path = Path(weights)
     if not path.is_file():
-        raise TrainError(f"--weights {weights} does not exist (make one with `python -m detection convert`)")
+        raise TrainError(
+            f"--weights {weights} does not exist (make one with `python -m lowssl.detection convert`)"
+        )
     weights_sha256 = sha256_file(path)
     if path.suffix == ".pkl":
         metadata = read_pickle_metadata(path, trust)
@@ -101,7 +107,7 @@ def weights_source(weights: str, arch: str, trust: bool = False) -> WeightsSourc
         metadata = None
     if metadata is None:  # Detectron2 model zoo or other weights: load them, but they say nothing
         logger.warning(
-            "%s was not written by `python -m detection convert`: its backbone is not checked", path
+            "%s was not written by `python -m lowssl.detection convert`: its backbone is not checked", path
         )
         return WeightsSource(
             Subject.unknown_weights(weights_sha256, arch), weights_sha256, "", weights_sha256[:12]
@@ -192,8 +198,11 @@ def result_records(cfg: CfgNode, args, source: WeightsSource, results: dict, wal
         **subject.record_details(),  # pretrain_budget: numbers of different budgets never pool
         **record_details(source.source, subject.checkpoint),  # a released checkpoint: how verified
     }
-    changes = protocol_changes(args.config, args.opts)
-    details["paper_protocol"] = schedule in ("1x", "2x") and not changes
+    protocol, details["paper_protocol"] = protocol_identity(
+        Path(args.config).stem,
+        schedule in PAPER_SCHEDULES,
+        changed_values(*protocol_values(args.config, args.opts)),
+    )
     values = {
         f"coco_{schedule}_{name}": results[task][key]
         for (task, key), name in METRICS.items()
@@ -208,21 +217,17 @@ def result_records(cfg: CfgNode, args, source: WeightsSource, results: dict, wal
             f"no AP could be computed on {cfg.DATASETS.TEST[0]} (the model made no detections after "
             f"{cfg.SOLVER.MAX_ITER} iterations): nothing is recorded; train longer (SOLVER.MAX_ITER)"
         )
-    common = dict(
+    return build_records(
+        {metric: value for metric, value in values.items() if metric not in details["not_computed"]},
+        protocol,
         run_id=f"detection-{source.tag}-{arch}-{subject.branch}",
         stage="detection",
         dataset=cfg.DATASETS.TEST[0],
-        protocol=derived_name(Path(args.config).stem, changes),
         config_hash=_config_hash(cfg),
         git_commit=git_commit(),
         details=details,
         **subject.record_columns(),  # its backbone is the config's: weights_source checked it
     )
-    return [
-        Record(**common, metric=metric, value=value)
-        for metric, value in values.items()
-        if metric not in details["not_computed"]
-    ]
 
 
 #: Overrides that do not change what is measured: where things run and live, and the seed (a column).
@@ -236,12 +241,14 @@ NOT_PROTOCOL = {
 }
 
 
-def protocol_changes(config: str | Path, opts: list[str]) -> dict:
-    """The ``KEY VALUE`` overrides that change the config's values: a run with any of them is another
-    protocol (lowssl.config.derived_name), never grouped with the paper's rows."""
+def protocol_values(config: str | Path, opts: list[str]) -> tuple[dict, dict]:
+    """The config's own values and the run's of the keys the ``KEY VALUE`` overrides name (those of
+    :data:`NOT_PROTOCOL` aside): a run where they differ is another protocol
+    (lowssl.protocols.protocol_identity), never grouped with the paper's rows. Only the named keys:
+    what load_config derives from them (BN for SyncBN on the CPU) goes with them."""
     own, overridden = load_config(config), load_config(config, opts)
     keys = [key for key in opts[::2] if key not in NOT_PROTOCOL]
-    return {key: _lookup(overridden, key) for key in keys if _lookup(own, key) != _lookup(overridden, key)}
+    return {key: _lookup(own, key) for key in keys}, {key: _lookup(overridden, key) for key in keys}
 
 
 def _lookup(cfg: CfgNode, dotted: str):

@@ -55,7 +55,7 @@ class WeightsOnlyCheckpointer(DetectionCheckpointer):
         if filename.endswith(".pyth"):
             raise CheckpointError(
                 f"{filename}: pycls .pyth files are read by Detectron2's own loader only; convert it with "
-                "`python -m detection convert` or pass --trust-checkpoint if you trust it"
+                "`python -m lowssl.detection convert` or pass --trust-checkpoint if you trust it"
             )
         # Detectron2's own training checkpoints (model_final.pth, resume) and plain state dicts.
         loaded = load_checkpoint(filename)

@@ -21,10 +21,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from evaluate.protocols import CentreCrop
 from lowssl import distributed
 from lowssl.data import IndexedImages
 from lowssl.distributed import Context
+from lowssl.errors import BadInput
+from lowssl.evaluate.protocols import CentreCrop
 from lowssl.features import FrozenFeatures, extract_features
 from lowssl.io import atomic_torch_save
 
@@ -94,7 +95,7 @@ class Split:
         }
 
 
-class NonFiniteFeaturesError(ValueError):
+class NonFiniteFeaturesError(BadInput, ValueError):
     """A backbone's features hold NaN or inf: nothing can be computed from them."""
 
 

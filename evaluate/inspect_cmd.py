@@ -1,4 +1,4 @@
-"""``python -m evaluate inspect PATH``: what a checkpoint holds and how it maps onto a lowssl backbone.
+"""``python -m lowssl.evaluate inspect PATH``: what a checkpoint holds and how it maps onto a lowssl backbone.
 
 Prints a readable report and, as its last line, one JSON object (format, arch, branch, loaded,
 missing, unexpected) for scripts. Exit code 0: every backbone key loads; 1: backbone keys are missing;
@@ -10,17 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 
-from lowssl.checkpoints import (
-    CheckpointLayoutError,
-    OpenedCheckpoint,
-    add_checkpoint_arguments,
-    get_format,
-    open_from_arguments,
-)
-from lowssl.io import CheckpointError
+from lowssl.checkpoints import OpenedCheckpoint, add_checkpoint_arguments, get_format, open_from_arguments
+from lowssl.cli import StageParser, run_stage
 
 _SHOWN = 20  # keys listed per category; the counts are always complete
 
@@ -61,18 +54,18 @@ def format_report(opened: OpenedCheckpoint) -> str:
 
 
 def inspect_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m evaluate inspect",
+    parser = StageParser(
+        prog="python -m lowssl.evaluate inspect",
         description="Report how a pre-training checkpoint maps onto a lowssl backbone. Exit code 0: every "
         "backbone key loads; 1: backbone keys are missing; 2: the file or its layout cannot be read.",
     )
     add_checkpoint_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        opened = open_from_arguments(args)
-    except (CheckpointLayoutError, CheckpointError) as error:
-        print("error: " + " ".join(str(error).split()), file=sys.stderr)  # one line, whatever torch said
-        return 2
+    return run_stage(lambda: _inspect(args))  # an unreadable file: one line, whatever torch said
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    opened = open_from_arguments(args)
     print(format_report(opened))
     print(json.dumps(opened.summary()))
     return 1 if opened.missing else 0

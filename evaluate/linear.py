@@ -34,16 +34,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from evaluate.protocols import LinearProtocol
 from lowssl import schedules
 from lowssl.distributed import Context
+from lowssl.errors import RunFailed
+from lowssl.evaluate.protocols import LinearProtocol
 from lowssl.metrics import topk_hits
 from lowssl.progress import progress
 from lowssl.stopping import StopSignals
 from lowssl.transforms import random_crop_transform
 
 
-class DivergedError(RuntimeError):
+class DivergedError(RunFailed, RuntimeError):
     """The classifier's loss became NaN or infinite: the protocol's LR does not suit these features."""
 
 

@@ -13,27 +13,16 @@ change is another protocol: named after them (``sslight+epochs=1``), with ``pape
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from lowssl import schedules
-from lowssl.config import (
-    ConfigError,
-    apply_overrides,
-    changed_values,
-    derived_name,
-    from_dict,
-    read_yaml,
-    require,
-)
+from lowssl import protocols, schedules
+from lowssl.config import ConfigError, require
 from lowssl.transforms import IMAGENET_MEAN, IMAGENET_STD, centre_crop_transform, resize_size
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-#: The batch size the linear scaling rule refers to: lr = base_lr * batch_size / 256.
-LR_REFERENCE_BATCH = 256
 
 Interpolation = Literal["bicubic", "bilinear"]
 
@@ -160,7 +149,7 @@ class LinearProtocol:
         )
 
     def peak_lr(self) -> float:
-        return self.base_lr * self.batch_size / LR_REFERENCE_BATCH if self.lr_batch_scaling else self.base_lr
+        return protocols.scaled_lr(self.base_lr, self.batch_size, self.lr_batch_scaling)
 
     def process_batch(self, world_size: int) -> int:
         """Each process's share of a batch (0: full batch)."""
@@ -233,23 +222,10 @@ _CLASSES: dict[str, type] = {"linear": LinearProtocol, "knn": KnnProtocol}
 
 def available(kind: str) -> list[str]:
     """Names of the protocols of ``kind`` ("linear" or "knn") under ``evaluate/configs/``."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if read_yaml(p).get("kind") == kind)
+    return protocols.available(CONFIG_DIR, kind)
 
 
 def load_protocol(name: str, kind: str, overrides: list[str] | None = None):
-    """The protocol ``name`` of ``kind`` with ``key=value`` overrides applied (strict)."""
-    path = CONFIG_DIR / f"{name}.yaml"
-    names = available(kind)
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown {kind} protocol '{name}'.{hint} Allowed values: {', '.join(names)}")
-    data = apply_overrides(read_yaml(path), overrides or [])
-    if data.get("name") != name:
-        raise ConfigError(f"config key 'name': protocol file {path.name} must keep name '{name}'")
-    protocol = from_dict(_CLASSES[kind], data)
-    # Changed values make another protocol: recorded under a derived name, never as the paper's.
-    changes = changed_values(from_dict(_CLASSES[kind], read_yaml(path)), protocol)
-    if not changes:
-        return protocol
-    return dataclasses.replace(protocol, name=derived_name(name, changes), paper_protocol=False)
+    """The protocol ``name`` of ``kind`` with ``key=value`` overrides applied (strict); changed values
+    make another protocol (lowssl.protocols.load_protocol)."""
+    return protocols.load_protocol(CONFIG_DIR, name, _CLASSES[kind], overrides, kind=kind)

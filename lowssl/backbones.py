@@ -21,6 +21,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.nn import functional as F
 
+from lowssl.registry import Registry
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -33,29 +35,24 @@ class BackboneSpec:
     paper_gflops: float
 
 
-_REGISTRY: dict[str, BackboneSpec] = {}
+BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
 
 def register(spec: BackboneSpec) -> BackboneSpec:
-    if spec.name in _REGISTRY:
-        raise ValueError(f"backbone '{spec.name}' is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
+    return BACKBONES.register(spec.name, spec)
 
 
 def unregister(name: str) -> None:
     """Remove ``name`` (a test's throwaway registration, tests/test_extending.py)."""
-    del _REGISTRY[name]
+    BACKBONES.unregister(name)
 
 
 def available() -> list[str]:
-    return sorted(_REGISTRY)
+    return BACKBONES.names()
 
 
 def get_spec(name: str) -> BackboneSpec:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown backbone '{name}'; allowed values: {', '.join(available())}")
-    return _REGISTRY[name]
+    return BACKBONES.get(name)
 
 
 def build_backbone(name: str, drop_path_rate: float = 0.0) -> nn.Module:

@@ -27,11 +27,13 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from lowssl.errors import BadInput
+
 T = TypeVar("T")
 BASE_KEY = "_base_"
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput, ValueError):
     """A config value or key is invalid; the message names the key and the allowed values."""
 
 

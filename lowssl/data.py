@@ -1,5 +1,6 @@
 """Datasets every stage reads: Fashion-MNIST (the embedded default), ImageFolder trees, held-out
-splits and a tiny synthetic set for tests.
+splits and a tiny synthetic set for tests. Each is registered by name in :data:`DATASETS`
+(``@register_dataset``), the names ``--dataset`` and the pre-training config's ``data.dataset`` take.
 
 All datasets yield ``(PIL RGB image, int label)`` before their ``transform``, so the same view
 sampler and evaluation transforms work on each of them. Each has a ``fingerprint``: a short hash of its
@@ -30,6 +31,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, get_worker_info
 
+from lowssl.errors import BadInput
+from lowssl.registry import Registry
 from lowssl.rng import sample_seed
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -52,7 +55,7 @@ _IDX_FILES = {
 }
 
 
-class DatasetError(RuntimeError):
+class DatasetError(BadInput, RuntimeError):
     """Bad or missing data; the message names the file or folder and the fix."""
 
 
@@ -325,9 +328,6 @@ def held_out_split(
     return np.flatnonzero(mask), held
 
 
-DATASETS = ("fashion-mnist", "imagefolder", "synthetic")
-
-
 def usable_cpus() -> int:
     """The CPUs this process may use (its affinity mask where the OS has one, e.g. under taskset or a
     SLURM allocation; else every core)."""
@@ -340,6 +340,40 @@ def default_workers(wanted: int = 4) -> int:
     return max(0, min(wanted, usable_cpus()))
 
 
+#: Every dataset by name: ``builder(split, root, image_size, transform)`` for split "train" or "val".
+DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
+
+
+def register_dataset(name: str) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
+    """Decorator: the builder of dataset ``name`` (the names ``--dataset`` and ``data.dataset`` take)."""
+    return lambda builder: DATASETS.register(name, builder)
+
+
+@register_dataset("fashion-mnist")
+def _fashion_mnist(split: str, root, image_size: int, transform) -> Dataset:
+    return FashionMNIST("train" if split == "train" else "test", root, image_size, transform)
+
+
+@register_dataset("imagefolder")
+def _image_folder(split: str, root, image_size: int, transform) -> Dataset:
+    if root is None:
+        raise DatasetError("dataset 'imagefolder' needs a root: the folder holding train/ and val/")
+    images = ImageFolder(Path(root) / split, transform)
+    if split == "val" and (Path(root) / "train").is_dir():
+        _check_same_classes(Path(root), images.classes)
+    return images
+
+
+@register_dataset("synthetic")
+def _synthetic(split: str, root, image_size: int, transform) -> Dataset:
+    return SyntheticImages(
+        64 if split == "train" else 32,
+        image_size=image_size,
+        seed=0 if split == "train" else 1,
+        transform=transform,
+    )
+
+
 def build_dataset(
     name: str,
     split: str,
@@ -350,23 +384,9 @@ def build_dataset(
     """A dataset by name. ``split`` is ``train`` or ``val`` (Fashion-MNIST's ``val`` is its test set)."""
     if split not in ("train", "val"):
         raise DatasetError(f"split '{split}' is not allowed; allowed values: train, val")
-    if name == "fashion-mnist":
-        return FashionMNIST("train" if split == "train" else "test", root, image_size, transform)
-    if name == "imagefolder":
-        if root is None:
-            raise DatasetError("dataset 'imagefolder' needs a root: the folder holding train/ and val/")
-        images = ImageFolder(Path(root) / split, transform)
-        if split == "val" and (Path(root) / "train").is_dir():
-            _check_same_classes(Path(root), images.classes)
-        return images
-    if name == "synthetic":
-        return SyntheticImages(
-            64 if split == "train" else 32,
-            image_size=image_size,
-            seed=0 if split == "train" else 1,
-            transform=transform,
-        )
-    raise DatasetError(f"unknown dataset '{name}'; allowed values: {', '.join(DATASETS)}")
+    if name not in DATASETS:
+        raise DatasetError(DATASETS.unknown(name))
+    return DATASETS.get(name)(split, root, image_size, transform)
 
 
 def _check_same_classes(root: Path, val_classes: list[str]) -> None:

@@ -2,7 +2,7 @@
 
 torchrun sets RANK, LOCAL_RANK and WORLD_SIZE. ``srun`` with one task per device sets SLURM_PROCID,
 SLURM_LOCALID and SLURM_NTASKS instead: :func:`torchrun_variables` translates them (and picks the
-rendezvous host and port from the job), so ``srun python -m pretrain ...`` needs no torchrun line.
+rendezvous host and port from the job), so ``srun python -m lowssl.pretrain ...`` needs no torchrun line.
 :func:`init` then joins the process group with NCCL on GPUs and gloo on CPU. Without either set of
 variables everything runs in one process and the helpers below are no-ops.
 """

@@ -24,12 +24,14 @@ from typing import Any, BinaryIO
 
 import torch
 
+from lowssl.errors import BadInput, RunFailed
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(BadInput, RuntimeError):
     """A checkpoint could not be read: missing, truncated, corrupt or not weights-only."""
 
 
-class DiskFullError(OSError):
+class DiskFullError(RunFailed, OSError):
     """A write ran out of disk space (ENOSPC): one line naming the disk, its free space and the file;
     :func:`atomic_write` has kept any previous version of the file."""
 
@@ -394,7 +396,7 @@ def _python3_name(name: str) -> str:
     return name.replace("__builtin__.", "builtins.", 1)  # how protocol 2 names Python 3's builtins
 
 
-# A Detectron2 weight pickle (the model zoo's, or what ``python -m detection convert`` writes) is a dict
+# A Detectron2 weight pickle (the model zoo's, or what ``python -m lowssl.detection convert`` writes) is a dict
 # of numpy arrays and plain values. These are all the globals such a file needs: numpy's array and
 # scalar rebuilders (protocol 2: _reconstruct + ndarray + dtype; protocol 5: _frombuffer), dtype,
 # OrderedDict, and _codecs.encode (how protocol-2 pickles written by Python 3 store bytes).

@@ -39,13 +39,14 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
+from lowssl.errors import RunFailed
 from lowssl.io import DiskFullError, atomic_write_text
 from lowssl.paths import home
 
@@ -62,7 +63,7 @@ LOCK_NAME = ".records.lock"
 CHECKSUM = "row_sha256"
 
 
-class RecordsWriteError(OSError):
+class RecordsWriteError(RunFailed, OSError):
     """A records file could not be written (disk full, read-only, no permission). Its message is one
     line naming the problem and the path, so a stage can print it and still keep the result it has."""
 
@@ -257,6 +258,22 @@ _held: set[str] = set()
 
 def _result_key(record: Record) -> tuple[str, str, str, str, str]:
     return record.stage, record.protocol, record.branch, record.dataset, record.metric
+
+
+def build_records(values: Mapping[str, float], protocol: str | Mapping[str, str], **columns) -> list[Record]:
+    """The only place a stage builds its records: one :class:`Record` per metric in ``values`` (in
+    their order), with the same ``columns`` (run_id, stage, method, ...; a Subject's
+    ``record_columns()`` among them). ``protocol`` names the protocol of every metric, or is a mapping
+    metric -> protocol where each has its own (pre-training's monitors)."""
+    return [
+        Record(
+            **columns,
+            protocol=protocol if isinstance(protocol, str) else protocol[metric],
+            metric=metric,
+            value=value,
+        )
+        for metric, value in values.items()
+    ]
 
 
 def append_records(records: list[Record], runs_dir: str | Path | None = None) -> Path:

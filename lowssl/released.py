@@ -37,13 +37,15 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from lowssl.errors import BadInput
+
 CACHE_ENV = "LOWSSL_CACHE"
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60
 FIELDS = ("url", "source", "format", "arch", "branch", "sha256", "md5_prefix", "accuracy", "paper", "note")
 
 
-class ReleasedError(RuntimeError):
+class ReleasedError(BadInput, RuntimeError):
     """A released checkpoint could not be named, downloaded or verified; the message says what to do."""
 
 

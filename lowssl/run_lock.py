@@ -20,11 +20,13 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+from lowssl.errors import BadInput
+
 LOCK_NAME = ".run.lock"
 _HELD: set[Path] = set()  # lockf locks are per process: a second lock in this process would succeed
 
 
-class RunFolderBusy(RuntimeError):
+class RunFolderBusy(BadInput, RuntimeError):
     """Another live process runs in this folder."""
 
 

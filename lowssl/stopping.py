@@ -30,11 +30,12 @@ import torch
 import torch.distributed as dist
 
 from lowssl import distributed
+from lowssl.errors import BadInput, RunFailed
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunFailed, RuntimeError):
     """The loss became NaN or infinite: the training run (pretrain, semisup) stops and its last good
     checkpoint is kept."""
 
@@ -43,9 +44,22 @@ class NonFiniteWeightsError(NonFiniteLossError):
     """An update left a weight NaN or infinite; the run stops before it is saved, as on a NaN loss."""
 
 
-class ResumeError(RuntimeError):
+class ResumeError(BadInput, RuntimeError):
     """The checkpoint to resume is not there, or belongs to another run: resuming would change the
     model, the method, the protocol or the labelled subset."""
+
+
+def resume_path(resume: str, run_dir: Path) -> Path | None:
+    """The checkpoint a training run resumes from: ``resume`` is ``auto`` (the run folder's
+    ``last.pth`` where there is one), ``never`` (start afresh) or a file that must exist."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        path = run_dir / "last.pth"
+        return path if path.exists() else None
+    if not Path(resume).is_file():
+        raise ResumeError(f"resume checkpoint {resume} does not exist")
+    return Path(resume)
 
 
 class StopSignals:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from lowssl.checkpoints.schema import UNKNOWN
 from lowssl.io import CheckpointError
 
 if TYPE_CHECKING:
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 RANDOM_INIT = "random-init"
 #: The recipe and branch of a backbone that no pre-training made, and its pre-training budget.
 NONE = "none"
-#: What a file from elsewhere does not say (lowssl.checkpoints.schema.Provenance's defaults).
-UNKNOWN = "unknown"
 
 
 @dataclass
@@ -129,7 +128,7 @@ class Subject:
         if problems:
             raise CheckpointError(
                 f"{where}: its lowssl entry (what the weights came from) is damaged: {'; '.join(problems)}; "
-                "convert the checkpoint again with `python -m detection convert`"
+                "convert the checkpoint again with `python -m lowssl.detection convert`"
             )
         return cls(
             checkpoint=payload["source_sha256"],

@@ -7,7 +7,7 @@
 
 The pattern of DINO's launcher (facebookresearch/dino@7c446df5b9f45747937fb0d72314eb9f7b66930a:
 run_with_submitit.py): a picklable job whose ``checkpoint`` method submitit calls on pre-emption or
-timeout, returning the same job to resubmit. The job is ``python -m <stage> <args>`` run in each task:
+timeout, returning the same job to resubmit. The job is ``python -m lowssl.<stage> <args>`` run in each task:
 
 - ``pretrain`` (and evaluate, semisup): one task per GPU; :func:`lowssl.distributed.init` reads srun's
   variables. A requeued run resumes from ``output_dir/last.pth`` (``resume: auto``), so requeueing
@@ -35,18 +35,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lowssl.distributed import torchrun_variables
+from lowssl.errors import BadInput
 from lowssl.paths import home
 
 STAGES = ("pretrain", "evaluate", "semisup", "detection", "results")
 
 
-class SubmitError(ValueError):
+class SubmitError(BadInput, ValueError):
     """The job cannot go where it was sent (no SLURM here, several machines for a local run)."""
 
 
 @dataclass
 class StageJob:
-    """``python -m <stage> <args>`` in one SLURM task; resubmitted as it is on pre-emption."""
+    """``python -m lowssl.<stage> <args>`` in one SLURM task; resubmitted as it is on pre-emption."""
 
     stage: str
     args: list[str]
@@ -71,9 +72,9 @@ class StageJob:
 
     def __call__(self) -> int:
         argv = self.command(os.environ)
-        sys.argv = [f"python -m {self.stage}", *argv]
+        sys.argv = [f"python -m lowssl.{self.stage}", *argv]
         try:
-            runpy.run_module(self.stage, run_name="__main__", alter_sys=True)
+            runpy.run_module(f"lowssl.{self.stage}", run_name="__main__", alter_sys=True)
         except SystemExit as stop:
             if stop.code not in (None, 0):
                 raise
@@ -178,7 +179,7 @@ def describe(args: argparse.Namespace) -> str:
     parameters = job_parameters(args, cluster)
     job = StageJob(args.stage, args.stage_args, args.gpus_per_node)
     environ = {"SLURM_NNODES": str(args.nodes), "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "<first node>"}
-    command = shlex.join(["python", "-m", args.stage, *job.command(environ)])
+    command = shlex.join(["python", "-m", f"lowssl.{args.stage}", *job.command(environ)])
     tasks = parameters["nodes"] * parameters["tasks_per_node"]
     lines = [
         f"dry run: nothing submitted; cluster {cluster}"

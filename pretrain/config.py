@@ -8,20 +8,21 @@ config class, so a key another method uses is an error), ``views``, ``optim``, `
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lowssl.backbones import available as available_backbones
-from lowssl.backbones import get_spec
+from lowssl.backbones import BACKBONES, get_spec
 from lowssl.config import from_dict, require
-from pretrain.methods import get_method, method_name
-from pretrain.optim import OptimConfig
-from pretrain.views import ViewsConfig
+from lowssl.data import DATASETS
+from lowssl.pretrain.methods import get_method, method_name
+from lowssl.pretrain.optim import OptimConfig
+from lowssl.pretrain.views import ViewsConfig
 
 
 @dataclass
 class DataConfig:
-    dataset: Literal["fashion-mnist", "imagefolder", "synthetic"] = "fashion-mnist"
+    dataset: str = "fashion-mnist"  # a registered dataset (lowssl.data.DATASETS)
     root: str | None = None  # ImageFolder: the folder holding train/ and val/
     image_size: int = 32  # Fashion-MNIST's 28 px upsampled to this (lowssl.data)
     subset: int | None = None  # train on the first N images of the pre-training split (smoke runs)
@@ -29,6 +30,7 @@ class DataConfig:
     on_corrupt_image: Literal["fatal", "skip"] = "fatal"
 
     def __post_init__(self) -> None:
+        require(self.dataset in DATASETS, "dataset", DATASETS.unknown(self.dataset))
         require(self.subset is None or self.subset > 0, "subset", f"must be > 0 or null, got {self.subset}")
         require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
         require(
@@ -96,10 +98,11 @@ class PretrainConfig:
     max_steps: int | None = None  # stop after this many optimiser steps in total (smoke tests)
 
     def __post_init__(self) -> None:
-        require(
-            self.backbone in available_backbones(),
-            "backbone",
-            f"unknown backbone '{self.backbone}'; allowed values: {', '.join(available_backbones())}",
+        require(self.backbone in BACKBONES, "backbone", BACKBONES.unknown(self.backbone))
+        require(  # it names the run's records (lowssl.records.Record.run_id): refused now, not after training
+            re.fullmatch(r"[A-Za-z0-9._-]+", self.experiment) is not None,
+            "experiment",
+            f"may only contain letters, digits, '.', '_' and '-', got {self.experiment!r}",
         )
         require(
             0 <= self.drop_path_rate < 1, "drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}"

@@ -1,4 +1,4 @@
-"""``python -m pretrain --config X --dry-run``: what a run will do, before paying for it.
+"""``python -m lowssl.pretrain --config X --dry-run``: what a run will do, before paying for it.
 
 Resolves the config as training would and prints the run's shape: processes and batches, steps per
 epoch and in all, the LR after batch scaling and its schedule, every view's size and scale (the
@@ -15,10 +15,10 @@ import torch
 
 from lowssl.backbones import count_params_m
 from lowssl.data import DatasetError, build_dataset
-from pretrain.config import PretrainConfig
-from pretrain.optim import build_optimizer, param_groups
-from pretrain.train import build_run_method
-from pretrain.views import resolve_views
+from lowssl.pretrain.config import PretrainConfig
+from lowssl.pretrain.optim import build_optimizer, param_groups
+from lowssl.pretrain.train import build_run_method
+from lowssl.pretrain.views import resolve_views
 
 # Where the data is not on this machine (a login node), the paper's set: ImageNet-1k's training split.
 IMAGENET_TRAIN_IMAGES, IMAGENET_CLASSES = 1_281_167, 1000
@@ -61,6 +61,7 @@ def time_steps(cfg: PretrainConfig, method: torch.nn.Module, steps: int, batch: 
 def describe(
     cfg: PretrainConfig, processes: int | None = None, timed_steps: int = 2, timed_batch: int = 64
 ) -> str:
+    """The run's shape as ``--dry-run`` prints it, one line per fact (the module docstring lists them)."""
     processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
     images, where = training_images(cfg)
     steps_per_epoch = images // cfg.batch_size

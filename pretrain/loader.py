@@ -3,51 +3,17 @@
 Each sample's augmentation is seeded by (seed, epoch, index), not by the worker that happens to load
 it (:class:`lowssl.data.SeededSamples`), so the views of a step do not depend on the number of
 workers or processes, and a run resumed in the middle of an epoch sees exactly the views an
-uninterrupted run would have seen.
+uninterrupted run would have seen. The epoch's order is :class:`lowssl.sampler.EpochSampler`'s,
+whole global batches only.
 """
 
 from __future__ import annotations
 
-import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from lowssl.data import DatasetError, SeededSamples
-from pretrain.views import MultiCropViews, collate_views
-
-
-class EpochSampler(Sampler):
-    """A per-epoch permutation (seeded by seed + epoch), sharded over processes, full batches only,
-    starting at batch ``start_batch`` of the epoch (to resume inside an epoch)."""
-
-    def __init__(self, size: int, batch_per_process: int, rank: int, world_size: int, seed: int) -> None:
-        self.size = size
-        self.batch = batch_per_process
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = seed
-        self.steps_per_epoch = size // (batch_per_process * world_size)
-        if self.steps_per_epoch == 0:
-            raise DatasetError(
-                f"the dataset has {size} images, fewer than one global batch of "
-                f"{batch_per_process * world_size}; lower batch_size"
-            )
-        self.epoch = 0
-        self.start_batch = 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch = epoch
-        self.start_batch = start_batch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.size, generator=generator)[
-            : self.steps_per_epoch * self.batch * self.world_size
-        ]
-        mine = order[self.rank :: self.world_size][self.start_batch * self.batch :]
-        return iter([(self.epoch, int(index)) for index in mine])
-
-    def __len__(self) -> int:
-        return (self.steps_per_epoch - self.start_batch) * self.batch
+from lowssl.pretrain.views import MultiCropViews, collate_views
+from lowssl.sampler import EpochSampler, seed_plus_epoch
 
 
 def collate_skipping_corrupt(batch):
@@ -70,7 +36,15 @@ def build_loader(
     skip_corrupt: bool,
     pin_memory: bool,
 ) -> tuple[DataLoader, EpochSampler]:
-    sampler = EpochSampler(len(images), batch_per_process, rank, world_size, seed)
+    # Full global batches only, a permutation seeded by seed + epoch (lowssl.sampler)
+    sampler = EpochSampler(
+        len(images), batch_per_process, rank, world_size, seed, seed_rule=seed_plus_epoch, remainder="drop"
+    )
+    if sampler.steps_per_epoch == 0:
+        raise DatasetError(
+            f"the dataset has {len(images)} images, fewer than one global batch of "
+            f"{batch_per_process * world_size}; lower batch_size"
+        )
     loader = DataLoader(
         SeededSamples(images, views, seed, skip_corrupt),
         batch_size=batch_per_process,

@@ -1,22 +1,17 @@
-"""``python -m pretrain --config pretrain/configs/<name>.yaml [key=value ...]``: the training loop.
+"""The pre-training loop, for ``python -m lowssl.pretrain`` (pretrain/__main__.py).
 
-Reads top to bottom like DINO's ``main_dino.py``: config, processes, data, method, optimiser and
-schedules, resume, then the epochs. One process per device under torchrun (DDP: NCCL on GPUs, gloo
-on CPU).
+Reads top to bottom like DINO's ``main_dino.py``: :func:`train` builds the data (:func:`build_data`) and
+the method, optimiser and schedules (:func:`build_run`), resumes (:mod:`pretrain.checkpointing`), then
+runs the epochs: :func:`train_one_epoch` (its steps, :func:`train_step`), then :func:`end_epoch` (the
+monitors of :mod:`pretrain.monitors`, the checkpoints). One process per device under torchrun (DDP:
+NCCL on GPUs, gloo on CPU).
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 import math
-import os
-import sys
-import textwrap
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
@@ -25,100 +20,27 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lowssl import distributed
 from lowssl.backbones import get_spec
-from lowssl.checkpoints import schema
-from lowssl.config import ConfigError, config_hash, load, to_dict
-from lowssl.data import DatasetError, IndexedImages, build_dataset, held_out_split
-from lowssl.features import extract_features
-from lowssl.io import DiskFullError, atomic_write_text, first_non_finite, git_commit, remove_stale_temp_files
-from lowssl.knn import knn_evaluate
-from lowssl.progress import add_quiet_argument, progress, say, set_quiet
-from lowssl.records import Record, append_records, default_runs_dir, pretrain_budget
-from lowssl.rng import rng_state, set_rng_state
-from lowssl.run_lock import RunFolderBusy, run_folder_lock
-from lowssl.stopping import NonFiniteLossError, NonFiniteWeightsError, ResumeError, StopSignals
-from lowssl.transforms import centre_crop_transform
-from pretrain.config import PretrainConfig
-from pretrain.loader import build_loader
-from pretrain.methods import MultiCropMethod, RunLayout, build_method
-from pretrain.optim import Schedules, build_optimizer, build_schedules, clip_gradients
-from pretrain.views import CropViews, GpuViewAugment, MultiCropViews, resolve_views
-
-
-def _configs_help() -> str:
-    """The configs shipped with lowssl, for ``--help``: the paper's experiments and the tiny presets."""
-    root = Path(__file__).resolve().parent / "configs"
-    lines = []
-    for folder, title in (
-        (root, "paper experiments (ImageNet)"),
-        (root / "tiny", "tiny presets (Fashion-MNIST, CPU)"),
-    ):
-        names = sorted(path.stem for path in folder.glob("*.yaml"))
-        lines.append(
-            f"{title}, {folder.relative_to(root.parent.parent)}/:\n  "
-            + textwrap.fill(" ".join(names), 96).replace("\n", "\n  ")
-        )
-    lines.append(
-        "see a run before paying for it: --print-config (the resolved YAML), --dry-run (steps, LR, views, time)"
-    )
-    return "\n".join(lines)
-
-
-def parse_args(argv=None) -> tuple[PretrainConfig, argparse.Namespace]:
-    parser = argparse.ArgumentParser(
-        prog="python -m pretrain",
-        description="Pre-train a backbone with DINO, SwAV or MoCo-v2* under the paper's or the baseline "
-        "view recipe; one YAML per paper experiment, any key overridden as key=value.",
-        epilog=_configs_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--config", required=True, help="YAML file, e.g. pretrain/configs/tiny/dino_resnet18_ours.yaml"
-    )
-    parser.add_argument(
-        "overrides", nargs="*", help="dotted overrides: epochs=2 optim.base_lr=0.3 output_dir=PATH"
-    )
-    parser.add_argument(
-        "--print-config", action="store_true", help="print the resolved config (YAML) and exit"
-    )
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print what the run will do (steps, LR, views, parameter groups, estimated time) and exit",
-    )
-    parser.add_argument("--processes", type=int, help="--dry-run: processes the run will have (default: 1)")
-    parser.add_argument(
-        "--timed-steps",
-        type=int,
-        default=2,
-        help="--dry-run: optimiser steps timed for the estimate (0: none)",
-    )
-    add_quiet_argument(parser)
-    args = parser.parse_intermixed_args(argv)  # overrides may come before or after the flags
-    return load(PretrainConfig, args.config, args.overrides), args
-
-
-def main(argv=None) -> int:
-    try:
-        cfg, args = parse_args(argv)
-        set_quiet(args.quiet)
-        if args.print_config or args.dry_run:
-            from pretrain.dry_run import describe
-
-            print(
-                resolved_yaml(cfg) if args.print_config else describe(cfg, args.processes, args.timed_steps)
-            )
-            return 0
-        train(cfg)
-    except RunFolderBusy as error:  # another live run owns the folder: this one changed nothing
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except ConfigError as error:  # bad input (a hostile or mistyped config): exit 2, as every stage's CLI
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except (DatasetError, DiskFullError, NonFiniteLossError, ResumeError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+from lowssl.config import ConfigError, config_hash, to_dict
+from lowssl.data import IndexedImages, build_dataset, held_out_split
+from lowssl.io import atomic_write_text, git_commit
+from lowssl.pretrain.checkpointing import last_good_checkpoint, resume, save_checkpoint, stop_if_not_finite
+from lowssl.pretrain.config import PretrainConfig
+from lowssl.pretrain.loader import build_loader
+from lowssl.pretrain.methods import MultiCropMethod, RunLayout, build_method
+from lowssl.pretrain.monitors import (
+    MONITOR_PROTOCOLS,
+    OnlineProbe,
+    monitor_knn,
+    records_file,
+    write_records,
+)
+from lowssl.pretrain.optim import build_optimizer, build_schedules, clip_gradients
+from lowssl.pretrain.run import Run, RunData
+from lowssl.pretrain.run_logger import RunLogger, first_line, print_last_line
+from lowssl.pretrain.views import CropViews, GpuViewAugment, MultiCropViews, resolve_views
+from lowssl.progress import progress, say
+from lowssl.run_lock import run_folder_lock
+from lowssl.stopping import NonFiniteLossError, StopSignals
 
 
 def train(cfg: PretrainConfig) -> dict:
@@ -145,13 +67,10 @@ def _train(cfg: PretrainConfig, ctx: distributed.Context, stop: StopSignals) -> 
 
     # ---- resume -----------------------------------------------------------------------------------
     start_epoch, start_batch = resume(run)
-    records_file = (
-        Path(cfg.records_dir or default_runs_dir())
-        / f"{pretrain_run_id(cfg, run.provenance['config_hash'])}.csv"
-    )
-    say(_banner(run, data.sampler.steps_per_epoch, records_file), enabled=ctx.is_main)
+    records_path = records_file(cfg, run.provenance["config_hash"])
+    say(first_line(run, data.sampler.steps_per_epoch, records_path), enabled=ctx.is_main)
     if start_epoch >= cfg.epochs or run.budget_spent:  # a finished run: resuming it trains nothing more
-        _close(run, "complete", data.sampler.steps_per_epoch, None, started)
+        print_last_line(run, "complete", data.sampler.steps_per_epoch, None, started)
         return run.metrics
 
     # ---- epochs: each ends with the monitor and its checkpoints, unless the step budget ran out ----
@@ -170,9 +89,9 @@ def _train(cfg: PretrainConfig, ctx: distributed.Context, stop: StopSignals) -> 
 
     # ---- records: the final monitor values --------------------------------------------------------
     records_written = None
-    if ctx.is_main and run.metrics.keys() & {"knn_top1_heldout", "online_linear_top1"}:
-        records_written = _write_records(cfg, run.provenance, run.metrics, run_dir)
-    _close(
+    if ctx.is_main and run.metrics.keys() & MONITOR_PROTOCOLS.keys():
+        records_written = write_records(cfg, run.provenance, run.metrics, run_dir)
+    print_last_line(
         run,
         "max_steps" if run.budget_spent else "done",
         data.sampler.steps_per_epoch,
@@ -182,65 +101,7 @@ def _train(cfg: PretrainConfig, ctx: distributed.Context, stop: StopSignals) -> 
     return run.metrics
 
 
-def _banner(run: Run, steps_per_epoch: int, records_file: Path) -> str:
-    """The run's first line: where it lives, fresh or resumed, what it runs on, where its records go."""
-    cfg, ctx = run.cfg, run.ctx
-    start = (
-        f"resumed from {run.resumed_from} at global step {run.global_step}"
-        if run.resumed_from is not None
-        else "fresh run"
-    )
-    stop = f", stopping at max_steps={cfg.max_steps}" if cfg.max_steps is not None else ""
-    processes = f" x {ctx.world_size} processes" if ctx.world_size > 1 else ""
-    return (
-        f"pretrain {cfg.experiment}: {start} in {run.run_dir.absolute()}; {cfg.epochs} epochs of "
-        f"{steps_per_epoch} steps{stop}; {ctx.device}{processes}, {torch.get_num_threads()} threads; "
-        f"records -> {records_file.absolute()}"
-    )
-
-
-def _close(run: Run, why: str, steps_per_epoch: int, records: Path | None, started: float) -> None:
-    """The run's last line (printed under --quiet too): why it stopped and what it wrote where."""
-    if not run.ctx.is_main:
-        return
-    cfg, step = run.cfg, run.global_step
-    epoch, in_epoch = divmod(step, steps_per_epoch)
-    position = (
-        f"end of epoch {epoch} of {cfg.epochs}"
-        if in_epoch == 0
-        else f"epoch {epoch + 1}, step {in_epoch} of {steps_per_epoch}"
-    )
-    if why == "complete":
-        print(
-            f"pretrain already complete: {run.last_path.absolute()} holds global step {step} ({position}); "
-            f"nothing was trained (raise epochs= or max_steps= to continue it, resume=never to start over)"
-        )
-        return
-    reason = f"stopped at max_steps={cfg.max_steps}" if why == "max_steps" else "done"
-    recorded = (
-        f"records {records.absolute()}"
-        if records is not None
-        else "no records (no epoch ended with a monitor value)"
-    )
-    print(
-        f"pretrain {reason} after {time.monotonic() - started:.0f} s: global step {step} ({position}); "
-        f"checkpoint {run.last_path.absolute()}; {recorded}"
-    )
-
-
 # ---- set-up -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunData:
-    """The pre-training images and the loader that turns them into batches of views."""
-
-    images: Any  # the whole training split: the monitor's bank and held-out queries come from it too
-    train_index: Any  # the images pre-trained on
-    held_index: Any  # the monitor's held-out images (paper Sec. 3.2, "Setting")
-    loader: torch.utils.data.DataLoader
-    sampler: Any  # pretrain.loader's resumable sampler: steps_per_epoch, set_epoch(epoch, first_batch)
-    device_augment: GpuViewAugment | None  # the colour half of the views, on the device (device_augment)
 
 
 def build_data(cfg: PretrainConfig, ctx: distributed.Context) -> RunData:
@@ -271,50 +132,15 @@ def build_data(cfg: PretrainConfig, ctx: distributed.Context) -> RunData:
     return RunData(images, train_index, held_index, loader, sampler, device_augment)
 
 
-@dataclass
-class Run:
-    """What the epochs train and a checkpoint saves, with the settings every step reads."""
-
-    cfg: PretrainConfig
-    ctx: distributed.Context
-    run_dir: Path
-    provenance: dict  # the resolved config, its hash and the git commit: in every checkpoint and record
-    method: MultiCropMethod
-    model: nn.Module  # the method, wrapped in DistributedDataParallel under torchrun
-    method_config: dict  # method.cfg as it trains (family defaults, SwAV's shortened queue), named
-    optimizer: torch.optim.Optimizer
-    schedules: Schedules
-    scaler: torch.amp.GradScaler
-    probe: OnlineProbe | None
-    total_steps: int
-    global_step: int = 0  # optimiser steps taken, over all epochs
-    saved_step: int | None = None  # the global step whose weights last.pth holds, once saved or resumed
-    metrics: dict = field(default_factory=dict)  # of the last finished epoch
-    resumed_from: Path | None = None  # the checkpoint this run resumed, for its banner
-
-    @property
-    def budget_spent(self) -> bool:
-        """The step budget ``max_steps`` is used up."""
-        return self.cfg.max_steps is not None and self.global_step >= self.cfg.max_steps
-
-    @property
-    def last_path(self) -> Path:
-        return self.run_dir / "last.pth"
-
-
 def build_run(
     cfg: PretrainConfig, ctx: distributed.Context, run_dir: Path, steps_per_epoch: int, num_classes: int
 ) -> Run:
     """The method on this process's device (under DDP when distributed), its optimiser, schedules,
     gradient scaler and the online linear probe."""
     method = build_run_method(cfg, ctx.world_size)
-    if cfg.method_name == "swav" and method.cfg.queue_length != cfg.method.queue_length:
-        say(
-            f"method.queue_length {cfg.method.queue_length} -> {method.cfg.queue_length}: SwAV's queue "
-            f"holds whole global batches of {cfg.batch_size} (SwAV's main_swav.py), "
-            f"{method.queue.shape[1]} rows per process",
-            enabled=ctx.is_main,
-        )
+    changes = method.config_changes(cfg.method)
+    if changes is not None:
+        say(changes, enabled=ctx.is_main)
     method_config = {"name": cfg.method_name, **to_dict(method.cfg)}
     if cfg.channels_last:
         method = method.to(memory_format=torch.channels_last)
@@ -377,103 +203,6 @@ def _provenance(cfg: PretrainConfig) -> dict:
     plain_config = to_dict(cfg)
     plain_config["method"] = {"name": cfg.method_name, **plain_config["method"]}
     return {"config": plain_config, "config_hash": config_hash(plain_config), "git_commit": git_commit()}
-
-
-# ---- resume and save --------------------------------------------------------------------------------
-
-
-def resume(run: Run) -> tuple[int, int]:
-    """Load the checkpoint ``resume`` names (if any) into ``run``; returns the (epoch, step in epoch)
-    to start from."""
-    ctx = run.ctx
-    resume_path = _resume_path(run.cfg, run.run_dir)
-    if ctx.is_main:  # a kill mid-save leaves a partial temp file beside the whole checkpoint
-        for stale in remove_stale_temp_files(run.run_dir):
-            say(f"removed {stale.name}, left by a run killed while saving")
-    if resume_path is None:
-        return 0, 0
-    state = schema.load(resume_path)
-    broken = first_non_finite(state["method_state"])
-    if broken is not None:  # written before checkpoints were checked: it would be NaN at the first step
-        raise ResumeError(
-            f"refusing to resume {resume_path}: its tensor method_state.{broken} is NaN or infinite; "
-            "resume from an earlier checkpoint (resume=PATH), or resume=never to start over"
-        )
-    differences = schema.model_differences(state["config"], run.provenance["config"])
-    if differences:
-        raise ResumeError(
-            f"refusing to resume {resume_path}: the config changes the model or method:\n  "
-            + "\n  ".join(differences)
-            + "\nuse a new output_dir, or resume=never to start over"
-        )
-    run.method.load_state_dict(state["method_state"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scaler.load_state_dict(state["grad_scaler"])
-    if run.probe is not None and state.get("online_probe"):
-        run.probe.load_state_dict(state["online_probe"])
-    set_rng_state(state["rng"])
-    run.global_step = state["global_step"]
-    run.saved_step = run.global_step if resume_path == run.last_path else None
-    run.resumed_from = resume_path
-    return state["epoch"], state["step_in_epoch"]
-
-
-def save_checkpoint(run: Run, path: Path, epoch: int, step_in_epoch: int) -> Path:
-    """A checkpoint to resume at (``epoch``, ``step_in_epoch``), with the backbones under torchvision /
-    timm names and the run's provenance (docs/checkpoints.md), written atomically to ``path``."""
-    method, probe = run.method, run.probe
-    teacher = getattr(method, "teacher_backbone", None)
-    state = {
-        "student_backbone": _cpu_state(method.student_backbone),
-        "teacher_backbone": _cpu_state(teacher) if teacher is not None else None,
-        "method_state": _cpu_state(method),
-        "method_config": run.method_config,
-        "optimizer": run.optimizer.state_dict(),
-        "grad_scaler": run.scaler.state_dict(),
-        "online_probe": probe.state_dict() if probe is not None else None,
-        "epoch": epoch,
-        "step_in_epoch": step_in_epoch,
-        "global_step": run.global_step,
-        "rng": rng_state(),
-        "metrics": run.metrics,
-        "method": run.cfg.method_name,
-        "backbone": run.cfg.backbone,
-        "recipe": run.cfg.recipe,
-        **run.provenance,
-    }
-    stop_if_not_finite(run, state, path)
-    schema.save(path, state)
-    if path == run.last_path:
-        run.saved_step = run.global_step
-    return path
-
-
-def stop_if_not_finite(run: Run, state: dict, unsaved: Path) -> None:
-    """Stop the run, as a NaN loss does, when a floating tensor of ``state`` is NaN or infinite: the
-    last step's update overflowed, and ``unsaved`` is not written from it (the loss that would show it
-    is only computed at the next step)."""
-    broken = first_non_finite(state)
-    if broken is not None:
-        raise NonFiniteWeightsError(
-            f"{broken} is NaN or infinite after the update of global step {run.global_step - 1} "
-            f"(lower optim.base_lr, or set optim.clip_grad). The run stopped without saving this state to "
-            f"{unsaved.name}; {last_good_checkpoint(run)}"
-        )
-
-
-def last_good_checkpoint(run: Run) -> str:
-    """Where a run stopped by a NaN or infinity can resume from: every checkpoint it wrote was checked
-    finite (:func:`stop_if_not_finite`), but one saved just before this step holds the very weights the
-    NaN loss was computed from (an exact resume meets it again)."""
-    if not run.last_path.exists():
-        return "no checkpoint was written yet"
-    if run.saved_step == run.global_step:
-        return (
-            f"its last checkpoint, {run.last_path}, holds the weights this loss was computed from, so "
-            "resuming it meets the same loss: start over (resume=never) or from an earlier "
-            "checkpoint_epochNNNN.pth (resume=PATH), with a lower optim.base_lr"
-        )
-    return f"the last good checkpoint is {run.last_path}"
 
 
 # ---- epochs -----------------------------------------------------------------------------------------
@@ -616,270 +345,5 @@ def end_epoch(run: Run, data: RunData, epoch: int, loss: float, logger: RunLogge
 # ---- pieces the loop uses ---------------------------------------------------------------------------
 
 
-def _resume_path(cfg: PretrainConfig, run_dir: Path) -> Path | None:
-    if cfg.resume == "never":
-        return None
-    if cfg.resume == "auto":
-        path = run_dir / "last.pth"
-        return path if path.exists() else None
-    if not Path(cfg.resume).is_file():
-        raise ResumeError(f"resume checkpoint {cfg.resume} does not exist")
-    return Path(cfg.resume)
-
-
 def _every(every: int, count: int) -> bool:
     return every > 0 and count % every == 0
-
-
-def _cpu_state(module: nn.Module) -> dict:
-    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
-
-
-def monitor_knn(cfg: PretrainConfig, backbone, images, train_index, held_index, device) -> float | None:
-    """The authors' online monitor: weighted 20-NN (T 0.07) of held-out training images; None (no
-    number, said in one line) where the bank holds fewer images than ``monitor.knn_k``, since a k-NN
-    over fewer neighbours would be recorded as the 20-NN it is not."""
-    transform = centre_crop_transform(cfg.views.global_size, "bicubic", cfg.views.mean, cfg.views.std)
-    bank_index = (
-        train_index if cfg.monitor.knn_bank_size is None else train_index[: cfg.monitor.knn_bank_size]
-    )
-    skip = cfg.data.on_corrupt_image == "skip"
-    bank, bank_labels = extract_features(
-        backbone, IndexedImages(images, bank_index, transform), device, skip_unreadable=skip
-    )
-    queries, query_labels = extract_features(
-        backbone, IndexedImages(images, held_index, transform), device, skip_unreadable=skip
-    )
-    num_classes, k, temperature = len(images.classes), cfg.monitor.knn_k, cfg.monitor.knn_temperature
-    if len(bank) < k:
-        say(
-            f"kNN monitor skipped: its bank holds {len(bank)} readable images, fewer than monitor.knn_k={k} "
-            "(more training images, or a smaller monitor.knn_k)"
-        )
-        return None
-    return knn_evaluate(bank, bank_labels, queries, query_labels, num_classes, k, temperature).top1
-
-
-class OnlineProbe:
-    """A linear classifier trained on detached student features of global 1 (docs/recipes.md,
-    "Monitoring during training"):
-    a cheap running signal of representation quality, never back-propagated into the backbone."""
-
-    def __init__(self, feature_dim: int, num_classes: int, device) -> None:
-        self.linear = nn.Linear(feature_dim, num_classes).to(device)
-        self.optimizer = torch.optim.SGD(self.linear.parameters(), lr=0.0, momentum=0.9)
-        self.correct = self.seen = 0
-
-    def step(self, backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, lr: float) -> None:
-        with torch.no_grad():
-            features = backbone(images).float()
-        logits = self.linear(features)
-        loss = nn.functional.cross_entropy(logits, labels)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.correct += (logits.argmax(1) == labels).sum().item()
-        self.seen += len(labels)
-
-    def epoch_accuracy(self) -> float:
-        accuracy = 100.0 * self.correct / max(self.seen, 1)
-        self.correct = self.seen = 0
-        return accuracy
-
-    def state_dict(self) -> dict:
-        """The classifier, its optimiser and the epoch's running counts (a run resumed mid-epoch
-        reports the same epoch accuracy as an uninterrupted one)."""
-        return {
-            "linear": self.linear.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "correct": self.correct,
-            "seen": self.seen,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.linear.load_state_dict(state["linear"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        # checkpoints written before the counts were saved resume counting from zero, as they did
-        self.correct, self.seen = state.get("correct", 0), state.get("seen", 0)
-
-
-class RunLogger:
-    """TensorBoard scalars and a CSV log (``log.csv``) in the run folder, mirrored to Weights & Biases
-    when ``$WANDB_PROJECT`` is set (wandb's own variable; ``pip install wandb``).
-
-    A row every ``every_steps`` optimiser steps (counted over the whole run, so a resumed run logs the
-    same steps as an uninterrupted one) and at every step ``step(..., last=True)`` marks: the last of
-    an epoch (whose loss the epoch's metrics report) and of the run. A row holds that step's loss
-    terms, LR and weight decay, the images per second and the seconds spent waiting for data (with
-    their fraction of the step time) since the previous row, and the unreadable images skipped so far.
-    A resumed run appends rows under its log.csv's header (one written before a column existed keeps
-    its columns). The epoch's line (:meth:`epoch`) and the end of a run stopped inside an epoch
-    (:meth:`close`) summarise the images per second and data-wait fraction of their steps.
-    """
-
-    def __init__(
-        self, run_dir: Path, enabled: bool, every_steps: int, provenance: dict | None = None
-    ) -> None:
-        self.enabled = enabled
-        if not enabled:
-            return
-        from torch.utils.tensorboard import SummaryWriter
-
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.wandb = _start_wandb(run_dir, provenance or {}) if os.environ.get("WANDB_PROJECT") else None
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-        self.csv_path = run_dir / "log.csv"
-        self.every_steps = every_steps
-        self.fieldnames: list[str] | None = None  # log.csv's columns, once known
-        self.skipped = 0
-        self.since_row, self.since_summary = Throughput(), Throughput()
-
-    def step(
-        self,
-        step: int,
-        epoch: int,
-        terms: dict,
-        values,
-        images: int,
-        seconds: float,
-        data_wait_s: float,
-        skipped: int,
-        last: bool = False,
-    ) -> None:
-        if not self.enabled:
-            return
-        self.skipped += skipped
-        self.since_row.add(images, seconds, data_wait_s)
-        self.since_summary.add(images, seconds, data_wait_s)
-        if not last and step % self.every_steps != 0:
-            return
-        row = {
-            "step": step,
-            "epoch": epoch,
-            **{k: float(v) for k, v in terms.items()},
-            "lr": values.lr,
-            "weight_decay": values.weight_decay,
-            **self.since_row.rates(),
-            "data_wait_s": self.since_row.data_wait_s,
-            "skipped_images": self.skipped,
-        }
-        self.since_row = Throughput()
-        if self.fieldnames is None:
-            self.fieldnames = _csv_header(self.csv_path) or list(row)
-        new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
-        with open(self.csv_path, "a", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=self.fieldnames, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        for key, value in row.items():
-            if key not in ("step", "epoch"):
-                self.writer.add_scalar(f"train/{key}", value, step)
-
-    def epoch(self, epoch: int, metrics: dict) -> dict:
-        """Writes the epoch's monitor values; returns the images per second and data-wait fraction of
-        its steps (since the previous summary; {} on a process that does not log)."""
-        if not self.enabled:
-            return {}
-        for key, value in metrics.items():
-            if key != "epoch":
-                self.writer.add_scalar(f"monitor/{key}", value, epoch)
-        throughput, self.since_summary = self.since_summary.rates(), Throughput()
-        for key, value in throughput.items():
-            self.writer.add_scalar(f"epoch/{key}", value, epoch)
-        return throughput
-
-    def close(self) -> None:
-        if self.enabled:
-            if self.since_summary.steps:  # the run stopped inside an epoch (max_steps, a signal)
-                rates = ", ".join(f"{k} {v:.4g}" for k, v in self.since_summary.rates().items())
-                say(f"last {self.since_summary.steps} steps (an unfinished epoch): {rates}")
-            self.writer.close()
-            if self.wandb is not None:
-                self.wandb.finish()
-
-
-@dataclass
-class Throughput:
-    """Images, seconds and seconds spent waiting for data, summed over some steps."""
-
-    steps: int = 0
-    images: int = 0
-    seconds: float = 0.0
-    data_wait_s: float = 0.0
-
-    def add(self, images: int, seconds: float, data_wait_s: float) -> None:
-        self.steps += 1
-        self.images += images
-        self.seconds += seconds
-        self.data_wait_s += data_wait_s
-
-    def rates(self) -> dict:
-        seconds = max(self.seconds, 1e-9)
-        return {"images_per_s": self.images / seconds, "data_wait_fraction": self.data_wait_s / seconds}
-
-
-def _csv_header(path: Path) -> list[str] | None:
-    """The columns of the CSV file at ``path``; None if it does not exist or is empty."""
-    if not path.exists():
-        return None
-    with open(path, newline="") as file:
-        return next(csv.reader(file), None)
-
-
-def _start_wandb(run_dir: Path, provenance: dict):
-    """A W&B run that mirrors the TensorBoard scalars (wandb's ``sync_tensorboard``: one set of logging
-    calls, two sinks); a resumed run continues its W&B run (same id: the run folder and config hash)."""
-    try:
-        import wandb
-    except ImportError as error:
-        raise ConfigError("$WANDB_PROJECT is set but wandb is not installed: pip install wandb") from error
-    run_id = f"{run_dir.name}-{provenance.get('config_hash', '')[:8]}".strip("-")
-    return wandb.init(
-        project=os.environ["WANDB_PROJECT"],
-        id=run_id,
-        name=run_dir.name,
-        dir=str(run_dir),
-        config=provenance.get("config", {}),
-        sync_tensorboard=True,
-        resume="allow",
-    )
-
-
-def _write_records(cfg: PretrainConfig, provenance: dict, metrics: dict, run_dir: Path) -> Path:
-    details = {
-        "alpha": cfg.method.alpha,
-        "exclusion_rule": cfg.optim.exclusion_rule,
-        "views": provenance["config"]["views"],
-        "run_dir": str(run_dir),
-        "pretrain_budget": pretrain_budget(provenance["config"]),
-    }
-    common = dict(
-        run_id=pretrain_run_id(cfg, provenance["config_hash"]),
-        stage="pretrain",
-        method=cfg.method_name,
-        recipe=cfg.recipe,
-        backbone=cfg.backbone,
-        pretrain_epochs=metrics["epoch"],
-        dataset=cfg.data.dataset,
-        branch="student",
-        config_hash=provenance["config_hash"],
-        git_commit=provenance["git_commit"],
-        details=details,
-        seed=cfg.seed,
-    )
-    monitors = {"knn_top1_heldout": "online-knn20-heldout", "online_linear_top1": "online-linear-global1"}
-    rows = [
-        Record(**common, protocol=monitors[metric], metric=metric, value=metrics[metric])
-        for metric in monitors
-        if metric in metrics
-    ]
-    return append_records(rows, cfg.records_dir)
-
-
-def pretrain_run_id(cfg: PretrainConfig, config_hash: str) -> str:
-    """One run, one records file: the experiment, its seed and the hash of its resolved config (which
-    holds the output folder), so another seed or folder never replaces this run's rows."""
-    return f"pretrain-{cfg.experiment}-seed{cfg.seed}-{config_hash[:8]}"

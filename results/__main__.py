@@ -1,4 +1,4 @@
-"""``python -m results leaderboard|table5``: print (and write) the leaderboard or Table 5."""
+"""``python -m lowssl.results leaderboard|table5``: print (and write) the leaderboard or Table 5."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import os
 import platform
 import sys
 
+from lowssl.cli import StageParser, run_stage
 from lowssl.io import atomic_write_text
 from lowssl.records import markdown_safe, read_records, spreadsheet_safe, text_cells
-from results.leaderboard import FilterError, load_leaderboard, select, summarise_leaderboard
-from results.paper_tables import read_paper_tables
-from results.stats import AggregationError
-from results.table5 import render_table5
+from lowssl.results.leaderboard import load_leaderboard, select, summarise_leaderboard
+from lowssl.results.paper_tables import read_paper_tables
+from lowssl.results.table5 import render_table5
 
 
 def this_machine() -> str:
@@ -65,7 +65,7 @@ def table5(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m results", description=__doc__)
+    parser = StageParser(prog="python -m lowssl.results", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     board = commands.add_parser(
@@ -103,12 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     t5.set_defaults(run=table5)
 
     args = parser.parse_args(argv)
-    try:
-        args.run(args)
-    except (AggregationError, FilterError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_stage(lambda: args.run(args))
 
 
 if __name__ == "__main__":

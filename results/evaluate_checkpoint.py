@@ -22,11 +22,11 @@ from lowssl import released
 from lowssl.checkpoints import CheckpointLayoutError, open_checkpoint
 from lowssl.io import CheckpointError
 from lowssl.paths import home
-from results.stages import report_failure, run
-from semisup.model import HeadError, dino_head_layout
+from lowssl.results.commands import stage_command
+from lowssl.results.stages import report_failure, run
+from lowssl.semisup.model import HeadError, dino_head_layout
 
 STAGES = ("linear", "knn", "semisup", "detection")
-DETECTION_ARCHS = ("mobilenet_v2", "resnet18", "resnet34")  # those with a registered Detectron2 backbone
 
 
 def _has_dino_head(adapted) -> bool:
@@ -58,21 +58,52 @@ def checkpoint_source(checkpoint: str, fmt: str | None) -> tuple[str, dict[str, 
     }
 
 
+def detection_architectures() -> tuple[str, ...] | None:
+    """The backbones detection trains, asked only when it runs; None where importing the stage fails
+    (Detectron2 not installed): its own ``convert`` command then says what is missing."""
+    try:
+        from lowssl.detection.archs import architectures
+    except ImportError:
+        return None
+    return architectures()
+
+
+def detect(checkpoint: str, arch: str, options: list[str], work_dir: Path, records: list[str]) -> None:
+    """Convert the checkpoint to Detectron2's layout, then train Mask R-CNN FPN on the tiny schedule."""
+    allowed = detection_architectures()
+    if allowed is not None and arch not in allowed:
+        raise SystemExit(
+            f"error: detection has no registered backbone for '{arch}' (allowed: {', '.join(allowed)})"
+        )
+    weights = work_dir / "detection" / "weights.pkl"
+    run(stage_command("detection", "convert", checkpoint, str(weights), *options))
+    run(
+        stage_command(
+            "detection",
+            "train",
+            "--config",
+            f"detection/configs/mask_rcnn_{arch}_fpn_tiny.yaml",
+            "--weights",
+            str(weights),
+            "--output-dir",
+            str(work_dir / "detection"),
+            *records,
+        )
+    )
+
+
 def evaluate_checkpoint(
     checkpoint: str, layout: dict[str, str], stages: list[str], work_dir: Path, runs_dir: str | None
 ):
-    python = [sys.executable, "-m"]
     options = [part for key, value in layout.items() for part in (f"--{key}", value)]
     source = ["--checkpoint", checkpoint, *options]
     records = ["--records-dir", runs_dir] if runs_dir else []
     adapted = open_checkpoint(
         checkpoint, fmt=layout.get("format"), arch=layout.get("arch"), branch=layout.get("branch")
     )
-    arch = adapted.arch
     if "linear" in stages:
         run(
-            [
-                *python,
+            stage_command(
                 "evaluate",
                 "linear",
                 *source,
@@ -83,12 +114,11 @@ def evaluate_checkpoint(
                 "--output-dir",
                 str(work_dir / "evaluate"),
                 *records,
-            ]
+            )
         )
     if "knn" in stages:
         run(
-            [
-                *python,
+            stage_command(
                 "evaluate",
                 "knn",
                 *source,
@@ -97,14 +127,13 @@ def evaluate_checkpoint(
                 "--output-dir",
                 str(work_dir / "evaluate"),
                 *records,
-            ]
+            )
         )
     if "semisup" in stages:
         # The paper fine-tunes from the checkpoint's DINO projection head; anything else gets new layers.
         head = [] if _has_dino_head(adapted) else ["--new-head"]
         run(
-            [
-                *python,
+            stage_command(
                 "semisup",
                 "finetune",
                 *source,
@@ -116,45 +145,17 @@ def evaluate_checkpoint(
                 "--output-dir",
                 str(work_dir / "semisup"),
                 *records,
-            ]
+            )
         )
     if "detection" in stages:
-        if arch not in DETECTION_ARCHS:
-            raise SystemExit(
-                f"error: detection has no registered backbone for '{arch}' "
-                f"(allowed: {', '.join(DETECTION_ARCHS)})"
-            )
-        weights = work_dir / "detection" / "weights.pkl"
-        run([*python, "detection", "convert", checkpoint, str(weights), *options])
-        run(
-            [
-                *python,
-                "detection",
-                "train",
-                "--config",
-                f"detection/configs/mask_rcnn_{arch}_fpn_tiny.yaml",
-                "--weights",
-                str(weights),
-                "--output-dir",
-                str(work_dir / "detection"),
-                *records,
-            ]
-        )
-    run(
-        [
-            *python,
-            "results",
-            "leaderboard",
-            *(["--runs-dir", runs_dir] if runs_dir else []),
-            "--out",
-            "results/leaderboard.csv",
-        ]
-    )
+        detect(checkpoint, adapted.arch, options, work_dir, records)
+    leaderboard_runs = ["--runs-dir", runs_dir] if runs_dir else []
+    run(stage_command("results", "leaderboard", *leaderboard_runs, "--out", "results/leaderboard.csv"))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m results.evaluate_checkpoint", description=__doc__.splitlines()[0]
+        prog="python -m lowssl.results.evaluate_checkpoint", description=__doc__.splitlines()[0]
     )
     parser.add_argument("checkpoint", help="a checkpoint file, or a released checkpoint's name")
     parser.add_argument("--format", dest="fmt", help="force a checkpoint layout (default: detected)")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import math
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +37,12 @@ from lowssl.config import config_hash, from_dict, load
 from lowssl.data import usable_cpus
 from lowssl.io import atomic_write_text
 from lowssl.paths import home
-from pretrain.config import PretrainConfig
-from pretrain.views import ViewsConfig, pixel_scale_stats
-from results.reproduce import seed_count
-from results.stages import finished_run, report_failure, run_parallel
-from results.stats import summarise
+from lowssl.pretrain.config import PretrainConfig
+from lowssl.pretrain.views import ViewsConfig, pixel_scale_stats
+from lowssl.results.commands import python_module, stage_command, torchrun
+from lowssl.results.reproduce import seed_count
+from lowssl.results.stages import finished_run, report_failure, run_parallel
+from lowssl.results.stats import summarise
 
 BASE = {
     "tiny": "pretrain/configs/tiny/dino_mobilenet_v2_baseline.yaml",
@@ -163,11 +163,7 @@ def sweep(
     seeds: int = 2,
     jobs: int = 1,
 ) -> pd.DataFrame:
-    launcher = (
-        [sys.executable, "-m"]
-        if scale == "tiny"
-        else [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", "-m"]
-    )
+    launcher = python_module() if scale == "tiny" else torchrun(gpus)
     extra = TINY_BUDGET if scale == "tiny" else (f"data.root={imagenet}",)
     selected = [point for point in points(scale) if not only or point.figure in only]
     # Points of different figures can be the same experiment (Fig. 1's S_g = 0.14 is Fig. 3's six
@@ -185,8 +181,7 @@ def sweep(
     pending = [key for key, value in accuracy.items() if value is None]  # every run's seed 0 first
     commands = [
         (
-            [
-                *launcher,
+            stage_command(
                 "pretrain",
                 "--config",
                 BASE[scale],
@@ -195,7 +190,8 @@ def sweep(
                 f"seed={seed}",
                 f"output_dir={run_dirs[name, seed]}",
                 f"records_dir={work_dir / 'records'}",
-            ],
+                launcher=launcher,
+            ),
             work_dir / "logs" / f"{run_dirs[name, seed].name}.log",
         )
         for name, seed in pending
@@ -292,7 +288,9 @@ def job_count(text: str) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m results.figures", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m lowssl.results.figures", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--scale", choices=["tiny", "paper"], default="tiny")
     parser.add_argument("--imagenet", help="ImageNet folder (paper scale)")
     parser.add_argument("--gpus", type=int, default=8)

@@ -29,10 +29,11 @@ import pandas as pd
 from lowssl.io import atomic_write_text
 from lowssl.paths import home
 from lowssl.records import default_runs_dir, read_records, recorded_budget
-from results.paper_tables import read_printed_gains
-from results.reproduce import seed_count
-from results.stages import finished_run, report_failure, run
-from results.stats import AggregationError, paired_difference, summarise
+from lowssl.results.commands import stage_command
+from lowssl.results.paper_tables import read_printed_gains
+from lowssl.results.reproduce import seed_count
+from lowssl.results.stages import finished_run, report_failure, run
+from lowssl.results.stats import AggregationError, paired_difference, summarise
 
 #: (paper table, method, backbone) of each experiment; configs pretrain/configs/tiny/<method>_<backbone>_<recipe>.yaml.
 EXPERIMENTS = (
@@ -124,16 +125,14 @@ def reproduce_gains(images: int, epochs: int, seeds: int, work_dir: Path, runs_d
                     print(f"= {experiment} seed {seed}: finished run found in {run_dir}, reused", flush=True)
                     continue
                 run(
-                    [
-                        sys.executable,
-                        "-m",
+                    stage_command(
                         "pretrain",
                         "--config",
                         f"pretrain/configs/tiny/{experiment}.yaml",
                         *budget_overrides(images, epochs, seed),
                         f"output_dir={run_dir}",
                         f"records_dir={runs_dir}",
-                    ]
+                    )
                 )
         elapsed = time.perf_counter() - start
         table, budget = gains_table(read_records(runs_dir), run_dirs)
@@ -151,7 +150,9 @@ def reproduce_gains(images: int, epochs: int, seeds: int, work_dir: Path, runs_d
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m results.gains", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m lowssl.results.gains", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--images", type=int, default=2000, help="pre-training images per run (default 2000)")
     parser.add_argument("--epochs", type=int, default=1, help="pre-training epochs per run (default 1)")
     parser.add_argument("--seeds", type=seed_count, default=3, help="seeds 0..N-1 (default 3)")

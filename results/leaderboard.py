@@ -31,9 +31,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from lowssl.errors import BadInput
 from lowssl.records import read_records, recorded_budget, recorded_protocol
-from results.paper_tables import read_paper_tables
-from results.stats import require_one_protocol, summarise
+from lowssl.results.paper_tables import read_paper_tables
+from lowssl.results.stats import require_one_protocol, summarise
 
 COLUMNS = [
     "dataset",
@@ -167,7 +168,7 @@ def load_leaderboard(runs_dir: str | Path | None = None) -> pd.DataFrame:
     return build_leaderboard(read_paper_tables(), read_records(runs_dir))
 
 
-class FilterError(ValueError):
+class FilterError(BadInput, ValueError):
     """A leaderboard filter names a value no row holds (a typo would otherwise print an empty table)."""
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,8 @@ from pathlib import Path
 import torch
 
 from lowssl.paths import home
-from results.stages import finished_run, report_failure, run
+from lowssl.results.commands import python_module, stage_command, torchrun
+from lowssl.results.stages import finished_run, report_failure, run
 
 BACKBONES = {"mobilenet_v2": "mobilenet_v2", "resnet18": "resnet18", "resnet34": "resnet34"}
 #: The tiny budget of one pre-training run: this many Fashion-MNIST images, one epoch. Chosen so that
@@ -54,16 +54,7 @@ class Scale:
     eval_args: tuple[str, ...] = ()
     floors: tuple[tuple[str, ...], ...] = (("--random-init",),)  # evaluate options of each floor
     run_tag: str = ""  # in every run folder's name, so a run of another budget is never reused
-    launcher: tuple[str, ...] = field(default_factory=lambda: (sys.executable, "-m"))
-
-
-def torchrun(gpus: int, nodes: int = 1, rdzv_endpoint: str | None = None) -> tuple[str, ...]:
-    """torchrun for ``gpus`` processes on each of ``nodes`` machines (c10d rendezvous at HOST:PORT);
-    the same command runs on every node (or once, under ``srun --ntasks-per-node=1``)."""
-    several = (
-        (f"--nnodes={nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}") if nodes > 1 else ()
-    )
-    return (sys.executable, "-m", "torch.distributed.run", *several, f"--nproc_per_node={gpus}", "-m")
+    launcher: tuple[str, ...] = field(default_factory=python_module)
 
 
 def scales(
@@ -100,6 +91,66 @@ def arch_of(experiment: str) -> str:
     return next(arch for short, arch in BACKBONES.items() if f"_{short}_" in f"_{experiment}_")
 
 
+def evaluate_command(scale: Scale, work_dir: Path, runs_dir: Path) -> list[str]:
+    """The linear evaluation of this scale, less what is evaluated (a checkpoint or a floor)."""
+    return stage_command(
+        "evaluate",
+        "linear",
+        "--protocol",
+        scale.protocol,
+        *scale.eval_args,
+        "--output-dir",
+        str(work_dir / "evaluate"),
+        "--records-dir",
+        str(runs_dir),
+    )
+
+
+def pretrain_unless_finished(scale: Scale, experiment: str, seed: int, run_dir: Path, runs_dir: Path) -> None:
+    """Pre-train ``experiment`` at ``seed`` into ``run_dir``; a finished run there is reused, an
+    unfinished one resumes (``resume=auto``)."""
+    if finished_run(run_dir / "last.pth") is not None:
+        print(f"= {experiment} seed {seed}: finished run found in {run_dir}, reused", flush=True)
+        return
+    run(
+        stage_command(
+            "pretrain",
+            "--config",
+            f"{scale.config_dir}/{experiment}.yaml",
+            *scale.pretrain_overrides,
+            f"seed={seed}",
+            f"output_dir={run_dir}",
+            f"records_dir={runs_dir}",
+            launcher=scale.launcher,
+        )
+    )
+
+
+def table5_command(
+    scale_name: str, scale: Scale, hardware: str, runs_dir: Path, budget: str, out: Path
+) -> list[str]:
+    return stage_command(
+        "results",
+        "table5",
+        "--scale",
+        scale_name,
+        "--dataset",
+        scale.dataset,
+        "--protocol",
+        scale.protocol,
+        "--hardware",
+        hardware,
+        "--runs-dir",
+        str(runs_dir),
+        "--budget",
+        budget,
+        "--out-md",
+        str(out / "table5.md"),
+        "--out-csv",
+        str(out / "table5.csv"),
+    )
+
+
 def reproduce(
     scale_name: str,
     imagenet: str | None,
@@ -113,19 +164,7 @@ def reproduce(
 ) -> None:
     scale = scales(imagenet, gpus, nodes, rdzv_endpoint)[scale_name]
     seeds = scale.seeds if seeds is None else seeds
-    evaluate = [
-        sys.executable,
-        "-m",
-        "evaluate",
-        "linear",
-        "--protocol",
-        scale.protocol,
-        *scale.eval_args,
-        "--output-dir",
-        str(work_dir / "evaluate"),
-        "--records-dir",
-        str(runs_dir),
-    ]
+    evaluate = evaluate_command(scale, work_dir, runs_dir)
     hardware = (
         f"{nodes} x {gpus} x {torch.cuda.get_device_name()}"
         if scale_name == "paper" and torch.cuda.is_available()
@@ -135,51 +174,14 @@ def reproduce(
     for seed in range(seeds):
         for experiment in scale.experiments:
             run_dir = work_dir / f"{experiment}{scale.run_tag}-seed{seed}"
-            checkpoint = run_dir / "last.pth"
-            if finished_run(checkpoint) is not None:
-                print(f"= {experiment} seed {seed}: finished run found in {run_dir}, reused", flush=True)
-            else:
-                run(
-                    [
-                        *scale.launcher,
-                        "pretrain",
-                        "--config",
-                        f"{scale.config_dir}/{experiment}.yaml",
-                        *scale.pretrain_overrides,
-                        f"seed={seed}",
-                        f"output_dir={run_dir}",
-                        f"records_dir={runs_dir}",
-                    ]
-                )
-            run([*evaluate, "--checkpoint", str(checkpoint)])
+            pretrain_unless_finished(scale, experiment, seed, run_dir, runs_dir)
+            run([*evaluate, "--checkpoint", str(run_dir / "last.pth")])
         for arch in dict.fromkeys(arch_of(e) for e in scale.experiments):
             for floor in scale.floors:
                 run([*evaluate, *floor, "--arch", arch, "--seed", str(seed)])
         elapsed = time.perf_counter() - start
-        run(
-            [
-                sys.executable,
-                "-m",
-                "results",
-                "table5",
-                "--scale",
-                scale_name,
-                "--dataset",
-                scale.dataset,
-                "--protocol",
-                scale.protocol,
-                "--hardware",
-                hardware,
-                "--runs-dir",
-                str(runs_dir),
-                "--budget",
-                f"{scale.budget}; seeds 0-{seed} of {seeds} done after {elapsed / 60:.1f} min",
-                "--out-md",
-                str(out / "table5.md"),
-                "--out-csv",
-                str(out / "table5.csv"),
-            ]
-        )
+        budget = f"{scale.budget}; seeds 0-{seed} of {seeds} done after {elapsed / 60:.1f} min"
+        run(table5_command(scale_name, scale, hardware, runs_dir, budget, out))
         print(f"= seed {seed} done: {seed + 1} of {seeds} seeds in {elapsed / 60:.1f} min", flush=True)
 
 
@@ -193,7 +195,9 @@ def seed_count(text: str) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m results.reproduce", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m lowssl.results.reproduce", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("table", choices=["table5"])
     parser.add_argument(
         "--scale", choices=["tiny", "paper"], help="default: paper with --imagenet, else tiny"

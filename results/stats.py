@@ -16,10 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from lowssl.errors import BadInput
+
 CONFIDENCE = 0.95
 
 
-class AggregationError(ValueError):
+class AggregationError(BadInput, ValueError):
     """Numbers that must not be pooled: other protocols, datasets or budgets, or unpaired seeds."""
 
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import pandas as pd
 
 from lowssl.records import markdown_safe, recorded_budget, recorded_protocol, text_cells
-from results.paper_tables import KD_METHODS
-from results.stats import (
+from lowssl.results.paper_tables import KD_METHODS
+from lowssl.results.stats import (
     AggregationError,
     paired_difference,
     require_one_budget,

@@ -1,13 +1,13 @@
-"""``python -m semisup {make-subset,check-subset,finetune}``: 1% / 10% semi-supervised fine-tuning.
+"""``python -m lowssl.semisup {make-subset,check-subset,finetune}``: 1% / 10% semi-supervised fine-tuning.
 
 Examples::
 
-    python -m semisup make-subset --dataset fashion-mnist --fraction 0.01 --seed 0 --out subset_1pct.txt
-    python -m semisup check-subset --dataset imagefolder --data-root /data/imagenet --subset 1percent.txt
-    python -m semisup finetune --checkpoint ckpt.pth --subset 1pct --dataset fashion-mnist --protocol tiny
-    python -m semisup finetune --checkpoint ckpt.pth --subset 1pct --protocol tiny epochs=1 batch_size=64
-    python -m semisup finetune --random-init --arch resnet18 --subset 10pct --protocol tiny
-    torchrun --nproc_per_node 8 -m semisup finetune --checkpoint ckpt.pth --dataset imagefolder \\
+    python -m lowssl.semisup make-subset --dataset fashion-mnist --fraction 0.01 --seed 0 --out subset_1pct.txt
+    python -m lowssl.semisup check-subset --dataset imagefolder --data-root /data/imagenet --subset 1percent.txt
+    python -m lowssl.semisup finetune --checkpoint ckpt.pth --subset 1pct --dataset fashion-mnist --protocol tiny
+    python -m lowssl.semisup finetune --checkpoint ckpt.pth --subset 1pct --protocol tiny epochs=1 batch_size=64
+    python -m lowssl.semisup finetune --random-init --arch resnet18 --subset 10pct --protocol tiny
+    torchrun --nproc_per_node 8 -m lowssl.semisup finetune --checkpoint ckpt.pth --dataset imagefolder \\
         --data-root /data/imagenet --subset 10percent.txt --protocol paper
 """
 
@@ -20,17 +20,15 @@ import sys
 import yaml
 
 from lowssl import distributed
-from lowssl.checkpoints import CheckpointLayoutError, add_checkpoint_arguments
-from lowssl.config import ConfigError, add_overrides_argument, to_dict
-from lowssl.data import DATASETS, DatasetError, add_held_out_arguments, build_dataset, default_workers
-from lowssl.io import CheckpointError, DiskFullError
-from lowssl.progress import add_quiet_argument, set_quiet
-from lowssl.run_lock import RunFolderBusy
-from lowssl.stopping import NonFiniteLossError, ResumeError
-from semisup.model import HeadError
-from semisup.protocols import available, load_protocol
-from semisup.subsets import LIST_FORMAT_HELP, SubsetError, load_subset, write_subset
-from semisup.train import FinetuneArgs, finetune
+from lowssl.checkpoints import add_checkpoint_arguments
+from lowssl.cli import StageParser, add_quiet_argument, run_stage
+from lowssl.config import add_overrides_argument, to_dict
+from lowssl.data import DATASETS, add_held_out_arguments, build_dataset, default_workers
+from lowssl.progress import set_quiet
+from lowssl.semisup.arguments import FinetuneArgs
+from lowssl.semisup.protocols import available, load_protocol
+from lowssl.semisup.subsets import LIST_FORMAT_HELP, load_subset, write_subset
+from lowssl.semisup.train import finetune
 
 
 def _add_dataset(parser: argparse.ArgumentParser) -> None:
@@ -53,8 +51,8 @@ def _add_list_checks(parser: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    main = argparse.ArgumentParser(
-        prog="python -m semisup",
+    main = StageParser(
+        prog="python -m lowssl.semisup",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("Examples::")[1],
@@ -121,51 +119,44 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
+def make_subset(args: argparse.Namespace) -> None:
+    """Write a subset list and print its report."""
+    dataset = build_dataset(args.dataset, "train", args.data_root)
+    path = write_subset(args.out, dataset, args.dataset, args.fraction, args.seed)
+    print(load_subset(path, dataset, args.fraction).report())
+
+
+def check_subset(args: argparse.Namespace) -> None:
+    """Print a subset list's report, or refuse it (SubsetError)."""
+    dataset = build_dataset(args.dataset, "train", args.data_root)
+    print(load_subset(args.subset, dataset, args.fraction, args.expected_count).report())
+
+
+def run_finetune(args: argparse.Namespace) -> None:
+    """Fine-tune (or print the resolved protocol); one closing line from the main process."""
+    set_quiet(args.quiet)
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "print_config", "quiet")}
+    if args.print_config:
+        protocol = load_protocol(args.protocol, FinetuneArgs(**options).protocol_overrides()[0])
+        print(yaml.safe_dump(to_dict(protocol), sort_keys=False), end="")
+        return
+    result = finetune(FinetuneArgs(**options))
+    if os.environ.get("RANK", "0") == "0":  # torchrun: one line, from the main process
+        print(
+            f"semisup {result['stopped_by']}: {result['subset']} top-1 {result['top1']:.2f}, top-5 "
+            f"{result['top5']:.2f} (epoch {result['reported_epoch']} of {result['epochs']}); run: "
+            f"{result['run_dir']}; records: {result['records']}"
+        )
+
+
+COMMANDS = {"make-subset": make_subset, "check-subset": check_subset, "finetune": run_finetune}
+
+
 def main(argv=None) -> int:
+    """Exit 0, 2 for bad input (a protocol, checkpoint, subset, dataset or run folder), 1 for a run
+    that failed (a NaN loss, a full disk): lowssl.cli.run_stage."""
     args = parser().parse_args(argv)
-    try:
-        if args.command == "make-subset":
-            dataset = build_dataset(args.dataset, "train", args.data_root)
-            path = write_subset(args.out, dataset, args.dataset, args.fraction, args.seed)
-            print(load_subset(path, dataset, args.fraction).report())
-        elif args.command == "check-subset":
-            dataset = build_dataset(args.dataset, "train", args.data_root)
-            print(load_subset(args.subset, dataset, args.fraction, args.expected_count).report())
-        else:
-            set_quiet(args.quiet)
-            options = {k: v for k, v in vars(args).items() if k not in ("command", "print_config", "quiet")}
-            if args.print_config:
-                protocol = load_protocol(args.protocol, FinetuneArgs(**options).protocol_overrides()[0])
-                print(yaml.safe_dump(to_dict(protocol), sort_keys=False), end="")
-                return 0
-            result = finetune(FinetuneArgs(**options))
-            if os.environ.get("RANK", "0") == "0":  # torchrun: one line, from the main process
-                print(
-                    f"semisup {result['stopped_by']}: {result['subset']} top-1 {result['top1']:.2f}, top-5 "
-                    f"{result['top5']:.2f} (epoch {result['reported_epoch']} of {result['epochs']}); run: "
-                    f"{result['run_dir']}; records: {result['records']}"
-                )
-    except RunFolderBusy as error:  # another live run owns the folder: this one changed nothing
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except ConfigError as error:  # bad input (a hostile or mistyped protocol): exit 2, as every CLI
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except (
-        CheckpointLayoutError,
-        CheckpointError,
-        DatasetError,
-        DiskFullError,
-        HeadError,
-        NonFiniteLossError,
-        ResumeError,
-        SubsetError,
-    ) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    finally:
-        distributed.shutdown()
-    return 0
+    return run_stage(lambda: COMMANDS[args.command](args), cleanup=distributed.shutdown)
 
 
 if __name__ == "__main__":

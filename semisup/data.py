@@ -1,22 +1,18 @@
 """The fine-tuning data path: crops with reproducible randomness, sharded over processes, exact resume.
 
 Each labelled image's crop is seeded by (seed, epoch, index), not by the worker that loads it
-(:class:`lowssl.data.SeededSamples`), and the epoch's order is a permutation seeded by (seed, epoch) shared by all processes, so a run resumed from
-its last checkpoint (even in the middle of an epoch) sees exactly the batches an uninterrupted run
-would have seen, whatever the number of workers.
+(:class:`lowssl.data.SeededSamples`), and the epoch's order is a permutation seeded by (seed, epoch)
+shared by all processes (:func:`epoch_order`), so a run resumed from its last checkpoint (even in
+the middle of an epoch) sees exactly the batches an uninterrupted run would have seen, whatever the
+number of workers.
 """
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
-import torch
-from torch.utils.data import Sampler
-
+from lowssl.sampler import EpochSampler, seed_sequence
+from lowssl.semisup.protocols import SemisupProtocol
+from lowssl.semisup.subsets import SubsetError
 from lowssl.transforms import centre_crop_transform, random_crop_transform
-from semisup.protocols import SemisupProtocol
-from semisup.subsets import SubsetError
 
 
 def train_transform(protocol: SemisupProtocol):
@@ -31,42 +27,15 @@ def eval_transform(protocol: SemisupProtocol):
     return centre_crop_transform(protocol.image_size, protocol.interpolation, protocol.mean, protocol.std)
 
 
-class EpochOrder(Sampler):
-    """This process's ``(epoch, index)`` pairs for one epoch, from batch ``start_batch`` on.
-
-    The permutation is padded (repeating its start) to a multiple of the world size, as
-    DistributedSampler does, so every process runs the same number of steps; rank r takes every
-    world_size-th image. The last, partial batch is kept (as the authors' loader does), unless it would
-    hold a single image, on which BatchNorm cannot train.
-    """
-
-    def __init__(self, size: int, batch_per_process: int, rank: int, world_size: int, seed: int) -> None:
-        self.size = size
-        self.batch = batch_per_process
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = seed
-        per_process = math.ceil(size / world_size)
-        self.steps_per_epoch = per_process // self.batch + (per_process % self.batch > 1)
-        if self.steps_per_epoch == 0:
-            raise SubsetError(
-                f"{size} labelled images over {world_size} processes leave one per process: too few to train"
-            )
-        self.per_process = min(per_process, self.steps_per_epoch * self.batch)
-        self.epoch = 0
-        self.start_batch = 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch = epoch
-        self.start_batch = start_batch
-
-    def __iter__(self):
-        seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(seed))
-        total = self.world_size * math.ceil(self.size / self.world_size)
-        padded = order.repeat(math.ceil(total / self.size))[:total]
-        mine = padded[self.rank :: self.world_size][: self.per_process][self.start_batch * self.batch :]
-        return iter([(self.epoch, index) for index in mine.tolist()])
-
-    def __len__(self) -> int:
-        return self.per_process - self.start_batch * self.batch
+def epoch_order(size: int, batch_per_process: int, rank: int, world_size: int, seed: int) -> EpochSampler:
+    """This process's share of each epoch's permutation of the ``size`` labelled images, seeded by
+    (seed, epoch): every image, every epoch, the last partial batch kept (:mod:`lowssl.sampler`,
+    ``remainder="pad"``)."""
+    order = EpochSampler(
+        size, batch_per_process, rank, world_size, seed, seed_rule=seed_sequence, remainder="pad"
+    )
+    if order.steps_per_epoch == 0:
+        raise SubsetError(
+            f"{size} labelled images over {world_size} processes leave one per process: too few to train"
+        )
+    return order

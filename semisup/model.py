@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from lowssl.backbones import get_spec
 from lowssl.checkpoints import OpenedCheckpoint
-from pretrain.methods.dino import projection_layers
+from lowssl.errors import BadInput
+from lowssl.heads import projection_layers
 
 NEW_HEAD_HINT = (
     "Either fine-tune with new, randomly initialised MLP layers in its place (--new-head; the authors' "
@@ -26,7 +27,7 @@ NEW_HEAD_HINT = (
 )
 
 
-class HeadError(ValueError):
+class HeadError(BadInput, ValueError):
     """The checkpoint has no DINO projection head to put the classifier on; the message says what to do."""
 
 

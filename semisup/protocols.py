@@ -17,13 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lowssl import schedules
-from lowssl.config import ConfigError, apply_overrides, from_dict, read_yaml, require
+from lowssl import protocols, schedules
+from lowssl.config import require
 from lowssl.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-#: The batch size the linear scaling rule refers to: lr = base_lr * batch_size / 256 (paper App. A).
-LR_REFERENCE_BATCH = 256
 
 
 @dataclass
@@ -36,7 +34,7 @@ class SemisupProtocol:
     epochs_10pct: int
     batch_size: int  # global over all processes
     base_lr: float
-    lr_batch_scaling: bool = True  # lr = base_lr * batch_size / 256
+    lr_batch_scaling: bool = True  # lr = base_lr * batch_size / 256 (paper App. A)
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 0.0
@@ -80,7 +78,7 @@ class SemisupProtocol:
         return {"1pct": self.epochs_1pct, "10pct": self.epochs_10pct}[subset]
 
     def peak_lr(self) -> float:
-        return self.base_lr * self.batch_size / LR_REFERENCE_BATCH if self.lr_batch_scaling else self.base_lr
+        return protocols.scaled_lr(self.base_lr, self.batch_size, self.lr_batch_scaling)
 
     def epoch_lr(self, epoch: int, epochs: int) -> float:
         """The LR of 0-based ``epoch`` of ``epochs``: cosine from the peak to final_lr, or steps."""
@@ -90,16 +88,14 @@ class SemisupProtocol:
 
 
 def available() -> list[str]:
-    return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
+    """Names of the protocols under ``semisup/configs/``."""
+    return protocols.available(CONFIG_DIR)
 
 
 def load_protocol(name: str, overrides: list[str] | None = None) -> SemisupProtocol:
-    """The protocol ``name`` with ``key=value`` overrides applied (strict)."""
-    names = available()
-    if name not in names:
-        raise ConfigError(f"unknown semi-supervised protocol '{name}'; allowed values: {', '.join(names)}")
-    path = CONFIG_DIR / f"{name}.yaml"
-    data = apply_overrides(read_yaml(path), overrides or [])
-    if data.get("name") != name:
-        raise ConfigError(f"config key 'name': protocol file {path.name} must keep name '{name}'")
-    return from_dict(SemisupProtocol, data)
+    """The protocol ``name`` with ``key=value`` overrides applied (strict). Its name and
+    ``paper_protocol`` stay the file's: semisup/report.py derives them when it records the run (the
+    subset's epochs and --max-steps count there, the other subset's epochs do not)."""
+    return protocols.load_protocol(
+        CONFIG_DIR, name, SemisupProtocol, overrides, what="semi-supervised protocol", derive=False
+    )

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lowssl.errors import BadInput
 from lowssl.io import atomic_write_text, sha256_file
 
 SUBSETS = {"1pct": 0.01, "10pct": 0.1}
@@ -39,7 +40,7 @@ LIST_FORMAT_HELP = (
 )
 
 
-class SubsetError(ValueError):
+class SubsetError(BadInput, ValueError):
     """A subset list does not fit the dataset; the message names the list and the problem."""
 
 

@@ -18,10 +18,10 @@ import pytest
 import torch
 from yacs.config import CfgNode
 
-from evaluate.inspect_cmd import inspect_main
 from lowssl.backbones import build_backbone, get_spec
 from lowssl.checkpoints import CheckpointLayoutError, Provenance, formats, open_checkpoint
 from lowssl.checkpoints.formats import SAFE_GLOBALS, SSLIGHT_RESNET_CHILDREN
+from lowssl.evaluate.inspect_cmd import inspect_main
 from lowssl.io import CheckpointError, load_checkpoint
 
 CNNS = ("mobilenet_v2", "resnet18")
@@ -432,7 +432,7 @@ def test_wrong_forced_format_fails_clearly(tmp_path, backbones):
     ):
         open_checkpoint(path, fmt="swav")
     with pytest.raises(
-        CheckpointLayoutError, match="unknown checkpoint format 'nope'; known formats: lowssl"
+        CheckpointLayoutError, match=r"unknown checkpoint format 'nope'\..* Allowed values: .*lowssl, moco"
     ):
         open_checkpoint(path, fmt="nope")
 
@@ -540,8 +540,8 @@ def test_provenance_is_read_from_lowssl_files_only(tmp_path, backbones):
 
 
 def test_evaluate_and_detection_read_a_checkpoint_once(tmp_path, backbones, torch_loads):
-    from detection.convert import convert_checkpoint
-    from evaluate.__main__ import build_parser, load_subject
+    from lowssl.detection.convert import convert_checkpoint
+    from lowssl.evaluate.__main__ import build_parser, load_subject
 
     path = str(save(tmp_path, write_lowssl(backbones("resnet18"), "resnet18")[0]))
     subject = load_subject(build_parser().parse_args(["knn", "--checkpoint", path]), image_size=32)

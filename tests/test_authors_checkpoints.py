@@ -16,9 +16,9 @@ from detectron2.config import CfgNode as Detectron2CfgNode
 from fvcore.common.config import CfgNode as FvcoreCfgNode
 from yacs.config import CfgNode as YacsCfgNode
 
-from evaluate.inspect_cmd import inspect_main
 from lowssl.backbones import build_backbone
 from lowssl.checkpoints.formats import SAFE_GLOBALS
+from lowssl.evaluate.inspect_cmd import inspect_main
 from lowssl.io import CheckpointError, load_checkpoint
 from tests.test_adapters import save, write_sslight
 

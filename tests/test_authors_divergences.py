@@ -12,9 +12,9 @@ from torch import nn
 from lowssl.backbones import build_backbone
 from lowssl.checkpoints import schema
 from lowssl.config import ConfigError, load
-from pretrain.config import PretrainConfig
-from pretrain.methods import RunLayout, SwAV, SwavConfig
-from pretrain.train import build_run_method, train
+from lowssl.pretrain.config import PretrainConfig
+from lowssl.pretrain.methods import RunLayout, SwAV, SwavConfig
+from lowssl.pretrain.train import build_run_method, train
 
 CONFIGS = Path(__file__).resolve().parent.parent / "pretrain" / "configs"
 # Heads this small build in milliseconds; neither the stochastic depth nor the queue's rows depend on them.

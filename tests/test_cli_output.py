@@ -36,7 +36,7 @@ def _pretrain(tmp_path: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "pretrain",
+        "lowssl.pretrain",
         "--config",
         str(TINY["dino"]),
         *tiny_overrides(tmp_path),
@@ -135,7 +135,16 @@ def test_progress_is_plain_lines_in_a_log_and_a_bar_on_a_terminal(tmp_path):
 
 def _linear(tmp_path: Path, data: Path, *extra: str) -> list[str]:
     return [
-        *(sys.executable, "-m", "evaluate", "linear", "--raw-pixels", "--protocol", "fast_tiny", "epochs=30"),
+        *(
+            sys.executable,
+            "-m",
+            "lowssl.evaluate",
+            "linear",
+            "--raw-pixels",
+            "--protocol",
+            "fast_tiny",
+            "epochs=30",
+        ),
         *("--dataset", "imagefolder", "--data-root", str(data), "--workers", "0", "--device", "cpu"),
         *("--output-dir", str(tmp_path / "out"), "--records-dir", str(tmp_path / "records"), "--no-cache"),
         *extra,
@@ -185,7 +194,7 @@ def test_quiet_detection_prints_its_closing_line_only(tmp_path):
     helpers = pytest.importorskip("test_detection", reason="detection needs Detectron2")
     root = helpers.generate(tmp_path / "det", helpers.DATASET_SPEC)
     run, records = tmp_path / "run", tmp_path / "records"
-    command = [sys.executable, "-m", "detection", "train", "--config", str(helpers.TINY["resnet18"])]
+    command = [sys.executable, "-m", "lowssl.detection", "train", "--config", str(helpers.TINY["resnet18"])]
     command += ["--weights", "none", "--output-dir", str(run), "--records-dir", str(records), "--quiet"]
     command += [*helpers.dataset_opts(root), *helpers.SMALL_SAMPLING]
     command += ["SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "2"]
@@ -203,7 +212,7 @@ def test_a_finished_semisup_run_is_already_complete(tmp_path):
     top-1 25.00 -> 12.50 on the same command)."""
     from test_semisup import smoke
 
-    from semisup.train import finetune
+    from lowssl.semisup.train import finetune
 
     args = smoke(tmp_path, checkpoint=None, random_init=True, arch="resnet18")
     first = finetune(args)

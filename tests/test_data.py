@@ -164,13 +164,38 @@ def test_unknown_dataset_lists_allowed_values():
         build_dataset("imagenet21k", "train")
 
 
+def test_a_registered_dataset_is_one_the_stages_and_the_pretrain_config_accept():
+    from lowssl.config import ConfigError
+    from lowssl.data import DATASETS, register_dataset
+    from lowssl.pretrain.config import DataConfig
+
+    with pytest.raises(
+        ConfigError, match=r"config key 'dataset': unknown dataset 'fasion-mnist'\. Did you mean"
+    ):
+        DataConfig(dataset="fasion-mnist")
+
+    @register_dataset("tiny-synthetic")
+    def tiny(split, root, image_size, transform):
+        return SyntheticImages(8, image_size=image_size, transform=transform)
+
+    try:
+        assert (
+            "tiny-synthetic" in DATASETS and DataConfig(dataset="tiny-synthetic").dataset == "tiny-synthetic"
+        )
+        assert len(build_dataset("tiny-synthetic", "val")) == 8
+    finally:
+        DATASETS.unregister("tiny-synthetic")
+    with pytest.raises(DatasetError, match="Did you mean 'synthetic'"):
+        build_dataset("tiny-synthetic", "train")
+
+
 def test_val_classes_must_match_train_by_name(tmp_path, capsys):
     """train a,b / val a,c: c would silently take b's label; refused, naming both differences."""
     _tree(tmp_path / "train", {"a": 2, "b": 2})
     _tree(tmp_path / "val", {"a": 2, "c": 2})
     with pytest.raises(DatasetError, match="only in train/: b; only in val/: c"):
         build_dataset("imagefolder", "val", root=tmp_path)
-    from evaluate.__main__ import main as evaluate_main
+    from lowssl.evaluate.__main__ import main as evaluate_main
 
     argv = [
         "linear",

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 # Importing `detection` first applies its compatibility layer, which detectron2's imports need.
 # isort: off
-from detection import compat
+from lowssl.detection import compat
 
 # isort: on
 import argparse
 import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +28,14 @@ from detectron2.utils.events import EventStorage
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
-from detection.__main__ import main
-from detection.config import CONFIG_DIR, config_arch, load_config
-from detection.convert import BACKBONE_PREFIX, ConversionError, check_loads, resnet_to_detectron2
-from detection.datasets import ensure_fmnist_det, register, validate_coco_json
-from detection.fmnist_det import FmnistDetSpec, annotation_file, generate, image_root
-from detection.train import result_records, setup, weights_source
 from lowssl.backbones import build_backbone
 from lowssl.data import DatasetError
+from lowssl.detection.__main__ import main
+from lowssl.detection.config import CONFIG_DIR, config_arch, load_config
+from lowssl.detection.convert import BACKBONE_PREFIX, ConversionError, check_loads, resnet_to_detectron2
+from lowssl.detection.datasets import ensure_fmnist_det, register, validate_coco_json
+from lowssl.detection.fmnist_det import FmnistDetSpec, annotation_file, generate, image_root
+from lowssl.detection.train import result_records, setup, weights_source
 from lowssl.io import sha256_file
 from lowssl.records import read_records, recorded_budget
 
@@ -115,6 +117,21 @@ def test_configs_follow_the_paper_schedules():
     assert config_arch(resnet) == "resnet34" and config_arch(authors) == "mobilenet_v2"
 
 
+def test_the_architectures_detection_takes_have_a_registered_builder_and_load_without_detectron2():
+    from detectron2.modeling import BACKBONE_REGISTRY
+
+    from lowssl.detection.archs import ARCH_CONFIGS, architectures
+
+    assert architectures() == ("mobilenet_v2", "resnet18", "resnet34")
+    for arch in architectures():
+        cfg = load_config(ARCH_CONFIGS[arch])
+        assert config_arch(cfg) == arch and BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)
+    # Other stages ask which architectures detection takes without loading Detectron2.
+    probe = "import sys; from lowssl.detection.archs import architectures; architectures(); "
+    probe += "assert 'detectron2' not in sys.modules, 'detectron2 imported'"
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=120)
+
+
 def _sample(seed: int, size: int = 80):
     generator = torch.Generator().manual_seed(seed)
     image = torch.randint(0, 255, (3, size, size), dtype=torch.uint8, generator=generator)
@@ -161,7 +178,7 @@ def test_backbone_trains_one_step_and_infers_in_mask_rcnn_fpn(name):
 
 
 def test_mobilenet_v2_stages_match_the_paper():
-    from detection.backbones import MobileNetV2
+    from lowssl.detection.backbones import MobileNetV2
 
     shapes = MobileNetV2().output_shape()
     assert {name: (s.stride, s.channels) for name, s in shapes.items()} == {
@@ -337,7 +354,7 @@ def test_train_refuses_a_damaged_lowssl_entry_in_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"error: weights file {damaged}: its lowssl entry (what the weights came from) is damaged: arch is "
         "missing; pretrain_epochs is '3', not a whole number; convert the checkpoint again with `python -m "
-        "detection convert`\n"
+        "lowssl.detection convert`\n"
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 # Importing `detection` first applies its compatibility layer, which detectron2's imports need.
 # isort: off
-from detection import compat  # noqa: F401
+from lowssl.detection import compat  # noqa: F401
 
 # isort: on
 import json
@@ -15,10 +15,10 @@ from detectron2.modeling import build_backbone, build_model
 from test_detection import dataset_opts
 from torch import nn
 
-from detection.config import CONFIG_DIR, load_config
-from detection.datasets import check_polygon_masks, prepare_datasets
-from detection.fmnist_det import FmnistDetSpec, annotation_file, generate
 from lowssl.data import DatasetError
+from lowssl.detection.config import CONFIG_DIR, load_config
+from lowssl.detection.datasets import check_polygon_masks, prepare_datasets
+from lowssl.detection.fmnist_det import FmnistDetSpec, annotation_file, generate
 
 MOBILENET_COCO = sorted(
     path

@@ -6,7 +6,7 @@ import types
 import pytest
 import torch
 
-from detection import compat  # applies the layer before any detectron2 import
+from lowssl.detection import compat  # applies the layer before any detectron2 import
 
 
 def _mask_rcnn_r18_fpn():

@@ -1,11 +1,11 @@
-"""``python -m pretrain --dry-run`` / ``--print-config``: the run's shape before it starts, nothing written."""
+"""``python -m lowssl.pretrain --dry-run`` / ``--print-config``: the run's shape before it starts, nothing written."""
 
 from __future__ import annotations
 
 import pytest
 import yaml
 
-from pretrain.train import main
+from lowssl.pretrain.__main__ import main
 
 CONFIG = "pretrain/configs/tiny/dino_resnet18_ours.yaml"
 SMALL = ["data.dataset=synthetic", "data.subset=null", "monitor.held_out_per_class=2", "batch_size=8"]

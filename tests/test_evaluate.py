@@ -14,12 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-import evaluate.__main__ as cli
-import evaluate.features
-from evaluate.linear import LinearHead, build_optimizer, epoch_lr
-from evaluate.protocols import available, load_protocol
+import lowssl.evaluate.__main__ as cli
+import lowssl.evaluate.features
+import lowssl.evaluate.kinds
+import lowssl.evaluate.run
 from lowssl.backbones import build_backbone
 from lowssl.config import ConfigError
+from lowssl.evaluate.linear import LinearHead, build_optimizer, epoch_lr
+from lowssl.evaluate.protocols import available, load_protocol
+from lowssl.evaluate.splits import build_splits
 from lowssl.io import atomic_torch_save, sha256_file
 from lowssl.records import COLUMNS, read_records
 
@@ -49,7 +52,7 @@ def checkpoint(tmp_path_factory):
 
 
 def run(tmp_path, *args, records="records"):
-    """``python -m evaluate`` in this process on the synthetic set (64 train / 32 val images, 4 classes)."""
+    """``python -m lowssl.evaluate`` in this process on the synthetic set (64 train / 32 val images, 4 classes)."""
     common = [
         "--dataset",
         "synthetic",
@@ -200,7 +203,7 @@ def test_held_out_split_and_subsets_define_the_evaluation_set():
         train_subset=20,
         eval_subset=None,
     )
-    train, evaluation, label = cli.build_splits(args, 32)
+    train, evaluation, label = build_splits(args, 32)
     assert (len(train), len(evaluation), label) == (20, 16, "synthetic/held-out-4pc/train20")
     assert evaluation.split == "train" and not set(train.indices) & set(evaluation.indices)
     assert torch.bincount(evaluation.labels).tolist() == [4, 4, 4, 4]
@@ -238,7 +241,9 @@ def test_feature_cache_is_hit_and_no_cache_recomputes(tmp_path, checkpoint, monk
         run(tmp_path, "linear", "--checkpoint", str(checkpoint), "--protocol", "fast_tiny", "epochs=5") == 0
     )
     calls = []
-    monkeypatch.setattr(evaluate.features, "extract_features", lambda *a, **k: calls.append(1) or 1 / 0)
+    monkeypatch.setattr(
+        lowssl.evaluate.features, "extract_features", lambda *a, **k: calls.append(1) or 1 / 0
+    )
     # another records folder: the stored result is not found, the cached features are
     assert (
         run(
@@ -274,7 +279,7 @@ def test_stored_result_is_printed_instead_of_recomputed(tmp_path, checkpoint, mo
     first = read_records(tmp_path / "records")
     assert sorted(first.metric) == ["knn1_top1", "knn_top1"] and set(first.branch) == {"teacher"}
     capsys.readouterr()
-    monkeypatch.setattr(cli, "knn_evaluate", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(lowssl.evaluate.kinds, "knn_evaluate", lambda *a, **k: 1 / 0)
     assert run(tmp_path, *args) == 0
     assert "stored" in capsys.readouterr().out
     with pytest.raises(ZeroDivisionError):
@@ -419,13 +424,13 @@ def test_random_init_baseline(tmp_path):
 
 def test_raw_pixels_floor_is_the_flattened_crops(tmp_path, monkeypatch):
     seen = {}
-    knn = cli.knn_evaluate
+    knn = lowssl.evaluate.kinds.knn_evaluate
 
     def spy(bank, *args, **kwargs):
         seen["bank"] = bank
         return knn(bank, *args, **kwargs)
 
-    monkeypatch.setattr(cli, "knn_evaluate", spy)
+    monkeypatch.setattr(lowssl.evaluate.kinds, "knn_evaluate", spy)
     assert run(tmp_path, "knn", "--raw-pixels", "--protocol", "knn_tiny") == 0
     assert seen["bank"].shape == (64, 3 * 32 * 32)  # knn_tiny's 32-px crops of the 64 training images
     row = read_records(tmp_path / "records").iloc[0]
@@ -503,7 +508,7 @@ def test_two_processes_extract_the_same_features_in_order(tmp_path, checkpoint):
         "--nproc_per_node=2",
         "--master_port=29533",
         "-m",
-        "evaluate",
+        "lowssl.evaluate",
         *common,
         "--output-dir",
         str(tmp_path / "ddp"),
@@ -525,7 +530,7 @@ def test_two_processes_extract_the_same_features_in_order(tmp_path, checkpoint):
 
 
 def test_bn_recalibrated_floor_re_estimates_statistics_and_keeps_weights(tmp_path, monkeypatch):
-    from evaluate.features import recalibrate_bn
+    from lowssl.evaluate.features import recalibrate_bn
 
     seen = {}
     original = recalibrate_bn
@@ -541,7 +546,7 @@ def test_bn_recalibrated_floor_re_estimates_statistics_and_keeps_weights(tmp_pat
         seen["used"] = used
         return used
 
-    monkeypatch.setattr(cli, "recalibrate_bn", spy)
+    monkeypatch.setattr(lowssl.evaluate.run, "recalibrate_bn", spy)
     args = ("knn", "--random-init", "--arch", "resnet18", "--protocol", "knn_tiny", "--seed", "2")
     assert run(tmp_path, *args, "--recalibrate-bn") == 0 and run(tmp_path, *args) == 0
     assert seen == {"weights_same": True, "stats_moved": True, "used": 64}  # all 64 synthetic training images

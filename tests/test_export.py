@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from evaluate.__main__ import main as evaluate_main
 from lowssl import load_backbone
 from lowssl.backbones import build_backbone
 from lowssl.checkpoints import CheckpointLayoutError, open_checkpoint
+from lowssl.evaluate.__main__ import main as evaluate_main
 from lowssl.export import export_backbone, target_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,10 +17,11 @@ from conftest import fill_disk, small_tmpfs
 from test_pretrain_engine import REPO, TINY, tiny_overrides
 
 from lowssl.config import load
-from pretrain.config import PretrainConfig
-from pretrain.train import train
-from semisup.__main__ import main as semisup_main
-from semisup.train import FinetuneArgs, NonFiniteWeightsError, finetune
+from lowssl.pretrain.config import PretrainConfig
+from lowssl.pretrain.train import train
+from lowssl.semisup.__main__ import main as semisup_main
+from lowssl.semisup.run_state import NonFiniteWeightsError
+from lowssl.semisup.train import FinetuneArgs, finetune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,7 +46,7 @@ def _fashion_overrides(tmp_path: Path, **extra) -> list[str]:
 
 
 def _pretrain(*arguments) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pretrain", *arguments]
+    command = [sys.executable, "-m", "lowssl.pretrain", *arguments]
     return subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
 
 
@@ -194,7 +195,7 @@ def test_evaluate_on_a_full_records_disk_prints_and_keeps_the_result(tmp_path):
     """Before: an ENOSPC traceback, and the computed result was neither printed nor saved."""
     common = ["--raw-pixels", "--protocol", "knn_tiny", "--dataset", "synthetic", "--workers", "0"]
     cache = ["--cache-dir", str(tmp_path / "feature-cache")]  # features: on a disk with room
-    command = [sys.executable, "-m", "evaluate", "knn", *common, *cache, "--device", "cpu"]
+    command = [sys.executable, "-m", "lowssl.evaluate", "knn", *common, *cache, "--device", "cpu"]
     with small_tmpfs(tmp_path / "disk") as disk:
         fill_disk(disk)
         # the run folder on another disk: the result is printed and kept there

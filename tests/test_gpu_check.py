@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.gpu_check import FULL, SMALL, main, window_rates, workers_that_fit_shared_memory
+from lowssl.benchmarks.gpu_check import FULL, SMALL, main, window_rates, workers_that_fit_shared_memory
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ def test_without_a_gpu_the_full_check_refuses_in_one_line(tmp_path, capsys, monk
 
 @pytest.mark.slow  # a real pretrain run, the step benchmark and the loader: 34 s (load 3) to 57 s (load 10) here
 def test_the_small_check_measures_a_real_run_the_step_and_the_loader(tmp_path):
-    command = [sys.executable, "-m", "benchmarks.gpu_check", "--small", "--out", str(tmp_path)]
+    command = [sys.executable, "-m", "lowssl.benchmarks.gpu_check", "--small", "--out", str(tmp_path)]
     command += ["--backbones", "resnet18", "--precisions", "fp32", "--data-paths", "cpu multi-crop"]
     subprocess.run(command, cwd=REPO, check=True, timeout=300)
     report = json.loads((tmp_path / "gpu_check.json").read_text())

@@ -7,11 +7,18 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from lowssl.config import from_dict
-from pretrain.views import CropViews, GpuViewAugment, ViewPlan, ViewsConfig, collate_views, resolve_views
-from pretrain.views.config import BLUR_KERNEL
-from pretrain.views.cpu import resized_crop, uint8_rgb
-from pretrain.views.gpu import adjust_hue, gaussian_blur
-from pretrain.views.sampler import crop_box
+from lowssl.pretrain.views import (
+    CropViews,
+    GpuViewAugment,
+    ViewPlan,
+    ViewsConfig,
+    collate_views,
+    resolve_views,
+)
+from lowssl.pretrain.views.config import BLUR_KERNEL
+from lowssl.pretrain.views.cpu import resized_crop, uint8_rgb
+from lowssl.pretrain.views.gpu import adjust_hue, gaussian_blur
+from lowssl.pretrain.views.sampler import crop_box
 
 MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
 STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)

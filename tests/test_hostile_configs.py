@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from lowssl.config import ConfigError, from_dict, load
-from pretrain.config import PretrainConfig
-from pretrain.views import ViewsConfig
-from pretrain.views.config import resolve_local_size
+from lowssl.pretrain.config import PretrainConfig
+from lowssl.pretrain.views import ViewsConfig
+from lowssl.pretrain.views.config import resolve_local_size
 
 REPO = Path(__file__).resolve().parent.parent
 PRETRAIN_CONFIG = REPO / "pretrain/configs/tiny/dino_resnet18_ours.yaml"  # GC 32, LC 18
@@ -40,11 +40,11 @@ def _pretrain(tmp: Path, elsewhere: Path, hostile: str, via_base: bool, print_co
     if via_base:
         config = tmp / "top.yaml"
         config.write_text(f"_base_: {evil}\nepochs: 1\n")
-    return ["pretrain", "--config", str(config), f"output_dir={tmp / 'run'}"], evil
+    return ["lowssl.pretrain", "--config", str(config), f"output_dir={tmp / 'run'}"], evil
 
 
 def _pretrain_override(tmp: Path, elsewhere: Path, hostile: str, via_base: bool, print_config: bool):
-    return ["pretrain", "--config", str(PRETRAIN_CONFIG), f"seed={hostile}"], "override 'seed="
+    return ["lowssl.pretrain", "--config", str(PRETRAIN_CONFIG), f"seed={hostile}"], "override 'seed="
 
 
 def _protocol_stage(stage: str, kind: str, command: list[str]):
@@ -52,7 +52,8 @@ def _protocol_stage(stage: str, kind: str, command: list[str]):
     protocol is dropped into a copy of the package, which ``python -m`` then runs."""
 
     def build(tmp: Path, elsewhere: Path, hostile: str, via_base: bool, print_config: bool):
-        package = tmp / stage
+        shutil.copytree(REPO / "lowssl", tmp / "lowssl", ignore=shutil.ignore_patterns("__pycache__"))
+        package = tmp / "lowssl" / stage
         shutil.copytree(REPO / stage, package, ignore=shutil.ignore_patterns("__pycache__"))
         evil = elsewhere / "evil.yaml"
         evil.write_text(f"{kind}note: {hostile}\n")
@@ -62,7 +63,7 @@ def _protocol_stage(stage: str, kind: str, command: list[str]):
         else:
             protocol.write_text(evil.read_text() + "name: hostile\n")
             evil = protocol
-        return [stage, *command, "--protocol", "hostile"], evil
+        return [f"lowssl.{stage}", *command, "--protocol", "hostile"], evil
 
     return build
 
@@ -74,7 +75,7 @@ def _detection(tmp: Path, elsewhere: Path, hostile: str, via_base: bool, print_c
     if via_base:
         config = tmp / "top.yaml"
         config.write_text(f"_BASE_: {evil}\nSOLVER:\n  MAX_ITER: 1\n")
-    command = ["detection", "train", "--config", str(config), "--weights", "none"]
+    command = ["lowssl.detection", "train", "--config", str(config), "--weights", "none"]
     return [*command, "--output-dir", str(tmp / "out"), "--records-dir", str(tmp / "records")], evil
 
 

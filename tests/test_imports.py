@@ -2,7 +2,10 @@ import importlib
 
 import pytest
 
-STAGES = ["lowssl", "pretrain", "evaluate", "semisup", "detection", "results"]
+STAGES = [
+    "lowssl",
+    *(f"lowssl.{stage}" for stage in ("pretrain", "evaluate", "semisup", "detection", "results")),
+]
 
 
 @pytest.mark.parametrize("package", STAGES)

@@ -10,7 +10,7 @@ from torch import nn
 
 from lowssl import backbones
 from lowssl.config import ConfigError
-from pretrain.methods import (
+from lowssl.pretrain.methods import (
     DINO,
     DinoConfig,
     MoCo,
@@ -24,9 +24,9 @@ from pretrain.methods import (
     multicrop_forward,
     register_method,
 )
-from pretrain.methods.dino import DINOLoss
-from pretrain.methods.moco import MoCoLoss
-from pretrain.methods.swav import SwAVLoss, sinkhorn
+from lowssl.pretrain.methods.dino import DINOLoss
+from lowssl.pretrain.methods.moco import MoCoLoss
+from lowssl.pretrain.methods.swav import SwAVLoss, sinkhorn
 
 B, N_LOCAL = 2, 3
 FEATURE_DIM = 8

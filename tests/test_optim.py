@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from lowssl.config import ConfigError, from_dict, load
-from pretrain.config import PretrainConfig
-from pretrain.optim import (
+from lowssl.pretrain.config import PretrainConfig
+from lowssl.pretrain.optim import (
     LARS,
     OptimConfig,
     build_optimizer,

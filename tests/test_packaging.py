@@ -74,3 +74,70 @@ def test_console_script_help_exits_zero(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+STAGE_FOLDERS = ("pretrain", "evaluate", "semisup", "detection", "results", "benchmarks")
+# Top-level names the field's own tools install (Hugging Face's `evaluate`) or a user's project may
+# hold; lowssl must import and run beside every one of them.
+FOREIGN = (*STAGE_FOLDERS, "tests")
+
+
+def test_every_stage_folder_is_installed_under_lowssl_and_none_is_missing():
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {"lowssl": "lowssl", **{f"lowssl.{s}": s for s in STAGE_FOLDERS}}
+    holding_files = {
+        ".".join(folder.relative_to(REPO).parts)
+        for top in ("lowssl", *STAGE_FOLDERS)
+        for folder in [REPO / top, *(REPO / top).rglob("*")]
+        if folder.is_dir()
+        and "__pycache__" not in folder.parts
+        and any(f.suffix in (".py", ".yaml", ".csv", ".md") for f in folder.iterdir())
+    }
+    wanted = {name if name.startswith("lowssl") else f"lowssl.{name}" for name in holding_files}
+    assert set(setuptools["packages"]) == wanted, "pyproject.toml's [tool.setuptools] packages"
+
+
+def test_no_module_imports_a_stage_by_a_generic_top_level_name():
+    """Inside lowssl a stage is ``lowssl.evaluate``, never ``evaluate`` (which may be Hugging Face's)."""
+    import ast
+
+    offenders = []
+    for path in REPO.glob("*/**/*.py"):
+        if ".venv" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            offenders += [f"{path}:{node.lineno}: {n}" for n in names if n.split(".")[0] in STAGE_FOLDERS]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_lowssl_runs_beside_foreign_packages_of_the_same_names(tmp_path):
+    """A real process, outside the checkout, with a foreign ``evaluate``, ``results``, ``detection``...
+    first on the path (as Hugging Face's ``evaluate`` is in any ``transformers`` environment): every
+    console script and ``python -m lowssl.<stage>`` still runs lowssl's, and ``import evaluate`` is
+    still the foreign one."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    for name in FOREIGN:
+        (site / name).mkdir(parents=True)
+        (site / name / "__init__.py").write_text(f"FOREIGN = {name!r}\n")
+        (site / name / "__main__.py").write_text("raise SystemExit('the foreign package ran')\n")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    probe = "; ".join(f"import {n}; assert {n}.FOREIGN == {n!r}, {n}.__file__" for n in FOREIGN)
+    probe += "; import lowssl.evaluate.__main__, lowssl.results.__main__, lowssl.detection.config"
+    commands = [[sys.executable, "-c", probe]]
+    commands += [[shutil.which(name, path=Path(sys.executable).parent) or name, "--help"] for name in SCRIPTS]
+    commands += [[sys.executable, "-m", f"lowssl.{stage}", "--help"] for stage in STAGE_FOLDERS[:5]]
+    for command in commands:
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and "foreign" not in result.stderr, (command, result.stderr[-2000:])

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision
 
-import evaluate.__main__ as cli
+import lowssl.evaluate.__main__ as cli
 from lowssl.checkpoints import CheckpointLayoutError, open_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -19,7 +19,7 @@ STAGES = {"knn": ["--protocol", "knn_tiny"], "linear": ["--protocol", "fast_tiny
 
 
 def evaluate_args(tmp_path, stage: str, *args: str) -> list[str]:
-    """``python -m evaluate STAGE`` on the synthetic set (64 train / 32 val images), CPU, no workers."""
+    """``python -m lowssl.evaluate STAGE`` on the synthetic set (64 train / 32 val images), CPU, no workers."""
     return [
         stage,
         *STAGES[stage],
@@ -62,7 +62,7 @@ def test_weights_of_another_architecture_are_refused_with_the_keys_and_the_fix(t
         [
             sys.executable,
             "-m",
-            "evaluate",
+            "lowssl.evaluate",
             *evaluate_args(tmp_path, "knn", "--checkpoint", str(resnet34_file), "--arch", "resnet18"),
         ],
         cwd=REPO,
@@ -142,7 +142,7 @@ def test_finite_weights_whose_features_overflow_are_refused(tmp_path, stage, cap
 
 
 def test_semisup_refuses_another_architectures_weights_before_writing(tmp_path, resnet34_file, capsys):
-    from semisup.__main__ import main as semisup_main
+    from lowssl.semisup.__main__ import main as semisup_main
 
     run_dir = tmp_path / "run"
     args = ["finetune", "--checkpoint", str(resnet34_file), "--arch", "resnet18", "--new-head"]

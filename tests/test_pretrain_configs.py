@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from lowssl.config import load
-from pretrain.config import PretrainConfig
+from lowssl.pretrain.config import PretrainConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "pretrain" / "configs"
 

@@ -16,11 +16,14 @@ import yaml
 from lowssl.checkpoints import schema
 from lowssl.config import ConfigError, load
 from lowssl.data import DatasetError
+from lowssl.pretrain.__main__ import main
+from lowssl.pretrain.config import PretrainConfig
+from lowssl.pretrain.methods import get_method, methods
+from lowssl.pretrain.optim import StepValues
+from lowssl.pretrain.run_logger import RunLogger
+from lowssl.pretrain.train import timed, train
 from lowssl.records import read_records
-from pretrain.config import PretrainConfig
-from pretrain.methods import get_method, methods
-from pretrain.optim import StepValues
-from pretrain.train import NonFiniteLossError, ResumeError, RunLogger, main, timed, train
+from lowssl.stopping import NonFiniteLossError, ResumeError
 
 REPO = Path(__file__).resolve().parent.parent
 # Every registered method's tiny MobileNetV2 preset, run at its registration's smoke sizes.
@@ -299,7 +302,7 @@ def test_two_process_gloo_ddp_runs_on_cpu(tmp_path):
         "--nproc_per_node=2",
         "--master_port=29517",
         "-m",
-        "pretrain",
+        "lowssl.pretrain",
         "--config",
         str(TINY["dino"]),
         *tiny_overrides(tmp_path, max_steps=2),

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from detection.__main__ import main as detection_main
-from evaluate.__main__ import main as evaluate_main
-from semisup.__main__ import main as semisup_main
+from lowssl.detection.__main__ import main as detection_main
+from lowssl.evaluate.__main__ import main as evaluate_main
+from lowssl.semisup.__main__ import main as semisup_main
 
 
 def test_evaluate_prints_the_resolved_protocol(tmp_path, capsys):

@@ -204,7 +204,7 @@ def with_print_config(module: str, argv: list[str], namespace: argparse.Namespac
     REMAINDER after the flags). For detection, an absent ``--weights`` file is replaced by ``none``:
     only the config and its keys are checked."""
     argv = list(argv)
-    if module == "detection" and getattr(namespace, "weights", "none") != "none":
+    if module == "lowssl.detection" and getattr(namespace, "weights", "none") != "none":
         weights = Path(namespace.weights)
         if not (weights if weights.is_absolute() else REPO / weights).exists():
             argv[argv.index("--weights") + 1] = "none"
@@ -218,7 +218,7 @@ def check_module(module: str, argv: list[str], monkeypatch, capsys) -> None:
         return
     namespace = parse(module, argv, monkeypatch, capsys)
     if module == "lowssl.submit":  # its job is another stage's command line: check that one too
-        check_module(namespace.stage, namespace.stage_args, monkeypatch, capsys)
+        check_module(f"lowssl.{namespace.stage}", namespace.stage_args, monkeypatch, capsys)
         return
     if hasattr(namespace, "print_config") and "--help" not in argv:
         resolved = with_print_config(module, argv, namespace)
@@ -328,12 +328,21 @@ def test_a_renamed_key_or_flag_fails_the_check(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(REPO)
     config = "pretrain/configs/tiny/dino_resnet18_ours.yaml"
     for module, argv in [
-        ("pretrain", ["--config", config, "dataset=imagefolder", "data_root=/path/to/imagenet"]),
-        ("evaluate", ["linear", "--checkpoint", "x.pth", "--protocol", "fast_tiny", "--train-subsett", "9"]),
-        ("evaluate", ["linear", "--checkpoint", "x.pth", "--protocol", "fast_tiny", "--train-sub", "9"]),
-        ("semisup", ["finetune", "--random-init", "--arch", "resnet18", "--subset", "1pct", "epochz=1"]),
+        ("lowssl.pretrain", ["--config", config, "dataset=imagefolder", "data_root=/path/to/imagenet"]),
         (
-            "detection",
+            "lowssl.evaluate",
+            ["linear", "--checkpoint", "x.pth", "--protocol", "fast_tiny", "--train-subsett", "9"],
+        ),
+        (
+            "lowssl.evaluate",
+            ["linear", "--checkpoint", "x.pth", "--protocol", "fast_tiny", "--train-sub", "9"],
+        ),
+        (
+            "lowssl.semisup",
+            ["finetune", "--random-init", "--arch", "resnet18", "--subset", "1pct", "epochz=1"],
+        ),
+        (
+            "lowssl.detection",
             ["train", "--config", "detection/configs/mask_rcnn_resnet18_fpn_tiny.yaml"]
             + ["--weights", "none", "SOLVER.MAX_ITERS", "10"],
         ),

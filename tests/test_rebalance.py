@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lowssl.config import ConfigError, from_dict
-from pretrain.methods import DinoConfig, MocoConfig, SwavConfig, effective_alpha, rebalance
+from lowssl.pretrain.methods import DinoConfig, MocoConfig, SwavConfig, effective_alpha, rebalance
 
 # Dyadic numbers: every sum below is exact in float32, so "exactly" can mean bitwise equal.
 GG = torch.tensor([1.0, 3.0])  # P_gg = 2

@@ -24,10 +24,10 @@ import pytest
 import torch
 from fvcore.common.config import CfgNode as FvcoreCfgNode
 
-from evaluate import inspect_cmd
 from lowssl import released
 from lowssl.backbones import build_backbone
 from lowssl.checkpoints import open_from_arguments
+from lowssl.evaluate import inspect_cmd
 from tests.test_adapters import VIT, WRITERS, save, write_compress, write_seed, write_sslight
 
 # Where each format's layout comes from: the saving code of its repository (owner/repo@commit:path, the

@@ -224,7 +224,7 @@ def test_a_folder_release_is_by_hand_only(tmp_path):
 def test_evaluate_checkpoint_fetches_a_name_and_runs_the_stages_with_its_layout(
     server, monkeypatch, tmp_path
 ):
-    import results.evaluate_checkpoint as evaluate_checkpoint
+    import lowssl.results.evaluate_checkpoint as evaluate_checkpoint
 
     _point_at(monkeypatch, server.url("/ckpt.pth"))
     monkeypatch.setenv(released.CACHE_ENV, str(tmp_path / "cache"))
@@ -239,7 +239,7 @@ def test_evaluate_checkpoint_fetches_a_name_and_runs_the_stages_with_its_layout(
 
 
 def test_evaluate_checkpoint_an_unknown_name_is_one_line_with_a_suggestion(capsys):
-    from results.evaluate_checkpoint import main
+    from lowssl.results.evaluate_checkpoint import main
 
     assert main(["sslight_resnet18_dino_200"]) == 2
     err = capsys.readouterr().err.strip()
@@ -322,8 +322,8 @@ def test_a_record_of_a_released_checkpoint_says_what_its_sha256_was_checked_agai
     """A real `evaluate knn` of a fetched release: its rows say which release and how it was verified."""
     from test_evaluate import _separable_image_folder
 
-    from evaluate.__main__ import main as evaluate_main
     from lowssl.backbones import build_backbone
+    from lowssl.evaluate.__main__ import main as evaluate_main
 
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -359,7 +359,7 @@ def test_every_stated_accuracy_comes_from_the_page_that_publishes_the_url():
 def test_a_distillation_file_claims_a_table_5_row_only_if_its_source_states_that_rows_number():
     """Before: the CompRess files (the CompRess paper's Ours-2q: README 63.0 / 61.7) claimed Table 5's
     CompRess rows, whose 65.8 / 62.6 are its Ours-1q, a model not released."""
-    from results.paper_tables import read_paper_tables
+    from lowssl.results.paper_tables import read_paper_tables
 
     tables = read_paper_tables()
     table5 = tables[(tables.table == 5) & (tables.metric == "linear_top1")]

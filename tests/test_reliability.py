@@ -18,7 +18,7 @@ import torch
 from test_pretrain_engine import REPO, TINY, _final_params, tiny_config, tiny_overrides
 
 from lowssl.checkpoints import schema
-from pretrain.train import train
+from lowssl.pretrain.train import train
 
 # One thread in the subprocesses, and in this process for the runs compared with them (the one_thread
 # fixture): the same kernels on the same thread count, and no OpenMP spinning on a shared machine.
@@ -32,10 +32,10 @@ def _pretrain_command(tmp_path: Path, **extra) -> list[str]:
 
 
 def _kill_while_a_checkpoint_is_written(tmp_path: Path, max_steps: int, deadline_s: float = 60) -> bool:
-    """Start ``python -m pretrain`` (a checkpoint every step) and SIGKILL it once its first
+    """Start ``python -m lowssl.pretrain`` (a checkpoint every step) and SIGKILL it once its first
     ``last.pth`` exists and the next one is being written. True if the kill landed mid-write."""
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "pretrain", *_pretrain_command(tmp_path, max_steps=max_steps)]
+    command = [sys.executable, "-m", "lowssl.pretrain", *_pretrain_command(tmp_path, max_steps=max_steps)]
     log = tmp_path / "pretrain.log"
     run_dir.mkdir(parents=True)
     with open(log, "w") as out:  # a file, not a pipe: a full pipe would stall the run

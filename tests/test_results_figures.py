@@ -9,8 +9,8 @@ import pytest
 from scipy import stats
 
 from lowssl.config import load
-from pretrain.config import PretrainConfig
-from results.figures import BASE, OPTIMUM, TINY_BUDGET, plot, points
+from lowssl.pretrain.config import PretrainConfig
+from lowssl.results.figures import BASE, OPTIMUM, TINY_BUDGET, plot, points
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -82,7 +82,7 @@ def fake_runner(values):
 
 
 def test_each_point_is_the_mean_over_seeds_with_its_interval(tmp_path, monkeypatch):
-    import results.figures as figures
+    import lowssl.results.figures as figures
 
     values = {}
     commands, run_parallel = fake_runner(values)
@@ -103,7 +103,7 @@ def test_each_point_is_the_mean_over_seeds_with_its_interval(tmp_path, monkeypat
 
 
 def test_points_that_are_the_same_experiment_share_one_run(tmp_path, monkeypatch):
-    import results.figures as figures
+    import lowssl.results.figures as figures
 
     values = {}
     commands, run_parallel = fake_runner(values)
@@ -130,7 +130,7 @@ def test_points_that_are_the_same_experiment_share_one_run(tmp_path, monkeypatch
 
 
 def test_runs_side_by_side_stop_at_the_first_failure(tmp_path, capsys):
-    from results.stages import run_parallel
+    from lowssl.results.stages import run_parallel
 
     ok = [sys.executable, "-c", "import os; print('threads', os.environ['OMP_NUM_THREADS'])"]
     fail = [sys.executable, "-c", "raise SystemExit(3)"]

@@ -6,8 +6,8 @@ import pytest
 from scipy import stats
 
 from lowssl.records import Record, read_records, write_records
-from results.gains import EXPERIMENTS, gains_table
-from results.stats import AggregationError
+from lowssl.results.gains import EXPERIMENTS, gains_table
+from lowssl.results.stats import AggregationError
 
 BUDGET = "2000 fashion-mnist images x 1 epochs, batch 64"
 
@@ -66,8 +66,8 @@ def test_one_budget_only(runs_dir):
 def test_every_experiment_has_both_recipes_and_a_paper_gain():
     from pathlib import Path
 
-    from results.gains import PAPER_ROWS
-    from results.paper_tables import read_printed_gains
+    from lowssl.results.gains import PAPER_ROWS
+    from lowssl.results.paper_tables import read_printed_gains
 
     configs = Path(__file__).resolve().parent.parent / "pretrain/configs/tiny"
     printed = read_printed_gains()

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from lowssl.records import Record, RecordsWarning, read_records, write_records
-from results.__main__ import main
-from results.leaderboard import COLUMNS, build_leaderboard, load_leaderboard, summarise_leaderboard
-from results.paper_tables import read_paper_tables
+from lowssl.results.__main__ import main
+from lowssl.results.leaderboard import COLUMNS, build_leaderboard, load_leaderboard, summarise_leaderboard
+from lowssl.results.paper_tables import read_paper_tables
 
 
 def paper_row(**overrides):

@@ -6,8 +6,8 @@ import pytest
 
 from lowssl.checkpoints import schema
 from lowssl.io import atomic_torch_save
-from results.reproduce import arch_of, scales
-from results.stages import finished_run
+from lowssl.results.reproduce import arch_of, scales
+from lowssl.results.stages import finished_run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ def test_finished_runs_are_reused_and_others_resumed(tmp_path):
 
 
 def test_evaluate_checkpoint_refuses_unknown_stages(capsys):
-    from results.evaluate_checkpoint import main
+    from lowssl.results.evaluate_checkpoint import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["some.pth", "--protocols", "linear,segmentation"])
@@ -48,12 +48,12 @@ def test_evaluate_checkpoint_refuses_unknown_stages(capsys):
 
 
 def test_seeds_are_first_class_and_the_table_is_rewritten_after_each(tmp_path, monkeypatch):
-    import results.reproduce as reproduce
+    import lowssl.results.reproduce as reproduce
 
     commands = []
     monkeypatch.setattr(reproduce, "run", lambda command: commands.append(command))
     reproduce.reproduce("tiny", None, 8, tmp_path / "work", tmp_path / "runs", tmp_path, seeds=2)
-    pretrain = [c for c in commands if "pretrain" in c]
+    pretrain = [c for c in commands if "lowssl.pretrain" in c]
     assert len(pretrain) == 2 * 6  # 2 seeds x 3 backbones x (baseline, ours)
     assert {c[c.index("--config") + 1].rsplit("_", 1)[1] for c in pretrain} == {"baseline.yaml", "ours.yaml"}
     assert sorted({arg for c in pretrain for arg in c if arg.startswith("seed=")}) == ["seed=0", "seed=1"]
@@ -77,7 +77,7 @@ def test_seeds_are_first_class_and_the_table_is_rewritten_after_each(tmp_path, m
 
 
 def test_zero_seeds_are_refused(capsys):
-    from results.reproduce import main
+    from lowssl.results.reproduce import main
 
     with pytest.raises(SystemExit):
         main(["table5", "--seeds", "0"])
@@ -85,7 +85,7 @@ def test_zero_seeds_are_refused(capsys):
 
 
 def test_paper_scale_launches_torchrun_on_several_machines():
-    from results.reproduce import scales
+    from lowssl.results.reproduce import scales
 
     one = scales("/data/imagenet", gpus=8)["paper"].launcher
     assert one[2:] == ("torch.distributed.run", "--nproc_per_node=8", "-m")
@@ -95,7 +95,7 @@ def test_paper_scale_launches_torchrun_on_several_machines():
 
 
 def test_several_machines_need_a_rendezvous(capsys):
-    from results.reproduce import main
+    from lowssl.results.reproduce import main
 
     with pytest.raises(SystemExit) as stop:
         main(["table5", "--imagenet", "/data/imagenet", "--nnodes", "2"])

@@ -10,10 +10,10 @@ import pytest
 from scipy import stats
 
 from lowssl.records import Record, RecordsWarning, read_records, write_records
-from results.__main__ import main
-from results.paper_tables import read_paper_tables, read_printed_gains
-from results.stats import AggregationError
-from results.table5 import render_table5
+from lowssl.results.__main__ import main
+from lowssl.results.paper_tables import read_paper_tables, read_printed_gains
+from lowssl.results.stats import AggregationError
+from lowssl.results.table5 import render_table5
 
 GOLDEN = Path(__file__).parent / "golden" / "table5_tiny.md"
 SETTING = dict(scale="tiny", dataset="fashion-mnist", protocol="fast", hardware="2 CPU cores (test fixture)")

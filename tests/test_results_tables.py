@@ -4,7 +4,13 @@ the paper prints reproduces from the numbers (or carries a note saying it does n
 import pandas as pd
 import pytest
 
-from results.paper_tables import KD_METHODS, KEY, read_paper_tables, read_printed_gains, recompute_gains
+from lowssl.results.paper_tables import (
+    KD_METHODS,
+    KEY,
+    read_paper_tables,
+    read_printed_gains,
+    recompute_gains,
+)
 
 BACKBONES = {
     "mobilenet_v2",

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from test_pretrain_engine import tiny_config
 
+from lowssl.pretrain.train import train
 from lowssl.records import read_records
-from pretrain.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

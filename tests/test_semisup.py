@@ -1,6 +1,8 @@
 """Semi-supervised fine-tuning: the network from a DINO checkpoint, short CPU runs, records, resume."""
 
+import importlib
 import json
+import pkgutil
 
 import pandas as pd
 import pytest
@@ -10,14 +12,14 @@ from torch import nn
 from lowssl.checkpoints import open_checkpoint
 from lowssl.data import build_dataset, held_out_split
 from lowssl.io import load_checkpoint, sha256_file
+from lowssl.pretrain.methods import build_method
+from lowssl.pretrain.methods.dino import DinoConfig
 from lowssl.records import read_records, recorded_budget, recorded_protocol
-from pretrain.methods import build_method
-from pretrain.methods.dino import DinoConfig
-from semisup.__main__ import main
-from semisup.model import HeadError, SemiSupervisedNet, build_head, dino_head_layout
-from semisup.protocols import load_protocol
-from semisup.subsets import load_subset
-from semisup.train import FinetuneArgs, ResumeError, evaluation_set, finetune, run_name
+from lowssl.semisup.__main__ import main
+from lowssl.semisup.model import HeadError, SemiSupervisedNet, build_head, dino_head_layout
+from lowssl.semisup.protocols import load_protocol
+from lowssl.semisup.subsets import load_subset
+from lowssl.semisup.train import FinetuneArgs, ResumeError, evaluation_set, finetune, run_name
 
 HIDDEN = 64
 
@@ -167,7 +169,7 @@ def test_checkpoint_without_a_head_gets_a_clear_message_and_the_fallbacks_work(
         "--output-dir",
         str(tmp_path / "run"),
     ]
-    assert main(args) == 1
+    assert main(args) == 2  # bad input (a HeadError), as every stage's
     message = capsys.readouterr().err
     assert "holds no projection head" in message and "--new-head" in message and "linear-frozen" in message
     assert not (tmp_path / "run").exists()  # it fails before any data or file is touched
@@ -314,11 +316,17 @@ def test_records_carry_the_pretraining_budget_of_the_checkpoint(tmp_path, dino_c
 
 def test_pretrain_and_semisup_raise_the_one_resume_and_non_finite_errors():
     """Issue 28: ResumeError, NonFiniteLossError and NonFiniteWeightsError were defined twice (pretrain
-    and semisup), so catching one stage's missed the other's; now both raise lowssl.stopping's."""
+    and semisup), so catching one stage's missed the other's; now both raise lowssl.stopping's: each
+    stage has each of them, and every module of a stage that holds one holds lowssl.stopping's."""
     import lowssl.stopping
-    import pretrain.train
-    import semisup.train
 
-    for name in ("ResumeError", "NonFiniteLossError", "NonFiniteWeightsError"):
-        shared = getattr(lowssl.stopping, name)
-        assert getattr(pretrain.train, name) is shared and getattr(semisup.train, name) is shared, name
+    for stage in ("pretrain", "semisup"):
+        package = importlib.import_module(f"lowssl.{stage}")
+        modules = [
+            importlib.import_module(f"lowssl.{stage}.{info.name}")
+            for info in pkgutil.iter_modules(package.__path__)
+            if info.name != "__main__"
+        ]
+        for name in ("ResumeError", "NonFiniteLossError", "NonFiniteWeightsError"):
+            held = [getattr(module, name) for module in modules if hasattr(module, name)]
+            assert held and all(error is getattr(lowssl.stopping, name) for error in held), (stage, name)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from lowssl.data import FashionMNIST, ImageFolder
-from semisup.subsets import (
+from lowssl.semisup.subsets import (
     IMAGENET_TRAIN_IMAGES,
     SubsetError,
     expected_count,

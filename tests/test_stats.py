@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from results.stats import AggregationError, paired_difference, summarise
+from lowssl.results.stats import AggregationError, paired_difference, summarise
 
 
 @pytest.mark.parametrize("values", [[71.2, 72.4], [70.0, 71.5, 69.8], [1.0, 2.0, 4.0, 8.0, 16.0]])

@@ -1,5 +1,5 @@
 """A scheduler's stop signal (lowssl.stopping) and one live run per folder (lowssl.run_lock), with real
-processes: SIGTERM sent to ``python -m pretrain`` / ``python -m semisup``, two runs on one folder, the
+processes: SIGTERM sent to ``python -m lowssl.pretrain`` / ``python -m lowssl.semisup``, two runs on one folder, the
 lock of a killed run."""
 
 import os
@@ -17,15 +17,15 @@ from test_pretrain_engine import REPO, _final_params, _logged_steps, tiny_config
 from test_reliability import ENV, _free_port, _pretrain_command, _process_tree
 from test_semisup import smoke
 
-from evaluate.linear import train_linear
-from evaluate.protocols import load_protocol
 from lowssl.checkpoints import schema
 from lowssl.distributed import Context
+from lowssl.evaluate.linear import train_linear
+from lowssl.evaluate.protocols import load_protocol
 from lowssl.io import load_checkpoint
+from lowssl.pretrain.train import train
 from lowssl.run_lock import LOCK_NAME
-from pretrain.train import train
-from semisup.__main__ import main as semisup_main
-from semisup.train import finetune
+from lowssl.semisup.__main__ import main as semisup_main
+from lowssl.semisup.train import finetune
 
 DEADLINE_S = 60
 STOPPED = re.compile(
@@ -79,7 +79,7 @@ def test_sigterm_saves_the_step_and_the_resumed_pretraining_matches_an_uninterru
     steps = 10  # 7 in epoch 0, 3 in epoch 1
     train(tiny_config(tmp_path / "a", max_steps=steps))
     stopped, run_dir = tmp_path / "stopped", tmp_path / "stopped/run"
-    command = [sys.executable, "-m", "pretrain", *_pretrain_command(stopped, max_steps=steps)]
+    command = [sys.executable, "-m", "lowssl.pretrain", *_pretrain_command(stopped, max_steps=steps)]
     run_dir.mkdir(parents=True)
     log = stopped / "pretrain.log"
     process = _start([*command, "log_every_steps=1"], log)
@@ -114,7 +114,7 @@ def test_sigterm_saves_the_step_and_the_resumed_finetuning_matches_an_uninterrup
     straight = finetune(smoke(tmp_path / "straight", **common))
     stopped = smoke(tmp_path / "stopped", **common)
     run_dir = Path(stopped.output_dir)
-    command = [sys.executable, "-m", "semisup", "finetune", "--random-init", "--arch", "resnet18"]
+    command = [sys.executable, "-m", "lowssl.semisup", "finetune", "--random-init", "--arch", "resnet18"]
     command += ["--dataset", "synthetic", "--subset", "10pct", "--protocol", "tiny", "--workers", "0"]
     command += ["--device", "cpu", "--max-eval-images", "16", "--output-dir", str(run_dir)]
     command += ["--records-dir", stopped.records_dir, *common["overrides"]]
@@ -162,7 +162,7 @@ def test_sigterm_to_one_ddp_rank_stops_every_rank_at_the_same_step(tmp_path):
     command = [
         *launcher,
         "-m",
-        "pretrain",
+        "lowssl.pretrain",
         *_pretrain_command(tmp_path, max_steps=100, epochs=20, log_every_steps=1),
     ]
     log = tmp_path / "torchrun.log"
@@ -182,7 +182,12 @@ def test_sigterm_to_one_ddp_rank_stops_every_rank_at_the_same_step(tmp_path):
 
 def test_a_second_run_on_a_live_runs_folder_exits_2_and_the_first_finishes(tmp_path):
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "pretrain", *_pretrain_command(tmp_path, max_steps=3, log_every_steps=1)]
+    command = [
+        sys.executable,
+        "-m",
+        "lowssl.pretrain",
+        *_pretrain_command(tmp_path, max_steps=3, log_every_steps=1),
+    ]
     first = _start(command, tmp_path / "first.log")
     _wait_for(lambda: str(first.pid) in _lock_owner(run_dir), first, tmp_path / "first.log", "lock")
     os.kill(first.pid, signal.SIGSTOP)  # the first run holds the folder, paused, while the second starts

@@ -73,7 +73,7 @@ def test_a_job_runs_through_submitit(tmp_path, capsys):
     args = parser().parse_args(["--cluster", "debug", "--job-dir", str(tmp_path), "evaluate", "--help"])
     submitted = executor(args).submit(StageJob(args.stage, args.stage_args))
     assert submitted.result() == 0
-    assert "python -m evaluate" in capsys.readouterr().out, "the stage's own --help ran inside the job"
+    assert "python -m lowssl.evaluate" in capsys.readouterr().out, "the stage's own --help ran inside the job"
 
 
 def test_submit_prints_the_job(tmp_path, capsys):
@@ -135,5 +135,5 @@ def test_dry_run_prints_the_job_and_submits_nothing(tmp_path, no_slurm, capsys):
         "sbatch parameters (submitit): name=lowssl, nodes=2, tasks_per_node=4, gpus_per_node=4, "
         "cpus_per_task=10, timeout_min=2880, slurm_partition=gpu"
     )
-    assert lines[3] == "each of the 8 task(s) runs: python -m pretrain --config x.yaml epochs=1"
+    assert lines[3] == "each of the 8 task(s) runs: python -m lowssl.pretrain --config x.yaml epochs=1"
     assert not jobs.exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 # Importing `detection` first applies its compatibility layer, which detectron2's imports need.
 # isort: off
-from detection import compat  # noqa: F401
+from lowssl.detection import compat  # noqa: F401
 
 # isort: on
 import collections
@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 import torch
 
-from detection.__main__ import main as detection_main
-from detection.config import CONFIG_DIR
-from detection.convert import convert_checkpoint, write_pickle
-from detection.weights import WeightsOnlyCheckpointer, read_pickle_metadata
-from evaluate.__main__ import main as evaluate_main
 from lowssl.backbones import build_backbone
+from lowssl.detection.__main__ import main as detection_main
+from lowssl.detection.config import CONFIG_DIR
+from lowssl.detection.convert import convert_checkpoint, write_pickle
+from lowssl.detection.weights import WeightsOnlyCheckpointer, read_pickle_metadata
+from lowssl.evaluate.__main__ import main as evaluate_main
 from lowssl.io import (
     MAX_PICKLE_BYTES,
     CheckpointError,
@@ -37,8 +37,8 @@ from lowssl.io import (
     load_weights_pickle,
     pickle_imports,
 )
-from results.evaluate_checkpoint import main as evaluate_checkpoint_main
-from semisup.__main__ import main as semisup_main
+from lowssl.results.evaluate_checkpoint import main as evaluate_checkpoint_main
+from lowssl.semisup.__main__ import main as semisup_main
 
 TINY_DETECTION = str(CONFIG_DIR / "mask_rcnn_resnet18_fpn_tiny.yaml")
 
@@ -233,11 +233,11 @@ def test_a_zip_bomb_is_refused_at_every_entry_point_from_its_declared_size(entry
 
 
 def test_a_zip_bomb_is_refused_in_a_second_with_bounded_memory(zip_bomb):
-    """A real `python -m evaluate inspect`: the refusal's own time and peak memory, measured in the child
+    """A real `python -m lowssl.evaluate inspect`: the refusal's own time and peak memory, measured in the child
     (before the fix: 2.9 s and +600 MB for a 200 KB file declaring 200 MiB; 300 s and 4.2 GB for a 1.6 GB one)."""
     child = (
         "import resource, sys, time\n"
-        "from evaluate.__main__ import main\n"
+        "from lowssl.evaluate.__main__ import main\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "started = time.perf_counter()\n"
         f"status = main(['inspect', {str(zip_bomb)!r}])\n"

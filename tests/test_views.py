@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as F
 
 from lowssl.config import ConfigError, from_dict
-from pretrain.views import (
+from lowssl.pretrain.views import (
     GpuViewAugment,
     MultiCropViews,
     ViewsConfig,
@@ -18,10 +18,10 @@ from pretrain.views import (
     pixel_scale_stats,
     resolve_views,
 )
-from pretrain.views.__main__ import main
-from pretrain.views.config import BLUR_KERNEL
-from pretrain.views.cpu import gaussian_blur
-from pretrain.views.pixel_scale import sample_crop_areas
+from lowssl.pretrain.views.__main__ import main
+from lowssl.pretrain.views.config import BLUR_KERNEL
+from lowssl.pretrain.views.cpu import gaussian_blur
+from lowssl.pretrain.views.pixel_scale import sample_crop_areas
 
 MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
 STD = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
@@ -203,7 +203,15 @@ def test_auto_local_size_is_the_matched_size():
 @pytest.mark.slow  # starts Python with torch: several seconds on a loaded machine
 @pytest.mark.parametrize(("scale", "low", "high"), [(0.3, 125, 131), (0.14, 106, 112)])
 def test_pixel_scale_cli(scale, low, high):
-    command = [sys.executable, "-m", "pretrain.views", "pixel-scale", "--global-scale", str(scale), "1.0"]
+    command = [
+        sys.executable,
+        "-m",
+        "lowssl.pretrain.views",
+        "pixel-scale",
+        "--global-scale",
+        str(scale),
+        "1.0",
+    ]
     command += [
         "--local-scale",
         "0.05",

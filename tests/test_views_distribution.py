@@ -31,8 +31,8 @@ from torchvision.transforms import functional as TF
 from torchvision.transforms import v2
 
 from lowssl.config import from_dict
-from pretrain.views import MultiCropViews, ViewPlan, ViewsConfig, resolve_views
-from pretrain.views.cpu import (
+from lowssl.pretrain.views import MultiCropViews, ViewPlan, ViewsConfig, resolve_views
+from lowssl.pretrain.views.cpu import (
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
@@ -43,9 +43,9 @@ from pretrain.views.cpu import (
     solarize,
     uint8_rgb,
 )
-from pretrain.views.pixel_scale import sample_crop_areas
-from pretrain.views.reference import TorchCoins, dino_reference
-from pretrain.views.sampler import crop_box, sample_view
+from lowssl.pretrain.views.pixel_scale import sample_crop_areas
+from lowssl.pretrain.views.reference import TorchCoins, dino_reference
+from lowssl.pretrain.views.sampler import crop_box, sample_view
 
 MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
 STD = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)

@@ -24,7 +24,7 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, checkpoint_in=None
     """``--checkpoint`` (into ``checkpoint_in``, e.g. a group exclusive with ``--random-init``), or a
     positional ``checkpoint`` when ``checkpoint_in`` is None; then ``--arch``, ``--format`` (as
     ``checkpoint_format``), ``--branch`` and ``--trust-checkpoint``."""
-    what = "any supported checkpoint (python -m evaluate inspect)"
+    what = "any supported checkpoint (python -m lowssl.evaluate inspect)"
     if checkpoint_in is None:
         parser.add_argument("checkpoint", type=Path, help=what)
     else:

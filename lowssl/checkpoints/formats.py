@@ -15,9 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lowssl.checkpoints import schema
+from lowssl.io import CheckpointError
+from lowssl.registry import Registry
 
 
-class CheckpointLayoutError(ValueError):
+class CheckpointLayoutError(CheckpointError, ValueError):
     """The layout, branch or architecture of a checkpoint could not be determined, or its backbone
     tensors are not exactly the architecture's (keys missing, extra or of another shape; NaN / inf)."""
 
@@ -61,29 +63,24 @@ class CheckpointFormat:
     remark: str = ""  # what a reader of the report should know: why this default branch, ...
 
 
-_FORMATS: dict[str, CheckpointFormat] = {}
+FORMATS: Registry[CheckpointFormat] = Registry("checkpoint format")
 
 
 def register_format(fmt: CheckpointFormat) -> CheckpointFormat:
-    if fmt.name in _FORMATS:
-        raise ValueError(f"checkpoint format '{fmt.name}' is already registered")
     if fmt.default_branch not in fmt.branches:
         raise ValueError(f"format '{fmt.name}': default branch '{fmt.default_branch}' is not a branch")
-    _FORMATS[fmt.name] = fmt
-    return fmt
+    return FORMATS.register(fmt.name, fmt)
 
 
 def formats() -> list[CheckpointFormat]:
     """Registered formats in registration order, which is also the order ties resolve in."""
-    return list(_FORMATS.values())
+    return [fmt for _, fmt in FORMATS.items()]
 
 
 def get_format(name: str) -> CheckpointFormat:
-    if name not in _FORMATS:
-        raise CheckpointLayoutError(
-            f"unknown checkpoint format '{name}'; known formats: {', '.join(_FORMATS)}"
-        )
-    return _FORMATS[name]
+    if name not in FORMATS:  # a layout error, as every other way a checkpoint's layout is unreadable
+        raise CheckpointLayoutError(FORMATS.unknown(name))
+    return FORMATS.get(name)
 
 
 # SSLight's ResNet encoder is nn.Sequential(*torchvision_resnet.children()[:-2]) (docs/checkpoints.md,

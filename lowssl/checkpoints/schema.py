@@ -25,7 +25,9 @@ from typing import Any
 
 from lowssl.io import atomic_torch_save, load_checkpoint
 from lowssl.records import pretrain_budget
-from lowssl.subject import UNKNOWN
+
+#: What a file from elsewhere does not say: the provenance defaults (lowssl.subject uses it too).
+UNKNOWN = "unknown"
 
 FORMAT = "lowssl-pretrain-v1"
 #: Every key a checkpoint holds besides ``format``, in the order they are written.

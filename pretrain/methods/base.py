@@ -139,6 +139,12 @@ class MultiCropMethod(nn.Module):
             # teacher + (1 - momentum) * (student - teacher): the same average in one pass over memory.
             torch._foreach_lerp_(teacher_params, student_params, 1 - momentum)
 
+    def config_changes(self, configured) -> str | None:
+        """A line saying what the method changed of ``configured`` (the config it was built from) to
+        fit the run, as ``self.cfg`` trains it (SwAV's queue, shortened to whole global batches); None
+        when nothing was changed. The training loop says it once, after building the method."""
+        return None
+
     def normalize_prototypes(self) -> None:
         """Called before forward; only methods with prototypes (SwAV) override it."""
 

@@ -19,6 +19,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from lowssl.backbones import without_drop_path
 from lowssl.config import require
+from lowssl.heads import projection_layers
 
 from .base import (
     NUM_GLOBAL_VIEWS,
@@ -84,18 +85,6 @@ class DinoConfig:
                 else (50 if cnn else 30)
             ),
         )
-
-
-def projection_layers(in_dim: int, hidden_dim: int, use_bn: bool) -> list[nn.Module]:
-    """DINOHead.mlp's two hidden layers, Linear-[BN]-GELU twice, with nn.Linear's default init (the
-    semi-supervised fine-tuning puts its classifier on them: semisup/model.py)."""
-    layers: list[nn.Module] = []
-    for width_in in (in_dim, hidden_dim):
-        layers.append(nn.Linear(width_in, hidden_dim))
-        if use_bn:
-            layers.append(nn.BatchNorm1d(hidden_dim))
-        layers.append(nn.GELU())
-    return layers
 
 
 class DINOHead(nn.Module):

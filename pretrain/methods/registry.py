@@ -10,11 +10,10 @@ module plus one ``register_method`` line in ``pretrain/methods/__init__.py`` (do
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 from typing import Any
 
-from lowssl.config import ConfigError
+from lowssl.registry import Registry
 
 from .base import MultiCropMethod
 
@@ -33,45 +32,35 @@ class MethodEntry:
         return self.config_class(**{**self.smoke_values, **changes})
 
 
-_REGISTRY: dict[str, MethodEntry] = {}
+METHODS: Registry[MethodEntry] = Registry("method", where="config key 'method.name'")
 
 
 def register_method(method_class: type[MultiCropMethod], smoke_values: dict[str, Any]) -> MethodEntry:
     """Register ``method_class`` under its ``name``; ``smoke_values`` see :class:`MethodEntry`."""
     name, config_class = method_class.name, method_class.config_class
-    if name in _REGISTRY:
-        raise ValueError(f"method '{name}' is already registered")
     if not dataclasses.is_dataclass(config_class):
         raise TypeError(f"method '{name}': config_class {config_class.__name__} is not a dataclass")
     entry = MethodEntry(name, method_class, config_class, dict(smoke_values))
     entry.smoke_config()  # a smoke value the config rejects fails at registration, not in a test
-    _REGISTRY[name] = entry
-    return entry
+    return METHODS.register(name, entry)
 
 
 def unregister_method(name: str) -> None:
     """Remove ``name`` (a test's throwaway registration)."""
-    del _REGISTRY[name]
+    METHODS.unregister(name)
 
 
 def methods() -> list[str]:
-    return sorted(_REGISTRY)
+    return METHODS.names()
 
 
 def get_method(name: str) -> MethodEntry:
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(str(name), methods(), n=1, cutoff=0.5)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(
-            f"config key 'method.name': {name!r} is not a registered method.{hint} "
-            f"Allowed values: {', '.join(methods())}"
-        )
-    return _REGISTRY[name]
+    return METHODS.get(name)
 
 
 def method_name(config: Any) -> str:
     """The registered name of the method whose config ``config`` is."""
-    for entry in _REGISTRY.values():
+    for _, entry in METHODS.items():
         if type(config) is entry.config_class:  # exact: a subclassed config is another method's
             return entry.name
     raise TypeError(

@@ -187,6 +187,15 @@ class SwAV(MultiCropMethod):
     def pair_counts(self, n_local: int) -> tuple[int, int]:
         return self.criterion.pair_counts(n_local)
 
+    def config_changes(self, configured: SwavConfig) -> str | None:
+        if self.cfg.queue_length == configured.queue_length:
+            return None
+        return (
+            f"method.queue_length {configured.queue_length} -> {self.cfg.queue_length}: SwAV's queue "
+            f"holds whole global batches of {self.layout.global_batch} (SwAV's main_swav.py), "
+            f"{self.queue.shape[1]} rows per process"
+        )
+
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
         """Prototypes live on the unit sphere: re-normalised before every forward, as SwAV."""

@@ -1,6 +1,6 @@
 """The pixel-scale tool of the paper's Sec. 3.2.2: mean(PS_g / PS_l) and the matched local crop size.
 
-``python -m pretrain.views pixel-scale`` runs :func:`pretrain.views.pixel_scale.pixel_scale_stats`.
+``python -m lowssl.pretrain.views pixel-scale`` runs :func:`pretrain.views.pixel_scale.pixel_scale_stats`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 
 from lowssl.config import from_dict
-from pretrain.views.config import ViewsConfig
-from pretrain.views.pixel_scale import PIXEL_SCALE_SAMPLES, PIXEL_SCALE_SEED, pixel_scale_stats
+from lowssl.pretrain.views.config import ViewsConfig
+from lowssl.pretrain.views.pixel_scale import PIXEL_SCALE_SAMPLES, PIXEL_SCALE_SEED, pixel_scale_stats
 
 
 def _pixel_scale_command(args: argparse.Namespace) -> str:
@@ -45,7 +45,9 @@ def _pixel_scale_command(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pretrain.views", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m lowssl.pretrain.views", description=__doc__.splitlines()[0]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     pixel = commands.add_parser(
         "pixel-scale",

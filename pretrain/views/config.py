@@ -16,9 +16,9 @@ from functools import cached_property
 from typing import Literal, NamedTuple
 
 from lowssl.config import require
+from lowssl.pretrain.views.crop import log_ratio
+from lowssl.pretrain.views.pixel_scale import pixel_scale_stats
 from lowssl.transforms import IMAGENET_MEAN, IMAGENET_STD
-from pretrain.views.pixel_scale import pixel_scale_stats
-from pretrain.views.sampler import log_ratio
 
 # DINO draws the blur as PIL's ImageFilter.GaussianBlur(radius=U(0.1, 2.0)); Pillow's "radius" is the
 # Gaussian's standard deviation, so sigma ~ U(0.1, 2.0) here (docs/recipes.md, "Per-view augmentation").

@@ -5,7 +5,7 @@
 of the :class:`~pretrain.views.config.ViewPlan` drawn by :func:`~pretrain.views.sampler.sample_view`
 exactly as DINO's reference pipeline (:mod:`pretrain.views.reference`) draws it.
 
-Speed (3.3-4.6x the reference per CPU core, ``python -m benchmarks.augmentation``): the image is
+Speed (3.3-4.6x the reference per CPU core, ``python -m lowssl.benchmarks.augmentation``): the image is
 converted to a uint8 array once; each view is one crop-and-resize straight into a uint8 HWC array
 (torch's antialiased uint8 resize, the Pillow-SIMD algorithm: mean |d| < 0.05 grey levels from PIL's
 bicubic crop + resize and 3-6x faster. PIL's single ``resize(box=, reducing_gap=)`` call stays 2-6x
@@ -45,8 +45,8 @@ import torch.nn.functional as tnf
 from PIL import Image
 from torch import Tensor
 
-from pretrain.views.config import SOLARIZE_THRESHOLD, ViewPlan, ViewRecipe
-from pretrain.views.sampler import ViewParams, sample_view
+from lowssl.pretrain.views.config import SOLARIZE_THRESHOLD, ViewPlan, ViewRecipe
+from lowssl.pretrain.views.sampler import ViewParams, sample_view
 
 # Tables for the colour operations (see the module docstring).
 _LEVELS = np.arange(256, dtype=np.float32)

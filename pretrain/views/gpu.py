@@ -31,9 +31,9 @@ import torch.nn.functional as tnf
 from PIL import Image
 from torch import Tensor
 
-from pretrain.views.config import BLUR_KERNEL, ViewPlan
-from pretrain.views.cpu import one_opencv_thread, resized_crop, uint8_rgb
-from pretrain.views.sampler import crop_box
+from lowssl.pretrain.views.config import BLUR_KERNEL, ViewPlan
+from lowssl.pretrain.views.cpu import one_opencv_thread, resized_crop, uint8_rgb
+from lowssl.pretrain.views.crop import crop_box
 
 # ITU-R 601-2 luma with torchvision's rounding of the coefficients (its tensor rgb_to_grayscale).
 LUMA = (0.2989, 0.587, 0.114)

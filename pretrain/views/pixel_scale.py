@@ -1,30 +1,38 @@
 """The pixel-scale tool of the paper's Sec. 3.2.2.
 
 :func:`pixel_scale_stats` estimates mean(PS_g / PS_l) (paper Eq. 1: PS = size^2 / crop area) by
-Monte Carlo over the sampler's own crop sampling (:func:`pretrain.views.sampler.crop_box`), and the
+Monte Carlo over the sampler's own crop sampling (:func:`pretrain.views.crop.crop_box`), and the
 local size LC that brings it to 1 (``local_size: auto`` resolves to that LC). The command line
 (``pretrain/views/__main__.py``)::
 
-    python -m pretrain.views pixel-scale --global-scale 0.3 1.0 --local-scale 0.05 0.3 --global-size 224
+    python -m lowssl.pretrain.views pixel-scale --global-scale 0.3 1.0 --local-scale 0.05 0.3 --global-size 224
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor
 
-from pretrain.views.sampler import crop_box, log_ratio
-
-if TYPE_CHECKING:
-    from pretrain.views.config import ViewsConfig
+from lowssl.pretrain.views.crop import crop_box, log_ratio
 
 # Monte Carlo defaults of the tool, also those that resolve ``local_size: auto``.
 PIXEL_SCALE_SAMPLES = 20_000
 PIXEL_SCALE_SEED = 0
+
+
+class CropSizes(Protocol):
+    """The fields of a ``views:`` config (:class:`pretrain.views.config.ViewsConfig`) the pixel scales
+    depend on. A protocol, not that class: the config resolves ``local_size: auto`` with this module."""
+
+    global_scale: tuple[float, float]
+    local_scale: tuple[float, float]
+    global_size: int
+    local_size: int | Literal["auto"]
+    ratio: tuple[float, float]
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,7 @@ def sample_crop_areas(
 
 
 def pixel_scale_stats(
-    cfg: ViewsConfig,
+    cfg: CropSizes,
     image_size: tuple[int, int] | None = None,
     n_samples: int = PIXEL_SCALE_SAMPLES,
     seed: int = PIXEL_SCALE_SEED,

@@ -21,7 +21,7 @@ from PIL import Image, ImageFilter, ImageOps
 from torch import Tensor
 from torchvision import transforms as T
 
-from pretrain.views.config import ViewPlan, ViewRecipe
+from lowssl.pretrain.views.config import ViewPlan, ViewRecipe
 
 
 class Coins(Protocol):
