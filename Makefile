@@ -10,7 +10,7 @@ STAMPS := $(VENV)/.lowssl-stamps
 # 'dir`id`/ck.pth' is a file name, not a command. $(value ...) keeps make itself from expanding a
 # '$(shell ...)' in a value given on the command line or in the environment. (PYTHON and PY name
 # programs to run, as CC does.)
-USER_VALUES := CKPT FORMAT PROTOCOLS IMAGENET GPUS SCALE SEEDS NNODES RDZV IMAGES EPOCHS JOBS
+USER_VALUES := CKPT FORMAT PROTOCOLS QUICK IMAGENET GPUS SCALE SEEDS NNODES RDZV IMAGES EPOCHS JOBS
 $(foreach name,$(USER_VALUES),$(if $(filter command line environment,$(origin $(name))),$(eval override $(name) := $$(value $(name)))))
 
 .PHONY: install test lint clean-venv reproduce-table5 reproduce-gains bench evaluate-checkpoint figures
@@ -66,12 +66,13 @@ figures: install
 
 # Any checkpoint through the chosen stages, then the leaderboard. CKPT is a file, or a released
 # checkpoint's name (python -m lowssl.released list; docs/released.md), fetched into the cache:
-#   make evaluate-checkpoint CKPT=path|name [FORMAT=auto] [PROTOCOLS=linear,knn,semisup,detection]
+#   make evaluate-checkpoint CKPT=path|name [FORMAT=auto] [PROTOCOLS=linear,knn,semisup,detection] [QUICK=1]
+#   (QUICK=1: smaller probe subsets, fewer fine-tuning evaluation images and detection iterations)
 FORMAT    ?= auto
 PROTOCOLS ?= linear,knn,semisup,detection
 evaluate-checkpoint: install
 	@test -n "$$CKPT" || { echo "usage: make evaluate-checkpoint CKPT=path|name [FORMAT=auto] [PROTOCOLS=...] (names: python -m lowssl.released list)" >&2; exit 2; }
-	$(PY) -m lowssl.results.evaluate_checkpoint "$$CKPT" --format "$$FORMAT" --protocols "$$PROTOCOLS"
+	$(PY) -m lowssl.results.evaluate_checkpoint "$$CKPT" --format "$$FORMAT" --protocols "$$PROTOCOLS" $${QUICK:+--quick}
 
 # Benchmarks (not tests): JSON + a markdown summary under benchmarks/results/.
 bench: install

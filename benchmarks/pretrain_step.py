@@ -9,6 +9,9 @@ against the student's forward and backward alone (the teacher forward counted as
 random tensors already on the device, so the data path is excluded (``benchmarks/augmentation.py``).
 
     python -m lowssl.benchmarks.pretrain_step --device cuda --amp bf16 --batch 128 --global-size 224 --local-size 128
+
+``--variants`` times the full step alone in each precision and memory format instead, the variants
+taking turns, and runs lowssl.perf's ``channels_last: auto`` measurement on the same step.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 
 from lowssl.backbones import get_spec
 from lowssl.benchmarks.report import show, summary, write
+from lowssl.perf import Workload, choose_memory_format, machine, training_step
 from lowssl.pretrain.methods import MocoConfig, build_method, multicrop_forward
 from lowssl.pretrain.optim import OptimConfig, build_optimizer
 
@@ -46,14 +50,32 @@ def _time_interleaved(steps: dict, repeats: int, warmup: int, device) -> dict[st
     return times
 
 
-def measure(method_name: str, backbone: str, args) -> dict:
+#: The step's precision and memory format, as the variants table names them.
+VARIANTS = {
+    "fp32": ("none", False),
+    "channels_last": ("none", True),
+    "bf16": ("bf16", False),
+    "bf16+channels_last": ("bf16", True),
+}
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast runs natively here: a GPU that has it, or a CPU whose oneDNN has bf16
+    kernels (AVX-512 BF16 / AMX; elsewhere it is emulated and only slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def build_step(method_name: str, backbone: str, args, amp: str, channels_last: bool):
+    """(the method, its views, a function running one full pre-training step, the autocast factory)."""
     device = torch.device(args.device)
     torch.manual_seed(0)
     # MoCo's queue sets the size of its loss (every query against every queued key): the tiny rows
     # pass the tiny presets' length, as the crop sizes are theirs too.
     cfg = MocoConfig(queue_length=args.moco_queue) if method_name == "moco" else None
     method = build_method(method_name, backbone, cfg).to(device)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     method = method.to(memory_format=memory_format)
     family = get_spec(backbone).family
     optimizer = build_optimizer(method, OptimConfig(name="adamw" if family == "vit" else "lars"))
@@ -61,7 +83,7 @@ def measure(method_name: str, backbone: str, args) -> dict:
         torch.randn(args.batch, 3, args.local_size, args.local_size, device=device)
     ] * args.n_local
     views = [v.contiguous(memory_format=memory_format) for v in views]
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)  # noqa: E731
 
     def full_step():
@@ -73,6 +95,46 @@ def measure(method_name: str, backbone: str, args) -> dict:
         method.cancel_frozen_gradients(1)
         optimizer.step()
         method.update_teacher(method.teacher_momentum(10, 100))
+
+    return method, views, full_step, autocast
+
+
+def measure_variants(method_name: str, backbone: str, args) -> dict:
+    """Full-step images/s of each variant (fp32, channels_last, and with native bf16 the bf16 ones),
+    the variants taking turns, and the memory format lowssl.perf's ``channels_last: auto`` picks
+    for this step (its own measurement, on a copy of the method, not read from any cache)."""
+    device = torch.device(args.device)
+    names = [name for name, (amp, _) in VARIANTS.items() if amp == "none" or bf16_supported(device)]
+    steps = {name: build_step(method_name, backbone, args, *VARIANTS[name])[2] for name in names}
+    times = _time_interleaved(steps, args.steps, args.warmup, device)
+    method, views, _, _ = build_step(method_name, backbone, args, "none", False)
+    workload = Workload(
+        training_step(method, [tuple(v.shape) for v in views], device, lambda trial, x: trial(x, 1).loss),
+        {"task": f"bench:{method_name}", "backbone": backbone, "precision": "none"},
+        args.batch,
+    )
+    family = get_spec(backbone).family
+    auto = choose_memory_format("auto", family, lambda: workload, device, backbone, use_cache=False)
+    return {
+        "method": method_name,
+        "backbone": backbone,
+        "batch": args.batch,
+        "global_size": args.global_size,
+        "local_size": args.local_size,
+        "n_local": args.n_local,
+        "machine": machine(device),  # the CPU model, device, torch version and threads
+        "repeats": args.steps,
+        "bf16_native": bf16_supported(device),
+        "images_per_s": {name: args.batch / statistics.median(times[name]) for name in names},
+        "spread_s": {name: max(times[name]) - min(times[name]) for name in names},
+        "auto_choice": auto.name,
+        "auto_measured_images_per_s": auto.measured,
+    }
+
+
+def measure(method_name: str, backbone: str, args) -> dict:
+    device = torch.device(args.device)
+    method, views, full_step, autocast = build_step(method_name, backbone, args, args.amp, args.channels_last)
 
     def bare_step():
         method.zero_grad(set_to_none=True)  # as the full step: gradients written, not accumulated
@@ -138,11 +200,16 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="instead: the full step in fp32, channels_last and (native bf16 only) bf16, and the auto choice",
+    )
     args = parser.parse_args(argv)
     results = []
     for backbone in args.backbones:
         for method_name in args.methods:
-            result = measure(method_name, backbone, args)
+            result = (measure_variants if args.variants else measure)(method_name, backbone, args)
             results.append(result)
             show(result)
     write(results, args.out)

@@ -45,6 +45,54 @@ def _machine() -> str:
     )
 
 
+#: (label, backbones, pretrain_step arguments) of the variants table: the tiny presets' crops and a
+#: small 224-px batch (the paper's crops), sized so the table takes a few minutes on 2 CPU cores.
+VARIANT_ROWS = [
+    (
+        "tiny",
+        ("mobilenet_v2", "resnet18", "resnet34"),
+        ["--global-size", "32", "--local-size", "18", "--batch", "32", "--steps", "5", "--warmup", "1"],
+    ),
+    (
+        "224px",
+        ("mobilenet_v2", "resnet18"),
+        ["--global-size", "224", "--local-size", "128", "--batch", "4", "--steps", "3", "--warmup", "1"],
+    ),
+]
+VARIANT_COLUMNS = ("fp32", "channels_last", "bf16", "bf16+channels_last")
+
+
+def _variants_section(device: str) -> tuple[str, list[str], float]:
+    """The DINO step per backbone in each precision and memory format, and ``channels_last: auto``'s
+    choice (its own measurement, lowssl.perf); bf16 columns only where bf16 is native here."""
+    rows, total = [], 0.0
+    for label, backbones, args in VARIANT_ROWS:
+        for backbone in backbones:
+            results, seconds = _run(
+                f"step_variants_{device}_{label}_{backbone}",
+                "lowssl.benchmarks.pretrain_step",
+                ["--variants", "--device", device, "--methods", "dino", "--backbones", backbone, *args],
+            )
+            total += seconds
+            for r in results:
+                speeds = r["images_per_s"]
+                cells = " | ".join(f"{speeds[v]:.1f}" if v in speeds else "n/a" for v in VARIANT_COLUMNS)
+                auto = ", ".join(f"{k} {v:.1f}" for k, v in r["auto_measured_images_per_s"].items())
+                rows.append(
+                    f"| {backbone} | {label} ({r['global_size']}/{r['local_size']}, batch {r['batch']}) | {cells} | "
+                    f"**{r['auto_choice']}** ({auto}) |"
+                )
+    title = (
+        f"DINO step img/s on {device} per precision and memory format, and what `channels_last: auto` "
+        "picks (median of interleaved steps; auto: its own fastest-of-2 measurement of fwd+bwd)"
+    )
+    header = [
+        "| backbone | crops | fp32 | fp32 channels_last | bf16 autocast | bf16 + channels_last | auto choice (its img/s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    return title, header + rows, total
+
+
 def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -98,7 +146,7 @@ def main() -> int:
         for backbone in ("mobilenet_v2", "resnet18"):
             results, seconds = _run(
                 f"pretrain_step_{device}_{label}_{backbone}",
-                "benchmarks.pretrain_step",
+                "lowssl.benchmarks.pretrain_step",
                 ["--device", device, "--backbones", backbone, *args],
             )
             step_seconds += seconds
@@ -122,6 +170,8 @@ def main() -> int:
             step_seconds,
         )
     )
+
+    sections.append(_variants_section(device))
 
     probes, seconds = _run("linear_probe", "lowssl.benchmarks.linear_probe", ["--train-subset", "5000"])
     rows = [

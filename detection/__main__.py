@@ -1,9 +1,11 @@
 """``python -m lowssl.detection {convert,train,make-dataset}``.
 
-    python -m lowssl.detection convert runs/x/last.pth /tmp/x.pkl
-    python -m lowssl.detection train --config detection/configs/mask_rcnn_resnet18_fpn_tiny.yaml --weights /tmp/x.pkl
+    python -m lowssl.detection convert --checkpoint runs/x/last.pth --out /tmp/x.pkl
+    python -m lowssl.detection train --config mask_rcnn_resnet18_fpn_tiny --weights /tmp/x.pkl
     python -m lowssl.detection train --config detection/configs/mask_rcnn_mobilenet_v2_fpn_1x.yaml \\
         --weights /tmp/x.pkl --num-gpus 8 SOLVER.IMS_PER_BATCH 16
+
+``--config`` is a file or a preset's name (a file of detection/configs/ without .yaml).
     python -m lowssl.detection make-dataset --out data/fmnist_det/custom --train 2000 --val 200
 """
 
@@ -14,13 +16,16 @@ import sys
 from pathlib import Path
 
 from lowssl.checkpoints import add_checkpoint_arguments, add_trust_argument
-from lowssl.cli import StageParser, add_quiet_argument, run_stage
+from lowssl.checkpoints.cli import CHECKPOINT_FLAG
+from lowssl.cli import StageParser, add_quiet_argument, config_argument, presets, run_stage
 from lowssl.data import DatasetError
 from lowssl.detection.convert import convert_checkpoint, write_pickle
 from lowssl.detection.fmnist_det import FmnistDetSpec, generate
 from lowssl.detection.train import train
 from lowssl.progress import set_quiet
 from lowssl.records import default_runs_dir
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,10 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
         "convert", help="any checkpoint evaluate/ reads -> Detectron2 weights (.pkl)"
     )
     add_checkpoint_arguments(convert)
-    convert.add_argument("out", type=Path, help="the Detectron2 pickle to write")
+    convert.add_argument("--out", type=Path, required=True, help="the Detectron2 pickle to write")
+    convert.formerly_positional(CHECKPOINT_FLAG, ("--out", "the pickle to write"))
 
     train_cmd = commands.add_parser("train", help="train and evaluate Mask R-CNN FPN; results to the records")
-    train_cmd.add_argument("--config", type=Path, required=True, help="a YAML under detection/configs/")
+    train_cmd.add_argument(
+        "--config",
+        type=config_argument(CONFIGS),
+        required=True,
+        help=f"a YAML file, or a preset of detection/configs/: {', '.join(presets(CONFIGS))}",
+    )
     train_cmd.add_argument(
         "--weights", required=True, help="a .pkl from `convert`, or `none` for random initialisation"
     )

@@ -3,7 +3,8 @@
     python -m lowssl.evaluate linear --checkpoint runs/x/last.pth --protocol sslight_tiny
     python -m lowssl.evaluate linear --random-init --arch resnet18 --protocol fast_tiny
     python -m lowssl.evaluate knn --checkpoint runs/x/last.pth --protocol knn_tiny --k 20 --temperature 0.07
-    python -m lowssl.evaluate inspect runs/x/last.pth
+    python -m lowssl.evaluate inspect --checkpoint runs/x/last.pth
+    python -m lowssl.evaluate export --checkpoint runs/x/last.pth --to timm --out r18.pth
 
 Every result is appended to the results records (``results/runs/<run_id>.csv``, one file per evaluated
 checkpoint + arch + branch). The same evaluation again (same checkpoint sha256, protocol, branch,
@@ -25,6 +26,7 @@ import sys
 from pathlib import Path
 
 from lowssl.checkpoints import add_checkpoint_arguments
+from lowssl.checkpoints.cli import CHECKPOINT_FLAG
 from lowssl.cli import StageParser, add_quiet_argument, run_stage
 from lowssl.config import add_overrides_argument
 from lowssl.data import DATASETS, add_held_out_arguments, default_workers
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         "state dict: torchvision (strict=False: no classifier), timm (num_classes=0) or safetensors.",
     )
     add_checkpoint_arguments(export)
+    export.formerly_positional(CHECKPOINT_FLAG)
     export.add_argument("--to", required=True, choices=TARGETS, help="the tool that will load it")
     export.add_argument("--out", type=Path, required=True, help="the file to write")
     return parser

@@ -1,4 +1,4 @@
-"""``python -m lowssl.evaluate export CHECKPOINT --to {torchvision,timm,safetensors} --out FILE``: a
+"""``python -m lowssl.evaluate export --checkpoint PATH --to {torchvision,timm,safetensors} --out FILE``: a
 checkpoint's backbone alone (any format evaluate reads, any branch), for the tool that will load it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``python -m lowssl.evaluate inspect PATH``: what a checkpoint holds and how it maps onto a lowssl backbone.
+"""``python -m lowssl.evaluate inspect --checkpoint PATH``: what a checkpoint holds and how it maps onto a lowssl backbone.
 
 Prints a readable report and, as its last line, one JSON object (format, arch, branch, loaded,
 missing, unexpected) for scripts. Exit code 0: every backbone key loads; 1: backbone keys are missing;
@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 
 from lowssl.checkpoints import OpenedCheckpoint, add_checkpoint_arguments, get_format, open_from_arguments
+from lowssl.checkpoints.cli import CHECKPOINT_FLAG
 from lowssl.cli import StageParser, run_stage
 
 _SHOWN = 20  # keys listed per category; the counts are always complete
@@ -60,6 +61,7 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
         "backbone key loads; 1: backbone keys are missing; 2: the file or its layout cannot be read.",
     )
     add_checkpoint_arguments(parser)
+    parser.formerly_positional(CHECKPOINT_FLAG)
     args = parser.parse_args(argv)
     return run_stage(lambda: _inspect(args))  # an unreadable file: one line, whatever torch said
 

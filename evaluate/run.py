@@ -67,9 +67,7 @@ def evaluate(args) -> int:
     if args.recalibrate_bn:
         used = recalibrate_bn(subject.model, train, protocol.crop, ctx.device)
         subject.notes.append(f"BN statistics re-estimated on {used} training images (fvcore precise BN)")
-    frozen = FrozenFeatures(
-        subject.model, subject.family, subject.feature_dim, kind.feature_blocks(protocol)
-    ).to(ctx.device)
+    frozen = _frozen_features(subject, kind.feature_blocks(protocol), ctx.device)
     store = FeatureStore(
         frozen,
         subject.identity,
@@ -84,7 +82,7 @@ def evaluate(args) -> int:
 
     errors = []
     if ctx.is_main:
-        details = _details(args, ctx, plan, subject, frozen.kind, (train, evaluation), fingerprint, outcome)
+        details = _details(args, ctx, plan, subject, frozen, (train, evaluation), fingerprint, outcome)
         rows = build_records(
             outcome.values,
             protocol.name,
@@ -105,6 +103,16 @@ def evaluate(args) -> int:
             print(f"error: {error}", file=sys.stderr)
     distributed.shutdown()
     return 1 if errors else 0
+
+
+def _frozen_features(subject: Subject, blocks: int, device: torch.device) -> FrozenFeatures:
+    """The subject's feature function on ``device``; a CNN's pass runs in the faster memory format,
+    timed at its first batch (lowssl.perf), a ViT's contiguous; raw pixels have no network to time."""
+    layout = False if subject.arch == "pixels" else "auto"
+    features = FrozenFeatures(
+        subject.model, subject.family, subject.feature_dim, blocks, channels_last=layout, arch=subject.arch
+    )
+    return features.to(device)
 
 
 def _print_config(kind: EvaluationKind, protocol, arch: str | None) -> int:
@@ -132,7 +140,7 @@ def _details(
     ctx,
     plan: Plan,
     subject: Subject,
-    feature: str,
+    frozen: FrozenFeatures,
     splits: tuple[Split, Split],
     fingerprint: dict,
     outcome: Outcome,
@@ -147,7 +155,8 @@ def _details(
         **subject.record_details(),  # pretrain_budget: numbers of different budgets never pool
         "checkpoint_format": subject.format,
         "adapter_notes": subject.notes,
-        "feature": feature,
+        "feature": frozen.kind,
+        **frozen.performance(),  # the feature pass's memory format and its measured speeds (lowssl.perf)
         "train_images": len(train),
         "eval_images": len(evaluation),
         "world_size": ctx.world_size,

@@ -21,26 +21,69 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 from lowssl import distributed
 from lowssl.data import DatasetError
 from lowssl.distributed import Context
+from lowssl.perf import MemoryFormatChoice, Workload, choose_memory_format, forward_pass
 from lowssl.progress import progress
 
 GATHER_ROWS = 8192  # rows per all_gather: keeps device memory bounded for ImageNet-size sets
 
 
 class FrozenFeatures(nn.Module):
-    """The frozen backbone as a feature function: eval mode, no gradient, fixed BN statistics."""
+    """The frozen backbone as a feature function: eval mode, no gradient, fixed BN statistics.
 
-    def __init__(self, backbone: nn.Module, family: str, feature_dim: int, vit_last_blocks: int = 1) -> None:
+    ``channels_last``: the memory format of the feature pass, true / false or "auto": the faster of
+    the two on the first batch's shape, timed there (lowssl.perf; a CNN's only: a ViT stays
+    contiguous), so that features read from a cache cost no measurement. ``arch`` names the
+    backbone in the measurement's cache key and its printed line.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        family: str,
+        feature_dim: int,
+        vit_last_blocks: int = 1,
+        channels_last: bool | str = False,
+        arch: str = "",
+    ) -> None:
         super().__init__()
         self.backbone = backbone.eval().requires_grad_(False)
+        self.family, self.arch, self.channels_last = family, arch, channels_last
         self.last_blocks = vit_last_blocks if family == "vit" else 1
         self.feature_dim = feature_dim * self.last_blocks
         self.kind = "pooled" if self.last_blocks == 1 else f"vit-cls-last{self.last_blocks}"
+        self.memory_format: MemoryFormatChoice | None = None  # chosen at the first batch
 
     def train(self, mode: bool = True) -> FrozenFeatures:
         return self  # stays in eval mode whatever the caller asks
 
+    def performance(self) -> dict:
+        """The records' memory-format details of the feature pass (none ran: every feature cached)."""
+        if self.memory_format is None:
+            return {"memory_format": "no feature pass (cached features)"}
+        return self.memory_format.details()
+
+    def _choose_memory_format(self, images: torch.Tensor) -> MemoryFormatChoice:
+        def workload() -> Workload:
+            step_for = forward_pass(self.backbone, tuple(images.shape), images.device)  # a CNN's
+            key = {
+                "task": "feature-pass",
+                "backbone": self.arch,
+                "precision": "none",
+                "shape": list(images.shape),
+            }
+            return Workload(step_for, key, len(images))
+
+        main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+        what = f"feature pass {self.arch}".rstrip()
+        choice = choose_memory_format(self.channels_last, self.family, workload, images.device, what, main)
+        self.backbone.to(memory_format=choice.memory_format)
+        return choice
+
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.memory_format is None:
+            self.memory_format = self._choose_memory_format(images)
+        images = images.contiguous(memory_format=self.memory_format.memory_format)
         if self.last_blocks == 1:
             return self.backbone(images).float()
         # timm applies the final norm to every returned block, as DINO's get_intermediate_layers does.

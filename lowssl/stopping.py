@@ -31,6 +31,7 @@ import torch.distributed as dist
 
 from lowssl import distributed
 from lowssl.errors import BadInput, RunFailed
+from lowssl.io import first_non_finite
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -60,6 +61,21 @@ def resume_path(resume: str, run_dir: Path) -> Path | None:
     if not Path(resume).is_file():
         raise ResumeError(f"resume checkpoint {resume} does not exist")
     return Path(resume)
+
+
+def refuse_non_finite(path: Path, tensors, where: str, fix: str) -> None:
+    """Refuse (ResumeError) to resume ``path`` when one of its ``tensors`` (its ``where`` entry) is NaN
+    or infinite: written before checkpoints were checked, it would be NaN at the first step."""
+    broken = first_non_finite(tensors)
+    if broken is not None:
+        raise ResumeError(f"refusing to resume {path}: its tensor {where}.{broken} is NaN or infinite; {fix}")
+
+
+def refuse_other_run(path: Path, differences: list[str], what: str, fix: str) -> None:
+    """Refuse (ResumeError) to resume ``path`` when ``differences`` (lines "key: old -> new") say it is
+    ``what`` (another run, another model): resuming it would change what the run computes."""
+    if differences:
+        raise ResumeError(f"refusing to resume {path}: {what}:\n  " + "\n  ".join(differences) + f"\n{fix}")
 
 
 class StopSignals:

@@ -1,4 +1,4 @@
-"""``python -m lowssl.pretrain --config pretrain/configs/<name>.yaml [key=value ...]`` and the
+"""``python -m lowssl.pretrain --config <preset or YAML file> [key=value ...]`` and the
 ``lowssl-pretrain`` console script: the arguments, then the run (:func:`lowssl.pretrain.train.train`),
 its resolved config (``--print-config``) or its dry run (``--dry-run``, :mod:`lowssl.pretrain.dry_run`).
 """
@@ -10,27 +10,30 @@ import sys
 import textwrap
 from pathlib import Path
 
-from lowssl.cli import StageParser, add_quiet_argument, run_stage
-from lowssl.config import load
+from lowssl.cli import StageParser, add_quiet_argument, config_argument, presets, run_stage
+from lowssl.config import add_overrides_argument, load
 from lowssl.pretrain.config import PretrainConfig
-from lowssl.pretrain.dry_run import describe
+from lowssl.pretrain.dry_run import describe, load_plan
 from lowssl.pretrain.train import resolved_yaml, train
 from lowssl.progress import set_quiet
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def _configs_help() -> str:
     """The configs shipped with lowssl, for ``--help``: the paper's experiments and the tiny presets."""
-    root = Path(__file__).resolve().parent / "configs"
+    names = presets(CONFIGS)
     lines = []
-    for folder, title in (
-        (root, "paper experiments (ImageNet)"),
-        (root / "tiny", "tiny presets (Fashion-MNIST, CPU)"),
+    for prefix, title in (
+        ("", "paper experiments (ImageNet)"),
+        ("tiny/", "tiny presets (Fashion-MNIST, CPU)"),
     ):
-        names = sorted(path.stem for path in folder.glob("*.yaml"))
+        shown = [name for name in names if name.startswith(prefix) and "/" not in name.removeprefix(prefix)]
         lines.append(
-            f"{title}, {folder.relative_to(root.parent.parent)}/:\n  "
-            + textwrap.fill(" ".join(names), 96).replace("\n", "\n  ")
+            f"{title}, pretrain/configs/{prefix}:\n  "
+            + textwrap.fill(" ".join(shown), 96).replace("\n", "\n  ")
         )
+    lines.append("--config takes a preset's name as listed (tiny/dino_resnet18_ours) or a YAML file")
     lines.append(
         "see a run before paying for it: --print-config (the resolved YAML), --dry-run (steps, LR, views, time)"
     )
@@ -46,11 +49,12 @@ def build_parser() -> StageParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--config", required=True, help="YAML file, e.g. pretrain/configs/tiny/dino_resnet18_ours.yaml"
+        "--config",
+        type=config_argument(CONFIGS),
+        required=True,
+        help="a preset (tiny/dino_resnet18_ours, listed below) or a YAML file",
     )
-    parser.add_argument(
-        "overrides", nargs="*", help="dotted overrides: epochs=2 optim.base_lr=0.3 output_dir=PATH"
-    )
+    add_overrides_argument(parser, "dotted overrides: epochs=2 optim.base_lr=0.3 output_dir=PATH")
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config (YAML) and exit"
     )
@@ -78,14 +82,13 @@ def main(argv=None) -> int:
 
 
 def _run(args: argparse.Namespace) -> None:
-    cfg = load(PretrainConfig, args.config, args.overrides)
     set_quiet(args.quiet)
     if args.print_config:
-        print(resolved_yaml(cfg))
-    elif args.dry_run:
-        print(describe(cfg, args.processes, args.timed_steps))
+        print(resolved_yaml(load(PretrainConfig, args.config, args.overrides)))
+    elif args.dry_run:  # planned without the data at hand too
+        print(describe(load_plan(args.config, args.overrides), args.processes, args.timed_steps))
     else:
-        train(cfg)
+        train(load(PretrainConfig, args.config, args.overrides))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,13 @@ from lowssl.io import first_non_finite, remove_stale_temp_files
 from lowssl.pretrain.run import Run
 from lowssl.progress import say
 from lowssl.rng import rng_state, set_rng_state
-from lowssl.stopping import NonFiniteWeightsError, ResumeError, resume_path
+from lowssl.stopping import (
+    NonFiniteWeightsError,
+    ResumeError,
+    refuse_non_finite,
+    refuse_other_run,
+    resume_path,
+)
 
 
 def resume(run: Run) -> tuple[int, int]:
@@ -30,19 +36,18 @@ def resume(run: Run) -> tuple[int, int]:
         state = schema.load(path)
     except ValueError as error:  # schema.load: a checkpoint, but not one of pre-training
         raise ResumeError(f"refusing to resume: {error}; resume=never to start over") from error
-    broken = first_non_finite(state["method_state"])
-    if broken is not None:  # written before checkpoints were checked: it would be NaN at the first step
-        raise ResumeError(
-            f"refusing to resume {path}: its tensor method_state.{broken} is NaN or infinite; "
-            "resume from an earlier checkpoint (resume=PATH), or resume=never to start over"
-        )
-    differences = schema.model_differences(state["config"], run.provenance["config"])
-    if differences:
-        raise ResumeError(
-            f"refusing to resume {path}: the config changes the model or method:\n  "
-            + "\n  ".join(differences)
-            + "\nuse a new output_dir, or resume=never to start over"
-        )
+    refuse_non_finite(
+        path,
+        state["method_state"],
+        "method_state",
+        "resume from an earlier checkpoint (resume=PATH), or resume=never to start over",
+    )
+    refuse_other_run(
+        path,
+        schema.model_differences(state["config"], run.provenance["config"]),
+        "the config changes the model or method",
+        "use a new output_dir, or resume=never to start over",
+    )
     run.method.load_state_dict(state["method_state"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scaler.load_state_dict(state["grad_scaler"])

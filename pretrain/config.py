@@ -88,7 +88,9 @@ class PretrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["none", "bf16", "fp16"] = "none"
     sync_bn: bool = True  # SyncBN on the whole model, as the paper's setup (docs/recipes.md, "Optimisation")
-    channels_last: bool = False
+    # NHWC activations: true / false, or "auto" (time both formats on the run's shapes at start, keep
+    # the faster: lowssl.perf; the choice and its speeds go into the records and config.yaml).
+    channels_last: bool | Literal["auto"] = False
     # Colour augmentation on the device (pretrain/views/gpu.py): the loader only decodes, crops and
     # resizes; for hosts whose CPUs cannot feed the GPUs.
     device_augment: bool = False

@@ -98,14 +98,18 @@ class OnlineProbe:
         self.correct, self.seen = state.get("correct", 0), state.get("seen", 0)
 
 
-def write_records(cfg: PretrainConfig, provenance: dict, metrics: dict, run_dir: Path) -> Path:
-    """The monitors' values of ``metrics`` (the last finished epoch's) as the run's records."""
+def write_records(
+    cfg: PretrainConfig, provenance: dict, metrics: dict, run_dir: Path, performance: dict
+) -> Path:
+    """The monitors' values of ``metrics`` (the last finished epoch's) as the run's records;
+    ``performance``: the memory format the run chose (lowssl.perf.MemoryFormatChoice.details)."""
     details = {
         "alpha": cfg.method.alpha,
         "exclusion_rule": cfg.optim.exclusion_rule,
         "views": provenance["config"]["views"],
         "run_dir": str(run_dir),
         "pretrain_budget": pretrain_budget(provenance["config"]),
+        **performance,
     }
     values = {metric: metrics[metric] for metric in MONITOR_PROTOCOLS if metric in metrics}
     records = build_records(

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from lowssl import distributed
+from lowssl.perf import MemoryFormatChoice
 from lowssl.pretrain.config import PretrainConfig
 from lowssl.pretrain.methods import MultiCropMethod
 from lowssl.pretrain.monitors import OnlineProbe
@@ -47,6 +48,7 @@ class Run:
     schedules: Schedules
     scaler: torch.amp.GradScaler
     probe: OnlineProbe | None
+    memory_format: MemoryFormatChoice  # the method's and the views' (channels_last: auto measures it)
     total_steps: int
     global_step: int = 0  # optimiser steps taken, over all epochs
     saved_step: int | None = None  # the global step whose weights last.pth holds, once saved or resumed

@@ -9,6 +9,7 @@ NCCL on GPUs, gloo on CPU).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from lowssl.backbones import get_spec
 from lowssl.config import ConfigError, config_hash, to_dict
 from lowssl.data import IndexedImages, build_dataset, held_out_split
 from lowssl.io import atomic_write_text, git_commit
+from lowssl.perf import MemoryFormatChoice, Workload, choose_memory_format, training_step
 from lowssl.pretrain.checkpointing import last_good_checkpoint, resume, save_checkpoint, stop_if_not_finite
 from lowssl.pretrain.config import PretrainConfig
 from lowssl.pretrain.loader import build_loader
@@ -41,6 +43,8 @@ from lowssl.pretrain.views import CropViews, GpuViewAugment, MultiCropViews, res
 from lowssl.progress import progress, say
 from lowssl.run_lock import run_folder_lock
 from lowssl.stopping import NonFiniteLossError, StopSignals
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def train(cfg: PretrainConfig) -> dict:
@@ -63,12 +67,15 @@ def _train(cfg: PretrainConfig, ctx: distributed.Context, stop: StopSignals) -> 
     data = build_data(cfg, ctx)
     run = build_run(cfg, ctx, run_dir, data.sampler.steps_per_epoch, len(data.images.classes))
     if ctx.is_main:  # the resolved config beside the run, readable without loading a checkpoint
-        atomic_write_text(run_dir / "config.yaml", resolved_yaml(cfg))
+        atomic_write_text(
+            run_dir / "config.yaml", resolved_yaml(cfg) + memory_format_comment(run.memory_format)
+        )
 
     # ---- resume -----------------------------------------------------------------------------------
     start_epoch, start_batch = resume(run)
     records_path = records_file(cfg, run.provenance["config_hash"])
     say(first_line(run, data.sampler.steps_per_epoch, records_path), enabled=ctx.is_main)
+    say(run.memory_format.line(f"pretrain {cfg.backbone}"), enabled=ctx.is_main)
     if start_epoch >= cfg.epochs or run.budget_spent:  # a finished run: resuming it trains nothing more
         print_last_line(run, "complete", data.sampler.steps_per_epoch, None, started)
         return run.metrics
@@ -90,7 +97,9 @@ def _train(cfg: PretrainConfig, ctx: distributed.Context, stop: StopSignals) -> 
     # ---- records: the final monitor values --------------------------------------------------------
     records_written = None
     if ctx.is_main and run.metrics.keys() & MONITOR_PROTOCOLS.keys():
-        records_written = write_records(cfg, run.provenance, run.metrics, run_dir)
+        records_written = write_records(
+            cfg, run.provenance, run.metrics, run_dir, run.memory_format.details()
+        )
     print_last_line(
         run,
         "max_steps" if run.budget_spent else "done",
@@ -142,7 +151,8 @@ def build_run(
     if changes is not None:
         say(changes, enabled=ctx.is_main)
     method_config = {"name": cfg.method_name, **to_dict(method.cfg)}
-    if cfg.channels_last:
+    memory_format = choose_run_memory_format(cfg, ctx, method)
+    if memory_format.channels_last:
         method = method.to(memory_format=torch.channels_last)
     if ctx.distributed and cfg.sync_bn and ctx.device.type == "cuda":
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # gloo has no SyncBN: per-process BN on CPU
@@ -177,8 +187,34 @@ def build_run(
         schedules,
         scaler,
         probe,
+        memory_format,
         total_steps=cfg.epochs * steps_per_epoch,
     )
+
+
+def choose_run_memory_format(
+    cfg: PretrainConfig, ctx: distributed.Context, method: MultiCropMethod
+) -> MemoryFormatChoice:
+    """``channels_last`` true / false, or with "auto" the faster format of this run's step (forward and
+    backward of the method on this process's batch of views, at its precision), measured on a copy
+    of the method before anything trains (lowssl.perf: cached per machine, rank 0's choice for all)."""
+
+    def workload() -> Workload:
+        plan = resolve_views(cfg.views)
+        batch = cfg.batch_size // ctx.world_size
+        shapes = [(batch, 3, plan.global_size, plan.global_size)] * 2 + [
+            (batch, 3, plan.local_size, plan.local_size)
+        ] * plan.n_local
+        step_for = training_step(
+            method, shapes, ctx.device, lambda trial, views: trial(views, 0).loss, AMP_DTYPES.get(cfg.amp)
+        )
+        task = {"task": f"pretrain-step:{cfg.method_name}", "backbone": cfg.backbone, "precision": cfg.amp}
+        return Workload(step_for, {**task, "shapes": shapes}, batch)
+
+    family = get_spec(cfg.backbone).family
+    what = f"pretrain {cfg.backbone}"
+    # printed after the run's first line (_train), not here where it is chosen
+    return choose_memory_format(cfg.channels_last, family, workload, ctx.device, what, announce=False)
 
 
 def build_run_method(cfg: PretrainConfig, n_processes: int) -> MultiCropMethod:
@@ -196,6 +232,13 @@ def build_run_method(cfg: PretrainConfig, n_processes: int) -> MultiCropMethod:
 def resolved_yaml(cfg: PretrainConfig) -> str:
     """The config as the run uses it (every default filled in, the method named), as YAML."""
     return yaml.safe_dump(_provenance(cfg)["config"], sort_keys=False)
+
+
+def memory_format_comment(choice: MemoryFormatChoice) -> str:
+    """The memory format this run chose, as YAML comment lines below its config.yaml: the config keeps
+    what it asked (``channels_last: auto``, its hash the same on every machine), the comment what ran."""
+    measured = json.dumps(choice.measured) if choice.measured is not None else "not measured"
+    return f"# memory format: {choice.name} ({choice.how}); images/s measured: {measured}\n"
 
 
 def _provenance(cfg: PretrainConfig) -> dict:
@@ -232,7 +275,7 @@ def train_one_epoch(
         batch_views = [v.to(ctx.device, non_blocking=True) for v in batch_views]
         if data.device_augment is not None:
             batch_views = data.device_augment(batch_views)
-        if cfg.channels_last:
+        if run.memory_format.channels_last:
             batch_views = [v.contiguous(memory_format=torch.channels_last) for v in batch_views]
         out, values = train_step(run, batch_views, labels, epoch, step_in_epoch)
 
@@ -293,7 +336,7 @@ def train_step(run: Run, views: list[torch.Tensor], labels: torch.Tensor, epoch:
     cfg, method, optimizer, scaler = run.cfg, run.method, run.optimizer, run.scaler
     values = run.schedules.apply(optimizer, run.global_step)
     method.normalize_prototypes()  # SwAV: L2-normalised prototypes every step (docs/recipes.md)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+    amp_dtype = AMP_DTYPES.get(cfg.amp)
     with torch.autocast(run.ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         out = run.model(views, epoch)
     if not math.isfinite(out.loss.item()):

@@ -9,13 +9,15 @@ sqrt(p (1 - p) / 2500), is below 1 pt; the paper's 50 per class would give about
 effects the figures show. A point is the mean over seeds with its 95 % Student-t interval as an error
 bar (results/stats.py), each seed's value a dot beside it. Each figure writes ``<name>.csv`` (the
 numbers behind the plot: mean, interval, n, one run's standard error, the seeds' values and the run
-that made them) and ``<name>.png`` with the paper's reported optimum marked.
+that made them) and ``<name>.png`` with the paper's reported optimum marked, the y-axis fitted to the
+data; ``--replot`` draws the PNGs again from the CSVs (docs/figures/tiny/ are such outputs).
 
 - ``fig1_global_scale``: S_g at S_l = 0.14 (Fig. 1 left; paper optimum S_g in [0.3, 0.4]);
 - ``fig1_local_scale``: S_l at S_g = 0.3 (Fig. 1 right; optimum S_l in [0.3, 0.4]);
 - ``fig2_pixel_scale``: LC at S = 0.14 and S = 0.3, plotted against mean(PS_g / PS_l) (Fig. 2;
   optimum at a ratio of 1.0, Sec. 3.2.2);
-- ``fig3_local_views``: number of local views (Fig. 3 left; saturates quickly);
+- ``fig3_local_views``: number of local views (Fig. 3 left; more help only marginally: the paper keeps
+  the method's 6, marked);
 - ``fig3_alpha``: alpha (Fig. 3 right; optimum in [0.3, 0.4]; 1/7 is Eq. 2).
 
 ``--scale tiny`` (default) runs the tiny preset with a small budget on Fashion-MNIST (sizes scaled by
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,13 +115,31 @@ def points(scale: str) -> list[Point]:
     return sweeps
 
 
-# The paper's reported optimum per figure: (x range to shade, or the x of a vertical line).
+@dataclass(frozen=True)
+class PaperMark:
+    """The paper's value for a sweep: a range to shade, or (low == high) the x of a vertical line."""
+
+    low: float
+    high: float
+    label: str
+
+
+# The paper's reported optimum per figure; for the local views, which it finds to help only
+# marginally beyond the method's default (Sec. 3.2.3), the default it keeps (docs/recipes.md).
 OPTIMUM = {
-    "fig1_global_scale": (0.3, 0.4),
-    "fig1_local_scale": (0.3, 0.4),
-    "fig2_pixel_scale": (1.0, 1.0),
-    "fig3_local_views": None,
-    "fig3_alpha": (0.3, 0.4),
+    "fig1_global_scale": PaperMark(0.3, 0.4, "paper's best S_g: 0.3-0.4 (Sec. 3.2.1)"),
+    "fig1_local_scale": PaperMark(0.3, 0.4, "paper's best S_l: 0.3-0.4 (Sec. 3.2.1)"),
+    "fig2_pixel_scale": PaperMark(1.0, 1.0, "paper's optimum: ratio 1 (Sec. 3.2.2)"),
+    "fig3_local_views": PaperMark(6, 6, "paper keeps 6: more help only marginally (Sec. 3.2.3)"),
+    "fig3_alpha": PaperMark(0.3, 0.4, "paper's best alpha: 0.3-0.4 (Sec. 3.2.4)"),
+}
+#: What each figure sweeps, for its title.
+SWEPT = {
+    "fig1_global_scale": "global crop scale S_g (Fig. 1, left)",
+    "fig1_local_scale": "local crop scale S_l (Fig. 1, right)",
+    "fig2_pixel_scale": "pixel scale ratio of global to local views (Fig. 2)",
+    "fig3_local_views": "number of local views (Fig. 3, left)",
+    "fig3_alpha": "weight alpha of the global-global loss (Fig. 3, right)",
 }
 X_LABEL = {
     "fig1_global_scale": "S_g (global scale lower bound)",
@@ -127,6 +148,7 @@ X_LABEL = {
     "fig3_local_views": "number of local views",
     "fig3_alpha": "alpha (weight of the global-global loss)",
 }
+SCALE_DATA = {"tiny": "Fashion-MNIST, tiny scale", "paper": "ImageNet-1k"}
 
 
 def run_name(point: Point) -> str:
@@ -226,7 +248,104 @@ def sweep(
     return pd.DataFrame(rows)
 
 
+def seed_values(rows: pd.DataFrame) -> list[tuple[float, float]]:
+    """(x, one seed's value) for every seed of every point."""
+    return [
+        (x, float(v)) for x, text in zip(rows["x"], rows["seeds"], strict=True) for v in str(text).split()
+    ]
+
+
+def y_limits(rows: pd.DataFrame) -> tuple[float, float]:
+    """The y-axis fitted to the means and every seed's value, with a margin, within 0-100. It is not
+    stretched to the intervals: with two seeds a 95 % interval is about 9 sample deviations wide
+    (t = 12.7) and would bring back an axis on which the effects cannot be seen; an interval that
+    reaches past the axis is marked at its edge instead (:func:`mark_beyond`)."""
+    values = [*rows["knn_top1_heldout"], *(v for _, v in seed_values(rows))]
+    low, high = min(values), max(values)
+    margin = max(0.15 * (high - low), 1.0)
+    return max(low - margin, 0.0), min(high + margin, 100.0)
+
+
+def mark_beyond(ax, points_: pd.DataFrame, limits: tuple[float, float], color) -> bool:
+    """An arrowhead on the frame where a point's interval runs past the axis, so that none is cut off
+    unseen (the CSV has its half-width); whether any was marked."""
+    bottom, top = limits
+    ci = points_["ci95"].fillna(0)
+    above = points_["knn_top1_heldout"] + ci > top
+    below = points_["knn_top1_heldout"] - ci < bottom
+    for edge, beyond, marker in ((top, above, "^"), (bottom, below, "v")):
+        xs = points_.loc[beyond, "x"]
+        ax.plot(
+            xs, [edge] * len(xs), linestyle="", marker=marker, color=color, alpha=0.6, clip_on=False, zorder=4
+        )
+    return bool((above | below).any())
+
+
+def mark_paper(ax, mark: PaperMark) -> None:
+    if mark.low == mark.high:
+        ax.axvline(mark.low, color="purple", linestyle="--", label=mark.label)
+    else:
+        ax.axvspan(mark.low, mark.high, color="purple", alpha=0.15, label=mark.label)
+
+
+def plot_figure(rows: pd.DataFrame, figure: str, scale: str):
+    """One sweep: per series the mean over seeds with its 95 % interval and each seed as a dot, the
+    paper's value marked, the y-axis fitted to the data (:func:`y_limits`), the legend under the axes."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.6))
+    limits = y_limits(rows)
+    widest, beyond = rows["ci95"].max(), False
+    for series, points_ in rows.groupby("series", sort=False):
+        points_ = points_.sort_values("x")
+        # the means drawn boldly, the intervals (wide with two seeds) faintly behind them
+        (line,) = ax.plot(
+            points_["x"],
+            points_["knn_top1_heldout"],
+            marker="o",
+            label=f"{series}: mean over seeds, 95 % interval",
+        )
+        color = line.get_color()
+        yerr = points_["ci95"].fillna(0)
+        ax.errorbar(
+            points_["x"],
+            points_["knn_top1_heldout"],
+            yerr=yerr,
+            fmt="none",
+            ecolor=color,
+            alpha=0.35,
+            capsize=3,
+        )
+        seeds = seed_values(points_)
+        ax.scatter([x for x, _ in seeds], [v for _, v in seeds], s=10, color=color, alpha=0.5, zorder=3)
+        beyond |= mark_beyond(ax, points_, limits, color)
+    mark_paper(ax, OPTIMUM[figure])
+    if beyond:  # a legend entry for the arrowheads, in grey: they take their series' colour
+        ax.plot(
+            [],
+            [],
+            linestyle="",
+            marker="^",
+            color="grey",
+            label=f"interval runs past the axis (widest ±{widest:.0f})",
+        )
+    ax.scatter([], [], s=10, color="grey", alpha=0.5, label="one seed")
+    ax.set_ylim(*limits)
+    ax.set_xlabel(X_LABEL[figure])
+    ax.set_ylabel("held-out 20-NN top-1 (%)")
+    seeds_per_point = "-".join(str(n) for n in sorted({rows["n"].min(), rows["n"].max()}))
+    ax.set_title(
+        f"Held-out k-NN top-1 vs {SWEPT[figure]}\nDINO MobileNetV2, {SCALE_DATA[scale]}, "
+        f"{seeds_per_point} seeds a point",
+        fontsize=9,
+    )
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    return fig
+
+
 def plot(frame: pd.DataFrame, out: Path, scale: str) -> list[Path]:
+    """``<figure>.csv`` and ``<figure>.png`` in ``out`` for every figure of ``frame``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,50 +353,27 @@ def plot(frame: pd.DataFrame, out: Path, scale: str) -> list[Path]:
 
     written = []
     for figure, rows in frame.groupby("figure", sort=False):
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for series, points_ in rows.groupby("series", sort=False):
-            points_ = points_.sort_values("x")
-            line = ax.errorbar(
-                points_["x"],
-                points_["knn_top1_heldout"],
-                yerr=points_["ci95"].fillna(0),
-                marker="o",
-                capsize=3,
-                label=f"{series} (mean ± 95 % CI, n={points_['n'].min()})",
-            )
-            seeds = [
-                (x, float(v))
-                for x, text in zip(points_["x"], points_["seeds"], strict=True)
-                for v in text.split()
-            ]
-            ax.scatter(
-                [x for x, _ in seeds],
-                [v for _, v in seeds],
-                s=8,
-                color=line[0].get_color(),
-                alpha=0.5,
-                zorder=3,
-            )
-        optimum = OPTIMUM[figure]
-        if optimum is not None:
-            low, high = optimum
-            if low == high:
-                ax.axvline(low, color="purple", linestyle="--", label=f"paper optimum ({low:g})")
-            else:
-                ax.axvspan(low, high, color="purple", alpha=0.15, label=f"paper optimum [{low:g}, {high:g}]")
-        bottom, top = ax.get_ylim()  # an n=2 interval can reach past what a top-1 can be
-        ax.set_ylim(max(bottom, 0), min(top, 100))
-        ax.set_xlabel(X_LABEL[figure])
-        ax.set_ylabel("held-out 20-NN top-1 (%)")
-        ax.set_title(f"{figure} ({scale} scale)", fontsize=9)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
+        fig = plot_figure(rows, figure, scale)
         csv_path, png_path = out / f"{figure}.csv", out / f"{figure}.png"
         atomic_write_text(csv_path, rows.to_csv(index=False))
-        fig.savefig(png_path, dpi=120)
+        fig.savefig(png_path, dpi=120, bbox_inches="tight")
         plt.close(fig)
         written += [csv_path, png_path]
     return written
+
+
+def replot(out: Path, figures: list[str], scale: str) -> int:
+    """Plot the figures again from the CSVs a sweep wrote into ``out`` (the numbers stay as they are)."""
+    found = [out / f"{figure}.csv" for figure in figures if (out / f"{figure}.csv").is_file()]
+    if not found:
+        print(
+            f"error: no figure CSV in {out} (expected {figures[0]}.csv ...): run the sweep first",
+            file=sys.stderr,
+        )
+        return 2
+    for path in plot(pd.concat([pd.read_csv(path) for path in found], ignore_index=True), out, scale):
+        print(f"wrote {path}")
+    return 0
 
 
 def job_count(text: str) -> int:
@@ -303,7 +399,16 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--work-dir", type=Path, help="default runs/figures-<scale>")
     parser.add_argument("--out", type=Path, help="default results/figures/<scale>")
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="run nothing: plot again the <figure>.csv files already in --out (e.g. docs/figures/tiny)",
+    )
     args = parser.parse_args(argv)
+    if args.replot:
+        return replot(
+            args.out or Path("results/figures") / args.scale, args.only or list(OPTIMUM), args.scale
+        )
     if args.scale == "paper" and not args.imagenet:
         parser.error("--scale paper needs --imagenet /path/to/imagenet")
     out = args.out or Path("results/figures") / args.scale

@@ -51,6 +51,7 @@ COLUMNS = [
     "seed",
     "source",
     "origin",
+    "checkpoint",  # a run's checkpoint_sha256 (the file it evaluated); "" for the paper
     "comparable_group",
     "settings",  # a run's resolved protocol (lowssl.records.recorded_protocol) as JSON; "" for the paper
     "pretrain_budget",  # a run's pre-training budget (lowssl.records.recorded_budget); "" for the paper
@@ -67,6 +68,7 @@ SUMMARY_COLUMNS = [
     "protocol",
     "dataset",
     "pretrain_budget",
+    "origin",  # where the row's numbers come from: the paper's table, or each pooled run's id
     "comparable_group",
 ]
 ARCHITECTURE_METRICS = ("params_M", "GFLOPs")
@@ -106,6 +108,7 @@ def run_rows(records: pd.DataFrame) -> pd.DataFrame:
         teacher_epochs=pd.NA,
         source="lowssl-run",
         origin=records["run_id"],
+        checkpoint=records["checkpoint_sha256"],
         settings=settings,
         pretrain_budget=records["details"].map(recorded_budget),
     )
@@ -114,7 +117,8 @@ def run_rows(records: pd.DataFrame) -> pd.DataFrame:
 def build_leaderboard(paper: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     """Paper rows and run records in :data:`COLUMNS`, sorted by comparable group, then best value first."""
     frame = pd.concat(
-        [paper_rows(paper).assign(settings="", pretrain_budget=""), run_rows(records)], ignore_index=True
+        [paper_rows(paper).assign(checkpoint="", settings="", pretrain_budget=""), run_rows(records)],
+        ignore_index=True,
     )
     frame["pretrain_epochs"] = frame["pretrain_epochs"].astype("Int64")
     frame["teacher_epochs"] = frame["teacher_epochs"].astype("Int64")
@@ -150,9 +154,10 @@ def summarise_leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
         else:
             summary = summarise(group["value"].tolist())
             row["value"], row["n"] = summary.format().rsplit(" (", 1)[0], summary.n
+        row["origin"] = ", ".join(dict.fromkeys(group["origin"]))
         row["mean"] = group["value"].mean()
         rows.append(row)
-    summary_frame = pd.DataFrame(rows, columns=[*keys, "value", "n", "mean"])
+    summary_frame = pd.DataFrame(rows, columns=[*keys, "value", "n", "origin", "mean"])
     summary_frame = summary_frame.sort_values(
         ["metric", "backbone", "comparable_group", "mean"], ascending=[True, True, True, False], kind="stable"
     )
@@ -198,3 +203,30 @@ def select(frame: pd.DataFrame, **allowed: list[str] | None) -> pd.DataFrame:
             keep |= held.str.split("/").str[0].isin(values)
         frame = frame[keep]
     return frame
+
+
+#: The ``source`` of a checkpoint's own rows in :func:`beside_checkpoint`: never pooled with other runs.
+THIS_CHECKPOINT = "this checkpoint"
+
+
+def beside_checkpoint(frame: pd.DataFrame, sha256: str) -> pd.DataFrame:
+    """The rows of the checkpoint whose SHA-256 is (or starts with) ``sha256``, their ``source`` set to
+    :data:`THIS_CHECKPOINT`, beside every row comparable with one of them (same ``comparable_group``)
+    of the same backbone: the paper's and other runs'. A checkpoint without rows, or a prefix that
+    names two checkpoints, is a :class:`FilterError`; ``sha256`` is a non-empty hex string."""
+    own = frame["checkpoint"].astype("string").fillna("").str.startswith(sha256.lower())
+    matched = sorted(set(frame.loc[own, "checkpoint"]))
+    if not matched:
+        raise FilterError(
+            f"no record comes from checkpoint {sha256[:12]}: evaluate it first "
+            "(make evaluate-checkpoint CKPT=...), or name its records folder with --runs-dir"
+        )
+    if len(matched) > 1:
+        raise FilterError(f"{sha256} starts {len(matched)} checkpoints' SHA-256: give more of it")
+    mine = frame[own]
+    beside = frame["comparable_group"].isin(mine["comparable_group"]) & frame["backbone"].isin(
+        mine["backbone"]
+    )
+    shown = own | beside
+    rows = frame[shown]
+    return rows.assign(source=rows["source"].mask(own[shown], THIS_CHECKPOINT))

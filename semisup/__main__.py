@@ -6,7 +6,7 @@ Examples::
     python -m lowssl.semisup check-subset --dataset imagefolder --data-root /data/imagenet --subset 1percent.txt
     python -m lowssl.semisup finetune --checkpoint ckpt.pth --subset 1pct --dataset fashion-mnist --protocol tiny
     python -m lowssl.semisup finetune --checkpoint ckpt.pth --subset 1pct --protocol tiny epochs=1 batch_size=64
-    python -m lowssl.semisup finetune --random-init --arch resnet18 --subset 10pct --protocol tiny
+    python -m lowssl.semisup finetune --random-init --arch resnet18 --subset 10pct --protocol tiny max_steps=5
     torchrun --nproc_per_node 8 -m lowssl.semisup finetune --checkpoint ckpt.pth --dataset imagefolder \\
         --data-root /data/imagenet --subset 10percent.txt --protocol paper
 """
@@ -94,12 +94,13 @@ def parser() -> argparse.ArgumentParser:
     )
     _add_list_checks(tune)
     tune.add_argument("--subset-seed", type=int, default=0, help="seed of a generated 1pct / 10pct subset")
-    tune.add_argument("--output-dir", help="default runs/semisup/<checkpoint>_<protocol>_<dataset>_<subset>")
+    tune.add_argument(
+        "--output-dir",
+        help="default runs/semisup/<checkpoint's run>_<protocol>_<dataset>_<subset> (FinetuneArgs.run_name)",
+    )
     tune.add_argument("--records-dir", help="results records (default results/runs/)")
     tune.add_argument("--resume", default="auto", help="auto (from <output-dir>/last.pth), never, or a path")
-    tune.add_argument("--max-steps", type=int, help="smoke runs: stop after N steps")
     add_held_out_arguments(tune, "to choose a hyper-parameter without touching val")
-    tune.add_argument("--max-eval-images", type=int, help="smoke runs: evaluate on the first N images")
     tune.add_argument(
         "--workers",
         type=int,
@@ -114,8 +115,10 @@ def parser() -> argparse.ArgumentParser:
     add_overrides_argument(
         tune,
         "protocol overrides, e.g. epochs=1 (the epochs of the subset run) batch_size=64 (the LR follows "
-        "the protocol's scaling rule) image_size=32",
+        "the protocol's scaling rule) image_size=32; smoke runs: max_steps=N (stop after N steps), "
+        "max_eval_images=N (evaluate on the first N images)",
     )
+    tune.now_overrides(max_steps="--max-steps", max_eval_images="--max-eval-images")
     return main
 
 

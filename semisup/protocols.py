@@ -95,7 +95,7 @@ def available() -> list[str]:
 def load_protocol(name: str, overrides: list[str] | None = None) -> SemisupProtocol:
     """The protocol ``name`` with ``key=value`` overrides applied (strict). Its name and
     ``paper_protocol`` stay the file's: semisup/report.py derives them when it records the run (the
-    subset's epochs and --max-steps count there, the other subset's epochs do not)."""
+    subset's epochs and max_steps= count there, the other subset's epochs do not)."""
     return protocols.load_protocol(
         CONFIG_DIR, name, SemisupProtocol, overrides, what="semi-supervised protocol", derive=False
     )

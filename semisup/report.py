@@ -9,7 +9,7 @@ from lowssl.io import git_commit
 from lowssl.protocols import protocol_identity
 from lowssl.records import append_records, build_records
 from lowssl.released import record_details
-from lowssl.semisup.arguments import SUBSET_EPOCHS, FinetuneArgs
+from lowssl.semisup.arguments import SMOKE_LIMITS, SUBSET_EPOCHS, FinetuneArgs
 from lowssl.semisup.protocols import SemisupProtocol, load_protocol
 from lowssl.semisup.subsets import LabelSubset
 from lowssl.subject import Subject
@@ -50,7 +50,7 @@ def write_records(
     }
     if protocol.epochs(subset.label) != base.epochs(subset.label):
         changes[SUBSET_EPOCHS] = protocol.epochs(subset.label)
-    changes.update({key: overrides[key] for key in ("max_steps", "max_eval_images") if key in overrides})
+    changes.update({key: overrides[key] for key in SMOKE_LIMITS if key in overrides})
     recorded_name, paper_protocol = protocol_identity(protocol.name, protocol.paper_protocol, changes)
     details = {
         "protocol": to_dict(protocol),  # lowssl.records.recorded_protocol: a changed preset never pools
@@ -78,6 +78,7 @@ def write_records(
         **record_details(
             args.checkpoint, identity["checkpoint_sha256"]
         ),  # a released checkpoint: how verified
+        **result["performance"],  # the memory format it ran in, and its measured speeds (lowssl.perf)
     }
     rows = build_records(
         {f"semi_{subset.label}_{k}": result[k] for k in ("top1", "top5")},

@@ -16,7 +16,7 @@ from torch.optim import Optimizer
 from lowssl import distributed
 from lowssl.io import atomic_torch_save, first_non_finite, load_checkpoint
 from lowssl.rng import rng_state, set_rng_state
-from lowssl.stopping import NonFiniteLossError, NonFiniteWeightsError, ResumeError
+from lowssl.stopping import NonFiniteLossError, NonFiniteWeightsError, refuse_non_finite, refuse_other_run
 
 FORMAT = "lowssl-semisup-v1"
 
@@ -42,23 +42,18 @@ class RunState:
         """Continue from the file ``path``: weights, optimiser, RNG, epoch, step and evaluations. A file
         with a NaN or infinite weight, or another run's, is refused (ResumeError)."""
         state = load_checkpoint(path)
-        broken = first_non_finite(state.get("model"))
-        if broken is not None:  # written before checkpoints were checked: it would be NaN at the first step
-            raise ResumeError(
-                f"refusing to resume {path}: its tensor model.{broken} is NaN or infinite; "
-                "use --resume never to start over"
-            )
+        refuse_non_finite(path, state.get("model"), "model", "use --resume never to start over")
         differences = [
             f"{k}: {state['identity'].get(k)!r} -> {v!r}"
             for k, v in self.identity.items()
             if state["identity"].get(k) != v
         ]
-        if differences:
-            raise ResumeError(
-                f"refusing to resume {path}: it is another run:\n  "
-                + "\n  ".join(differences)
-                + "\nuse another --output-dir, or --resume never to start over"
-            )
+        refuse_other_run(
+            path,
+            differences,
+            "it is another run",
+            "use another --output-dir, or --resume never to start over",
+        )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])

@@ -15,7 +15,6 @@ What the run reports, and its records, are semisup/report.py's.
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +28,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lowssl import distributed
-from lowssl.backbones import build_backbone
+from lowssl.backbones import build_backbone, get_spec
 from lowssl.checkpoints import OpenedCheckpoint, open_from_arguments
 from lowssl.config import ConfigError, to_dict
 from lowssl.data import IndexedImages, SeededSamples, build_dataset, held_out_split
 from lowssl.distributed import Context
 from lowssl.metrics import topk_hits
 from lowssl.paths import home
+from lowssl.perf import MemoryFormatChoice, Workload, choose_memory_format, to_memory_format, training_step
 from lowssl.progress import progress, say
 from lowssl.records import default_runs_dir
 from lowssl.run_lock import run_folder_lock
@@ -67,7 +67,7 @@ def finetune(args: FinetuneArgs) -> dict:
             )
         net = build_network(args, protocol)  # a checkpoint without a DINO head fails before any data is read
 
-        run_dir = Path(args.output_dir or home() / "runs" / "semisup" / run_name(args, net.arch))
+        run_dir = Path(args.output_dir or home() / "runs" / "semisup" / args.run_name(net.subject))
         held.enter_context(run_folder_lock(run_dir, ctx.is_main))
         subset = labelled_subset(args, net.train_images, run_dir, ctx)
         if subset_epochs is not None:
@@ -76,7 +76,7 @@ def finetune(args: FinetuneArgs) -> dict:
 
         loader, order = train_loader(args, protocol, net.train_images, subset, ctx)
         evaluation = evaluation_set(args, net.train_images, subset, protocol)
-        model, trained, optimizer = prepare_training(net.model, protocol, ctx)
+        model, trained, optimizer, memory_format = prepare_training(net.model, protocol, ctx, net.arch)
 
         state = RunState(model, optimizer, run_identity(args, protocol, epochs, subset, net), run_dir)
         resume_file = resume_path(args.resume, run_dir)
@@ -126,6 +126,7 @@ def finetune(args: FinetuneArgs) -> dict:
             head_source=net.head_source,
             arch=net.arch,
             stopped_by=_stopped_by(finished, stopped, args.max_steps),
+            performance=memory_format.details(),  # the memory format it ran in and why (lowssl.perf)
         )
         if ctx.is_main:
             records = write_records(
@@ -202,9 +203,32 @@ def train_loader(
 
 
 def prepare_training(
-    model: SemiSupervisedNet, protocol: SemisupProtocol, ctx: Context
-) -> tuple[SemiSupervisedNet, nn.Module, torch.optim.Optimizer]:
-    """(the model on its device, what is trained: it or its DDP wrapper, the SGD optimiser)."""
+    model: SemiSupervisedNet, protocol: SemisupProtocol, ctx: Context, arch: str
+) -> tuple[SemiSupervisedNet, nn.Module, torch.optim.Optimizer, MemoryFormatChoice]:
+    """(the model on its device, what is trained: it or its DDP wrapper, the SGD optimiser, the memory
+    format it trains and evaluates in: a CNN's faster one, timed on this process's batch, lowssl.perf)."""
+    batch = protocol.batch_size // ctx.world_size
+    shape = (batch, 3, protocol.image_size, protocol.image_size)
+
+    def workload() -> Workload:
+        step_for = training_step(
+            model, [shape], ctx.device, lambda trial, images: trial(images[0]).logsumexp(1).mean()
+        )
+        return Workload(
+            step_for,
+            {
+                "task": f"semisup-step:{protocol.network}",
+                "backbone": arch,
+                "precision": "none",
+                "shape": shape,
+            },
+            batch,
+        )
+
+    choice = choose_memory_format(
+        "auto", get_spec(arch).family, workload, ctx.device, f"semisup {arch}", ctx.is_main
+    )
+    model = to_memory_format(model, choice)
     if ctx.distributed and ctx.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(ctx.device)
@@ -220,7 +244,7 @@ def prepare_training(
         nesterov=protocol.nesterov,
         weight_decay=protocol.weight_decay,
     )
-    return model, trained, optimizer
+    return model, trained, optimizer, choice
 
 
 def run_identity(
@@ -353,12 +377,3 @@ def evaluate(model: nn.Module, images, ctx: Context, batch_size: int, workers: i
     if ctx.distributed:
         dist.all_reduce(counts)
     return (100 * counts[0] / counts[2]).item(), (100 * counts[1] / counts[2]).item()
-
-
-def run_name(args: FinetuneArgs, arch: str) -> str:
-    """The run's default folder: runs/semisup/<checkpoint>_<protocol>_<dataset>_<subset>[_<eval set>]."""
-    source = f"random_{arch}" if args.random_init else Path(args.checkpoint).stem
-    subset = args.subset if args.subset in ("1pct", "10pct") else Path(args.subset).stem
-    head = "_newhead" if args.new_head else ""
-    scored = f"_{args.eval_set()}" if args.held_out else ""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{source}{head}_{args.protocol}_{args.dataset}_{subset}{scored}")

@@ -472,7 +472,7 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     path = save(tmp_path, {"state_dict": {"conv1.weight": torch.zeros(1)}, "args": Payload()})
     with pytest.raises(CheckpointError, match="--trust-checkpoint"):
         open_checkpoint(path)
-    assert inspect_main([str(path)]) == 2
+    assert inspect_main(["--checkpoint", str(path)]) == 2
     assert not marker.exists()
 
 
@@ -482,7 +482,7 @@ def test_truncated_file_gives_a_clear_error(tmp_path, backbones, capsys):
     truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         open_checkpoint(truncated)
-    assert inspect_main([str(truncated)]) == 2
+    assert inspect_main(["--checkpoint", str(truncated)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "corrupt or truncated" in err and "Traceback" not in err
 
@@ -490,7 +490,7 @@ def test_truncated_file_gives_a_clear_error(tmp_path, backbones, capsys):
 def test_inspect_reports_and_ends_with_json(tmp_path, backbones, capsys):
     state = backbones("resnet18")
     path = save(tmp_path, write_moco(state, "resnet18")[0])
-    assert inspect_main([str(path)]) == 0
+    assert inspect_main(["--checkpoint", str(path)]) == 0
     out = capsys.readouterr().out
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary == {
@@ -505,7 +505,7 @@ def test_inspect_reports_and_ends_with_json(tmp_path, backbones, capsys):
 
     without_layer4 = {k: v for k, v in state.items() if not k.startswith("layer4.")}
     path = save(tmp_path, write_torchvision(without_layer4, "resnet18")[0], "no_layer4.pth")
-    assert inspect_main([str(path)]) == 1
+    assert inspect_main(["--checkpoint", str(path)]) == 1
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["arch"] == "resnet18" and summary["unexpected"] == []
     assert summary["missing"] == [k for k in state if k.startswith("layer4.")]

@@ -57,7 +57,7 @@ def test_a_released_sslight_file_loads_weights_only_without_importing_the_config
     printed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert printed.split() == ["OrderedDict", "resnet18", "False"]
     # `evaluate inspect` with trust off: every backbone tensor of the student found, none missing.
-    assert inspect_main([str(path)]) == 0
+    assert inspect_main(["--checkpoint", str(path)]) == 0
     report = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert (report["format"], report["branch"], report["arch"]) == ("sslight", "student", "resnet18")
     assert report["missing"] == [] and report["loaded"] == len(resnet18)
@@ -96,7 +96,7 @@ def test_a_config_of_any_other_class_or_content_is_refused_and_runs_nothing(tmp_
     path = save(tmp_path, checkpoint)
     with pytest.raises(CheckpointError, match="objects other than tensors and plain data"):
         load_checkpoint(path, safe_globals=SAFE_GLOBALS)
-    assert inspect_main([str(path)]) == 2
+    assert inspect_main(["--checkpoint", str(path)]) == 2
     assert not marker.exists()
 
 

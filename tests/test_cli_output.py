@@ -3,6 +3,7 @@ stopped, plain progress lines (no carriage returns) when the output is a file, `
 command lines of ``lowssl.released``. Real processes with their output redirected to files."""
 
 import fcntl
+import importlib
 import os
 import pty
 import struct
@@ -16,8 +17,11 @@ import torch
 from test_evaluate import _separable_image_folder
 from test_pretrain_engine import REPO, TINY, tiny_overrides
 
-from lowssl.io import load_checkpoint
+from lowssl.config import ConfigError
+from lowssl.io import load_checkpoint, sha256_file
 from lowssl.released import main as released_main
+from lowssl.semisup.arguments import FinetuneArgs
+from lowssl.subject import Subject
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -208,7 +212,7 @@ def test_quiet_detection_prints_its_closing_line_only(tmp_path):
 
 
 def test_a_finished_semisup_run_is_already_complete(tmp_path):
-    """Before: re-running a --max-steps 2 run trained a 3rd step and recorded its new score (measured:
+    """Before: re-running a max_steps=2 run trained a 3rd step and recorded its new score (measured:
     top-1 25.00 -> 12.50 on the same command)."""
     from test_semisup import smoke
 
@@ -220,3 +224,87 @@ def test_a_finished_semisup_run_is_already_complete(tmp_path):
     assert (first["stopped_by"], again["stopped_by"]) == ("stopped at max_steps=2", "already complete")
     assert again["top1"] == first["top1"] and again["records"] == first["records"]
     assert load_checkpoint(tmp_path / "run" / "last.pth")["global_step"] == 2
+
+
+# One CLI convention (issue 27): the spellings of an older release, each refused with one line that
+# spells the same command the new way.
+OLD_SPELLINGS = [
+    (
+        "evaluate",
+        ["inspect", "runs/x/last.pth"],
+        "error: the checkpoint is given as --checkpoint PATH now: "
+        "python -m lowssl.evaluate inspect --checkpoint runs/x/last.pth",
+    ),
+    (
+        "evaluate",
+        ["export", "runs/x/last.pth", "--to", "timm", "--out", "r18.pth"],
+        "error: the checkpoint is given as --checkpoint PATH now: "
+        "python -m lowssl.evaluate export --checkpoint runs/x/last.pth --to timm --out r18.pth",
+    ),
+    (
+        "detection",
+        ["convert", "runs/x/last.pth", "runs/x/r18.pkl"],
+        "error: the checkpoint and the pickle to write are given as --checkpoint PATH --out PATH now: "
+        "python -m lowssl.detection convert --checkpoint runs/x/last.pth --out runs/x/r18.pkl",
+    ),
+    (
+        "semisup",
+        ["finetune", "--random-init", "--arch", "resnet18", "--subset", "1pct", "--protocol", "tiny"]
+        + ["--max-steps", "5", "--max-eval-images", "500"],
+        "error: --max-steps N, --max-eval-images N are the overrides max_steps=N, max_eval_images=N now: "
+        "python -m lowssl.semisup finetune --random-init --arch resnet18 --subset 1pct --protocol tiny "
+        "max_steps=5 max_eval_images=500",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("stage", "argv", "line"), OLD_SPELLINGS, ids=[" ".join(s[1][:1]) for s in OLD_SPELLINGS]
+)
+def test_an_old_spelling_is_refused_naming_the_new_one(stage, argv, line, capsys):
+    """Before: inspect, export and convert took the checkpoint positionally while linear, knn and
+    finetune took --checkpoint; semisup's smoke limits were flags where pretrain's are overrides."""
+    if stage == "detection":
+        pytest.importorskip("detectron2", reason="detection needs Detectron2")
+    main = importlib.import_module(f"lowssl.{stage}.__main__").main
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_semisup_smoke_limits_as_overrides_make_the_same_run_and_records():
+    """``max_steps=5 max_eval_images=500`` sets what ``--max-steps 5 --max-eval-images 500`` set: the
+    same fields, recorded overrides (the protocol ``tiny+max_eval_images=500+max_steps=5``) and folder."""
+    common = {"subset": "1pct", "random_init": True, "arch": "resnet18", "protocol": "tiny"}
+    by_override = FinetuneArgs(**common, overrides=["epochs=1", "max_steps=5", "max_eval_images=500"])
+    by_field = FinetuneArgs(**common, overrides=["epochs=1"], max_steps=5, max_eval_images=500)
+    assert (by_override.max_steps, by_override.max_eval_images, by_override.overrides) == (
+        5,
+        500,
+        ["epochs=1"],
+    )
+    assert by_override.recorded_overrides() == by_field.recorded_overrides()
+    subject = Subject.random_init("resnet18", 0, "random-init:resnet18")
+    assert (
+        by_override.run_name(subject)
+        == by_field.run_name(subject)
+        == "random_resnet18_tiny_fashion-mnist_1pct"
+    )
+    with pytest.raises(ConfigError, match="max_steps=0': expected an integer > 0"):
+        FinetuneArgs(**common, overrides=["max_steps=0"])
+
+
+def test_semisup_default_folders_of_two_runs_last_pth_never_collide(tmp_path):
+    """Before: runs/semisup/last_tiny_fashion-mnist_1pct for every pre-training run's last.pth, so the
+    second run's fine-tuning was refused (and --resume never would have overwritten the first's)."""
+    names = []
+    for run in ("dino_a", "dino_b"):
+        checkpoint = tmp_path / run / "last.pth"
+        checkpoint.parent.mkdir()
+        checkpoint.write_bytes(run.encode())
+        args = FinetuneArgs(subset="1pct", checkpoint=str(checkpoint), protocol="tiny")
+        subject = Subject(sha256_file(checkpoint), "resnet18", "student", "lowssl", "dino", "ours", 1)
+        names.append(args.run_name(subject))
+    assert names[0] != names[1]
+    assert names[0] == f"dino_a-{sha256_file(tmp_path / 'dino_a' / 'last.pth')[:8]}_tiny_fashion-mnist_1pct"

@@ -201,7 +201,7 @@ def _converted(tmp_path, checkpoint: dict, *extra: str) -> tuple[int, dict]:
     source = tmp_path / "source.pth"
     torch.save(checkpoint, source)
     out = tmp_path / "out.pkl"
-    code = main(["convert", str(source), str(out), *extra])
+    code = main(["convert", "--checkpoint", str(source), "--out", str(out), *extra])
     return code, (pickle.loads(out.read_bytes()) if out.exists() else {})
 
 

@@ -83,7 +83,7 @@ def test_export_to_an_architecture_the_weights_are_not_is_refused(resnet18_file,
     path, _ = resnet18_file
     out = tmp_path / "r34.pth"
     code = evaluate_main(
-        ["export", str(path), "--arch", "resnet34", "--to", "torchvision", "--out", str(out)]
+        ["export", "--checkpoint", str(path), "--arch", "resnet34", "--to", "torchvision", "--out", str(out)]
     )
     assert code == 2 and not out.exists()
     error = capsys.readouterr().err
@@ -93,7 +93,7 @@ def test_export_to_an_architecture_the_weights_are_not_is_refused(resnet18_file,
 def test_export_command_and_python_api(resnet18_file, tmp_path, capsys):
     path, model = resnet18_file
     out = tmp_path / "r18.safetensors"
-    assert evaluate_main(["export", str(path), "--to", "safetensors", "--out", str(out)]) == 0
+    assert evaluate_main(["export", "--checkpoint", str(path), "--to", "safetensors", "--out", str(out)]) == 0
     assert "resnet18 backbone (torchvision" in capsys.readouterr().out
     images = torch.randn(2, 3, 32, 32)
     assert torch.equal(_features(load_backbone(path), images), _features(model, images))
@@ -144,7 +144,7 @@ def test_an_exported_safetensors_file_reads_back_whatever_its_name(resnet18_file
 )
 def test_a_broken_safetensors_file_is_named_as_one(name, header, declared, problem, tmp_path, capsys):
     path = _safetensors_file(tmp_path / f"{name}.pth", header, bytes(8), declared)
-    assert evaluate_main(["inspect", str(path)]) == 2
+    assert evaluate_main(["inspect", "--checkpoint", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert (

@@ -119,7 +119,7 @@ def takes_arguments(module: str) -> bool:
     assert spec is not None and spec.origin, f"no module {module}"
     path = Path(spec.origin)
     source = (path.parent / "__main__.py" if path.name == "__init__.py" else path).read_text(encoding="utf-8")
-    if "argparse" in source:
+    if "argparse" in source or "StageParser" in source:  # lowssl.cli.StageParser is argparse's
         return True
     imported = re.search(r"^from ([\w.]+) import main$", source, re.MULTILINE)
     return imported is not None and takes_arguments(imported.group(1))

@@ -136,7 +136,9 @@ def test_the_entry_reads_as_registered_with_trust_off(registry_cache, capsys, mo
         inspect_cmd, "open_from_arguments", lambda args: opened.append(open_from_arguments(args)) or opened[0]
     )
     path = registry_cache / entry.filename
-    assert inspect_cmd.inspect_main([str(path), "--branch", entry.branch]) == 0  # no --trust-checkpoint
+    assert (
+        inspect_cmd.inspect_main(["--checkpoint", str(path), "--branch", entry.branch]) == 0
+    )  # no --trust-checkpoint
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # Layouts that read the same tensors tie (a DINO backbone-only file is a torchvision / timm file).
     assert report["format"] == entry.format or entry.format in opened[0].matched_formats

@@ -140,3 +140,48 @@ def test_runs_side_by_side_stop_at_the_first_failure(tmp_path, capsys):
         run_parallel([(fail, tmp_path / "c.log"), (ok, tmp_path / "d.log")], jobs=2)
     assert error.value.returncode == 3
     assert "its output is in" in capsys.readouterr().err
+
+
+def test_a_figure_is_readable_at_a_glance(tmp_path):
+    """Issue 27: the y-axis ran 0-100 (5-pt differences invisible, n=2 intervals cut at the frame),
+    titles were file names and fig3_local_views had no mark of the paper. Now the axis fits the
+    means and seeds, an interval past it ends in an arrowhead on the frame, the title says what is
+    plotted, and every figure marks the paper's value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lowssl.results.figures import SWEPT, plot_figure, y_limits
+
+    rows = pd.DataFrame(
+        {
+            "figure": "fig3_local_views",
+            "series": "S = 0.14",
+            "x": [2.0, 6.0, 10.0],
+            "knn_top1_heldout": [36.46, 39.08, 43.48],
+            "ci95": [27.7, 1.0, None],
+            "n": 2,
+            "seeds": ["38.64 34.28", "39.50 38.66", "43.48"],
+        }
+    )
+    bottom, top = y_limits(rows)
+    assert 30 < bottom < 34.28 and 43.48 < top < 50  # fitted to the data, with a margin
+    fig = plot_figure(rows, "fig3_local_views", "tiny")
+    ax = fig.axes[0]
+    assert ax.get_ylim() == (bottom, top)
+    edges = [line for line in ax.lines if line.get_marker() in ("^", "v") and len(line.get_xdata())]
+    assert sorted((line.get_marker(), *line.get_xdata()) for line in edges) == [("^", 2.0), ("v", 2.0)]
+    assert SWEPT["fig3_local_views"] in ax.get_title() and "fig3_local_views" not in ax.get_title()
+    assert any("paper keeps 6" in text.get_text() for text in ax.get_legend().get_texts())
+    assert all(mark.label.startswith("paper") for mark in OPTIMUM.values())
+
+
+def test_replot_draws_the_figures_again_from_their_csvs(tmp_path, capsys):
+    from lowssl.results.figures import main
+
+    assert main(["--replot", "--out", str(tmp_path)]) == 2
+    assert "no figure CSV in" in capsys.readouterr().err
+    committed = REPO / "docs" / "figures" / "tiny" / "fig3_alpha.csv"
+    (tmp_path / "fig3_alpha.csv").write_bytes(committed.read_bytes())
+    assert main(["--replot", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "fig3_alpha.csv").read_bytes() == committed.read_bytes()  # the numbers as they were
+    assert (tmp_path / "fig3_alpha.png").read_bytes()[:4] == b"\x89PNG"

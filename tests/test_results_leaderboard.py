@@ -1,6 +1,7 @@
 """The leaderboard: paper rows + results records, comparable only within one dataset, protocol, metric
 (and teacher branch)."""
 
+import hashlib
 import re
 
 import pandas as pd
@@ -321,3 +322,61 @@ def test_records_of_two_pretraining_budgets_are_never_pooled_at_any_stage(
     # each budget its own row, its own seeds: 60.50 (n=2), 62.00 (n=1), 63.00 (n=1, unrecorded)
     assert rows.loc[small, "n"] == 2 and rows.loc[large, "n"] == 1 and rows.loc["", "n"] == 1
     assert rows.loc[large, "value"] == "62.00" and rows.loc["", "value"] == "63.00"
+
+
+def test_beside_a_checkpoint_its_rows_and_only_the_comparable_rows_of_its_backbone(
+    runs_dir, tmp_path, capsys
+):
+    """Issue 27: make evaluate-checkpoint ended with the whole leaderboard (282 rows), burying the
+    checkpoint's own numbers. Now: its rows, marked, beside the rows of its backbone in the same
+    comparable group only (never pooled with them), a header saying so, and the whole leaderboard
+    in --out."""
+    checkpoint = tmp_path / "last.pth"
+    checkpoint.write_bytes(b"weights")
+    sha256 = hashlib.sha256(b"weights").hexdigest()
+    write_records([record("mine", checkpoint_sha256=sha256, seed=0, value=70.0)], runs_dir)
+    write_records([record("other-seed0", checkpoint_sha256="b" * 64, seed=0, value=75.0)], runs_dir)
+    write_records([record("other-seed1", checkpoint_sha256="c" * 64, seed=1, value=77.0)], runs_dir)
+    write_records([record("mnv2", backbone="mobilenet_v2", checkpoint_sha256="d" * 64)], runs_dir)
+    write_records([record("other-protocol", protocol="sslight_tiny", checkpoint_sha256="e" * 64)], runs_dir)
+    out = tmp_path / "leaderboard.csv"
+    argv = ["leaderboard", "--runs-dir", str(runs_dir), "--out", str(out), "--checkpoint"]
+    assert main([*argv, str(checkpoint)]) == 0
+    printed = capsys.readouterr().out
+    header, paper, whole = printed.splitlines()[:3]
+    assert header.startswith(
+        f"Checkpoint {checkpoint} (resnet18, sha256 {sha256[:12]}): its 1 number, beside 2 numbers of resnet18"
+    )
+    assert "No number of the paper is comparable" in paper and f"written to {out}" in whole
+    assert re.search(r"\| this checkpoint \| .*\| 70\.00\s+\|\s+1 \| mine\s+\|", printed)
+    assert re.search(r"\| lowssl-run +\| .*\| 76\.00 ± \S+ \|\s+2 \| other-seed1, other-seed0 \|", printed)
+    assert "mnv2" not in printed and "other-protocol" not in printed and "Table" not in printed
+    assert "G1: fashion-mnist, fast, linear_top1" in printed and "G2" not in printed
+    written = pd.read_csv(out, keep_default_na=False)
+    assert {"mnv2", "other-protocol", "Table 5"} <= {o for row in written["origin"] for o in row.split(", ")}
+    assert main([*argv, sha256[:8]]) == 0 and capsys.readouterr().out == printed.replace(
+        f"Checkpoint {checkpoint} ", f"Checkpoint {sha256[:8]} "
+    )
+
+
+def test_a_checkpoint_without_rows_is_one_line_naming_the_fix(runs_dir, tmp_path, capsys):
+    write_records([record("ours", checkpoint_sha256="b" * 64)], runs_dir)
+    for checkpoint, message in (
+        ("a" * 12, f"error: no record comes from checkpoint {'a' * 12}: evaluate it first"),
+        (str(tmp_path / "missing.pth"), "nor a SHA-256 (8 to 64 hex digits)"),
+    ):
+        assert main(["leaderboard", "--runs-dir", str(runs_dir), "--checkpoint", checkpoint]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and len(captured.err.splitlines()) == 1 and message in captured.err
+
+
+def test_every_row_says_where_it_comes_from(runs_dir, capsys):
+    """Issue 27: rows did not say which checkpoint or run they come from. The default view names the
+    paper's table or each pooled run; the flat view each run's checkpoint too."""
+    write_records([record("ours", checkpoint_sha256="f" * 64)], runs_dir)
+    assert main(["leaderboard", "--runs-dir", str(runs_dir), "--backbone", "resnet18"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"\| fast\s+\| fashion-mnist\s+\|\s+\| ours\s+\|", printed)
+    assert re.search(r"\| Table 5\s+\|", printed)
+    assert main(["leaderboard", "--runs-dir", str(runs_dir), "--flat", "--dataset", "fashion-mnist"]) == 0
+    assert re.search(r"\| ours\s+\| ffffffffffff\s+\|", capsys.readouterr().out)

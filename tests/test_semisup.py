@@ -19,7 +19,8 @@ from lowssl.semisup.__main__ import main
 from lowssl.semisup.model import HeadError, SemiSupervisedNet, build_head, dino_head_layout
 from lowssl.semisup.protocols import load_protocol
 from lowssl.semisup.subsets import load_subset
-from lowssl.semisup.train import FinetuneArgs, ResumeError, evaluation_set, finetune, run_name
+from lowssl.semisup.train import FinetuneArgs, ResumeError, evaluation_set, finetune
+from lowssl.subject import Subject
 
 HIDDEN = 64
 
@@ -241,8 +242,7 @@ def test_finetune_takes_key_value_overrides_and_names_the_protocol_after_them(tm
         str(tmp_path / "run"),
         "--records-dir",
         str(tmp_path / "records"),
-        "--max-eval-images",
-        "8",
+        "max_eval_images=8",
     ]
     assert main([*args, "epochs=2", "batch_size=4"]) == 0
     row = pd.read_csv(next((tmp_path / "records").glob("*.csv"))).iloc[0]
@@ -297,7 +297,9 @@ def test_held_out_evaluation_never_scores_a_labelled_image_and_is_another_run(tm
     details = {row.dataset: json.loads(row.details) for row in rows.itertuples()}
     assert details["synthetic/held-out-8pc"]["eval_set"] == "held-out-8pc"
     assert details["synthetic"]["eval_set"] == "val"
-    default_dir = run_name(FinetuneArgs(**{**common, "held_out": True, "held_out_per_class": 8}), "resnet18")
+    default_dir = FinetuneArgs(**{**common, "held_out": True, "held_out_per_class": 8}).run_name(
+        Subject.random_init("resnet18", 0, "random-init:resnet18")
+    )
     assert default_dir.endswith("_10pct_held-out-8pc")  # not the val run's folder
 
 

@@ -116,8 +116,8 @@ def test_sigterm_saves_the_step_and_the_resumed_finetuning_matches_an_uninterrup
     run_dir = Path(stopped.output_dir)
     command = [sys.executable, "-m", "lowssl.semisup", "finetune", "--random-init", "--arch", "resnet18"]
     command += ["--dataset", "synthetic", "--subset", "10pct", "--protocol", "tiny", "--workers", "0"]
-    command += ["--device", "cpu", "--max-eval-images", "16", "--output-dir", str(run_dir)]
-    command += ["--records-dir", stopped.records_dir, *common["overrides"]]
+    command += ["--device", "cpu", "--output-dir", str(run_dir)]
+    command += ["--records-dir", stopped.records_dir, "max_eval_images=16", *common["overrides"]]
     log = tmp_path / "semisup.log"
     process = _start(command, log)
     # last.pth appears at the end of epoch 1, inside the training loop

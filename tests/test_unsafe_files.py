@@ -105,7 +105,7 @@ def _entry_points(path: Path, tmp_path: Path) -> dict[str, tuple]:
                 out,
             ],
         ),
-        "evaluate inspect": (evaluate_main, ["inspect", str(path)]),
+        "evaluate inspect": (evaluate_main, ["inspect", "--checkpoint", str(path)]),
         "semisup finetune": (
             semisup_main,
             [
@@ -122,7 +122,10 @@ def _entry_points(path: Path, tmp_path: Path) -> dict[str, tuple]:
                 out,
             ],
         ),
-        "detection convert": (detection_main, ["convert", str(path), str(tmp_path / "converted.pkl")]),
+        "detection convert": (
+            detection_main,
+            ["convert", "--checkpoint", str(path), "--out", str(tmp_path / "converted.pkl")],
+        ),
         "detection train": (
             detection_main,
             [
@@ -240,7 +243,7 @@ def test_a_zip_bomb_is_refused_in_a_second_with_bounded_memory(zip_bomb):
         "from lowssl.evaluate.__main__ import main\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "started = time.perf_counter()\n"
-        f"status = main(['inspect', {str(zip_bomb)!r}])\n"
+        f"status = main(['inspect', '--checkpoint', {str(zip_bomb)!r}])\n"
         "grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024\n"
         "print(status, round(time.perf_counter() - started, 3), grown)\n"
     )

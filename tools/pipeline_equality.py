@@ -11,7 +11,12 @@ since issue 28) or ``""`` (``python -m pretrain``, before). Each checkout runs f
 this interpreter, one thread, and its own ``LOWSSL_HOME``. What is compared: every record's value with
 its run_id, stage, protocol and metric; its details minus paths and times; the pre-training log's
 per-step losses and learning rates; the SHA-256 of every tensor in each checkpoint and in the
-Detectron2 weights file. Times, paths, git commits and row hashes (which cover those) are left out.
+Detectron2 weights file. Both checkouts write into the same work folder (``--work``), so that paths in
+configs hash alike. Left out: times, git commits and row hashes (which cover those); each checkpoint's
+``rng/python`` (Python's ``random`` state, which no stage seeds or draws from: the interpreter seeds it
+from the OS, so it differs between two runs of one checkout); and, since the pre-training checkpoint's
+file hash covers that state, its SHA-256 is replaced by a placeholder wherever a record holds it, and
+semisup's ``config_hash`` (a hash over it) is not compared.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +38,7 @@ import torch
 # Record details that name where or when something ran, not what it computed.
 VOLATILE_DETAILS = {"run_dir", "created_at", "git_commit", "wall_s", "seconds", "images_per_s", "cache"}
 VOLATILE_COLUMNS = {"created_at", "git_commit", "row_sha256", "details"}
+VOLATILE_TENSORS = {"/rng/python"}
 LOG_COLUMNS = ("epoch", "step", "loss", "lr", "wd", "teacher_momentum", "online_linear_top1")
 
 
@@ -55,6 +62,8 @@ def pipeline(prefix: str, work: Path) -> list[list[str]]:
 
 def tensor_hashes(obj, prefix: str = "") -> dict[str, str]:
     """SHA-256 of every tensor or array in a nested checkpoint, by its key path."""
+    if prefix in VOLATILE_TENSORS:
+        return {}
     if isinstance(obj, torch.Tensor):
         array = obj.detach().cpu().contiguous()
         return {
@@ -72,7 +81,7 @@ def tensor_hashes(obj, prefix: str = "") -> dict[str, str]:
     return {}
 
 
-def records(folder: Path) -> list[dict]:
+def records(folder: Path, checkpoint_sha256: str) -> list[dict]:
     rows = []
     for path in sorted(folder.rglob("*.csv")):
         for row in csv.DictReader(path.open()):
@@ -80,13 +89,18 @@ def records(folder: Path) -> list[dict]:
                 k: v for k, v in json.loads(row["details"] or "{}").items() if k not in VOLATILE_DETAILS
             }
             kept = {k: v for k, v in row.items() if k not in VOLATILE_COLUMNS}
-            rows.append({**kept, "details": json.dumps(details, sort_keys=True)})
+            if kept["stage"] == "semisup":
+                kept["config_hash"] = "(a hash over the checkpoint file's SHA-256)"
+            text = json.dumps({**kept, "details": json.dumps(details, sort_keys=True)}, sort_keys=True)
+            for sha in (checkpoint_sha256, checkpoint_sha256[:12]):
+                text = text.replace(sha, "<pretrain checkpoint>")
+            rows.append(json.loads(text))
     return sorted(rows, key=lambda r: (r["stage"], r["protocol"], r["metric"]))
 
 
-def run(checkout: Path, prefix: str, out: Path) -> None:
-    work = out.with_suffix("")
-    work.mkdir(parents=True, exist_ok=True)
+def run(checkout: Path, prefix: str, out: Path, work: Path) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -97,7 +111,8 @@ def run(checkout: Path, prefix: str, out: Path) -> None:
         print("$ python -m", " ".join(command), flush=True)
         quiet = [] if command[1] == "convert" else ["--quiet"]
         subprocess.run([sys.executable, "-m", *command, *quiet], cwd=checkout, env=env, check=True)
-    found = {"records": records(work / "records")}
+    sha = hashlib.sha256((work / "pretrain" / "last.pth").read_bytes()).hexdigest()
+    found = {"records": records(work / "records", sha)}
     log = work / "pretrain" / "log.csv"
     found["pretrain_log"] = [
         {k: row[k] for k in LOG_COLUMNS if k in row} for row in csv.DictReader(log.open())
@@ -108,6 +123,7 @@ def run(checkout: Path, prefix: str, out: Path) -> None:
         found[f"{path.relative_to(work).parts[0]}/{path.name}"] = tensor_hashes(state)
     with open(work / "r18.pkl", "rb") as file:
         found["r18.pkl"] = tensor_hashes(pickle.load(file)["model"])  # lowssl's own file: our output
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(found, indent=1, sort_keys=True))
     print(
         f"{out}: {len(found['records'])} records, {sum(len(v) for v in found.values() if isinstance(v, dict))} tensors"
@@ -143,12 +159,13 @@ def main() -> int:
     one.add_argument("--checkout", type=Path, default=Path("."))
     one.add_argument("--prefix", default="lowssl.")
     one.add_argument("--out", type=Path, required=True)
+    one.add_argument("--work", type=Path, default=Path("/tmp/lowssl-pipeline-equality"), help="emptied first")
     two = commands.add_parser("compare")
     two.add_argument("before", type=Path)
     two.add_argument("after", type=Path)
     args = parser.parse_args()
     if args.command == "run":
-        run(args.checkout.resolve(), args.prefix, args.out.resolve())
+        run(args.checkout.resolve(), args.prefix, args.out.resolve(), args.work.resolve())
         return 0
     return compare(args.before, args.after)
 

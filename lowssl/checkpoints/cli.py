@@ -11,6 +11,10 @@ from lowssl.backbones import available
 from lowssl.checkpoints.formats import formats
 from lowssl.checkpoints.reader import OpenedCheckpoint, open_checkpoint
 
+#: ``--checkpoint`` and what it names, for :meth:`lowssl.cli.StageParser.formerly_positional`: ``inspect``,
+#: ``export`` and ``convert`` took the checkpoint as a positional word before (issue 27).
+CHECKPOINT_FLAG = ("--checkpoint", "the checkpoint")
+
 
 def add_trust_argument(parser: argparse.ArgumentParser, what: str = "the checkpoint") -> None:
     parser.add_argument(
@@ -21,12 +25,12 @@ def add_trust_argument(parser: argparse.ArgumentParser, what: str = "the checkpo
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser, checkpoint_in=None) -> None:
-    """``--checkpoint`` (into ``checkpoint_in``, e.g. a group exclusive with ``--random-init``), or a
-    positional ``checkpoint`` when ``checkpoint_in`` is None; then ``--arch``, ``--format`` (as
-    ``checkpoint_format``), ``--branch`` and ``--trust-checkpoint``."""
-    what = "any supported checkpoint (python -m lowssl.evaluate inspect)"
+    """``--checkpoint PATH`` (into ``checkpoint_in``, e.g. a group exclusive with ``--random-init``;
+    required when ``checkpoint_in`` is None); then ``--arch``, ``--format`` (as ``checkpoint_format``),
+    ``--branch`` and ``--trust-checkpoint``."""
+    what = "any supported checkpoint (python -m lowssl.evaluate inspect --checkpoint PATH)"
     if checkpoint_in is None:
-        parser.add_argument("checkpoint", type=Path, help=what)
+        parser.add_argument("--checkpoint", type=Path, required=True, help=what)
     else:
         checkpoint_in.add_argument("--checkpoint", type=Path, help=what)
     parser.add_argument(

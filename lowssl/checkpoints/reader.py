@@ -119,7 +119,7 @@ class OpenedCheckpoint:
             )
             raise CheckpointLayoutError(
                 f"{where} does not hold a {self.arch}: {'; '.join(problems)}; {fix} "
-                f"(python -m lowssl.evaluate inspect {self.path} shows what the file holds)"
+                f"(python -m lowssl.evaluate inspect --checkpoint {self.path} shows what the file holds)"
             )
         if self.non_finite:
             raise CheckpointLayoutError(
