@@ -116,12 +116,7 @@ def measure_variants(method_name: str, backbone: str, args) -> dict:
     family = get_spec(backbone).family
     auto = choose_memory_format("auto", family, lambda: workload, device, backbone, use_cache=False)
     return {
-        "method": method_name,
-        "backbone": backbone,
-        "batch": args.batch,
-        "global_size": args.global_size,
-        "local_size": args.local_size,
-        "n_local": args.n_local,
+        **_what_ran(method_name, backbone, args),
         "machine": machine(device),  # the CPU model, device, torch version and threads
         "repeats": args.steps,
         "bf16_native": bf16_supported(device),
@@ -129,6 +124,18 @@ def measure_variants(method_name: str, backbone: str, args) -> dict:
         "spread_s": {name: max(times[name]) - min(times[name]) for name in names},
         "auto_choice": auto.name,
         "auto_measured_images_per_s": auto.measured,
+    }
+
+
+def _what_ran(method_name: str, backbone: str, args) -> dict:
+    """The step a result is of: method, backbone, batch and view sizes."""
+    return {
+        "method": method_name,
+        "backbone": backbone,
+        "batch": args.batch,
+        "global_size": args.global_size,
+        "local_size": args.local_size,
+        "n_local": args.n_local,
     }
 
 
@@ -157,12 +164,7 @@ def measure(method_name: str, backbone: str, args) -> dict:
     ratios = [f / b for f, b in zip(full, bare, strict=True)]
     student_ratios = [f / s for f, s in zip(full, times["student"], strict=True)]
     result = {
-        "method": method_name,
-        "backbone": backbone,
-        "batch": args.batch,
-        "global_size": args.global_size,
-        "local_size": args.local_size,
-        "n_local": args.n_local,
+        **_what_ran(method_name, backbone, args),
         "amp": args.amp,
         "channels_last": args.channels_last,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
