@@ -36,14 +36,10 @@ from lowssl.evaluate.inspect_cmd import inspect_main
 from lowssl.evaluate.kinds import KINDS, EvaluationKind
 from lowssl.evaluate.protocols import available
 from lowssl.evaluate.run import evaluate
-from lowssl.evaluate.subject import load_subject
 from lowssl.export import TARGETS
 from lowssl.paths import home
 from lowssl.progress import set_quiet
 from lowssl.records import default_runs_dir
-
-# load_subject: tests build an evaluation's subject from this module's parsed arguments.
-__all__ = ["build_parser", "load_subject", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -541,7 +541,8 @@ def test_provenance_is_read_from_lowssl_files_only(tmp_path, backbones):
 
 def test_evaluate_and_detection_read_a_checkpoint_once(tmp_path, backbones, torch_loads):
     from lowssl.detection.convert import convert_checkpoint
-    from lowssl.evaluate.__main__ import build_parser, load_subject
+    from lowssl.evaluate.__main__ import build_parser
+    from lowssl.evaluate.subject import load_subject
 
     path = str(save(tmp_path, write_lowssl(backbones("resnet18"), "resnet18")[0]))
     subject = load_subject(build_parser().parse_args(["knn", "--checkpoint", path]), image_size=32)

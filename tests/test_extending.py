@@ -24,6 +24,7 @@ from lowssl.config import load
 from lowssl.data import DATASETS, DatasetError, SyntheticImages, build_dataset, register_dataset
 from lowssl.evaluate import protocols as evaluate_protocols
 from lowssl.evaluate.kinds import KINDS, EvaluationKind, Outcome
+from lowssl.evaluate.subject import load_subject
 from lowssl.pretrain.config import PretrainConfig, method_config
 from lowssl.pretrain.dry_run import training_images
 from lowssl.pretrain.methods import DINO, DinoConfig, build_method, get_method, methods, register_method
@@ -75,7 +76,7 @@ def test_a_registered_backbone_is_built_configured_pretrained_and_evaluated(resn
     args = argparse.Namespace(
         raw_pixels=False, arch=resnet18_alias, random_init=True, recalibrate_bn=False, seed=0
     )
-    subject = evaluate_cli.load_subject(args, image_size=32)
+    subject = load_subject(args, image_size=32)
     assert (subject.arch, subject.family, subject.feature_dim) == (resnet18_alias, "cnn", 512)
     assert subject.model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 512)
 
